@@ -1,0 +1,1 @@
+"""Hearth: sign AI coding CLIs into subscriptions and run them in microVMs."""

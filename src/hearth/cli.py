@@ -1,0 +1,186 @@
+"""The `hearth` command: images, VMs, the network and reconciliation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hearth import config
+from hearth.core import runtime
+from hearth.core.reconciler import reconcile
+from hearth.image import recipes
+from hearth.image.builder import ImageBuilder, read_manifest
+from hearth.image.chroot import BuildError
+
+app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
+image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")
+vm_app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
+net_app = typer.Typer(no_args_is_help=True, help="The VM network.")
+app.add_typer(image_app, name="image")
+app.add_typer(vm_app, name="vm")
+app.add_typer(net_app, name="net")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+# -- images --------------------------------------------------------------------------------
+
+@image_app.command("build")
+def image_build(
+    names: Annotated[list[str], typer.Argument(help="browser, cli or baseline")],
+    force: Annotated[bool, typer.Option(help="rebuild even if up to date")] = False,
+) -> None:
+    """Build golden images (cached layers; only what changed is rebuilt)."""
+    settings = config.load()
+    for name in names:
+        try:
+            recipes.get(name)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    for name in names:
+        with out.status(f"[bold]{name}[/bold]: starting") as status:
+            def progress(step: str, status=status) -> None:
+                status.update(f"[bold]{step}")
+                out.log(step)
+
+            try:
+                result = ImageBuilder(settings, progress).build(name, force=force)
+            except BuildError as e:
+                raise fail(str(e)) from None
+        m = result.manifest
+        out.print(f"[green]{name}[/green] {result.path} inputs={m['inputs']} "
+                  f"({'built' if result.rebuilt else 'up to date'}, {m['build_seconds']}s)")
+
+
+@image_app.command("ls")
+def image_ls() -> None:
+    """List built images."""
+    settings = config.load()
+    table = Table("name", "inputs", "kernel", "rootfs MiB", "built at", "build s")
+    for name in sorted(recipes.RECIPES):
+        m = read_manifest(settings.images_dir / name)
+        if m:
+            table.add_row(name, m["inputs"], m["versions"]["kernel"],
+                          str(m["artefacts"]["rootfs.ext4"]["size"] // 2**20), m["built_at"],
+                          str(m["build_seconds"]))
+    out.print(table)
+
+
+@image_app.command("rm")
+def image_rm(name: str) -> None:
+    """Remove a built image (its cached layers stay for the next build)."""
+    path = config.load().images_dir / name
+    if not path.is_dir():
+        raise fail(f"no image {name!r} at {path}")
+    shutil.rmtree(path)
+    out.print(f"removed {path}")
+
+
+# -- VMs -----------------------------------------------------------------------------------
+
+@vm_app.command("boot")
+def vm_boot(
+    image: Annotated[str, typer.Option(help="browser or cli")] = "cli",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Boot a VM and wait for its agent; print its id, address and boot-to-agent seconds."""
+    vms = runtime.vm_manager(config.load())
+    reconcile(vms)
+    try:
+        with err.status(f"booting a {image} VM") as status:
+            vm = vms.create(image, on_step=lambda step: status.update(f"{image} VM: {step}"))
+    except Exception as e:  # noqa: BLE001 - the message is the user's answer
+        raise fail(str(e)) from None
+    with vms.agent(vm) as agent:
+        health = agent.health()
+    result = {"id": vm.id, "image": vm.image, "ip": vm.ip, "tap": vm.tap, "mac": vm.mac,
+              "netns": vm.netns, "boot_to_agent_seconds": round(vm.boot_seconds, 2),
+              "agent": health}
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"[green]VM {vm.id}[/green] ready in {vm.boot_seconds:.1f}s: {vm.ip} on {vm.tap}")
+    for a in health["network"]["addresses"]:
+        out.print(f"  address {a['ifname']} {a['address']}/{a['prefixlen']}")
+    for r in health["network"]["routes"]:
+        out.print(f"  route   {r['dst']} via {r.get('gateway') or '-'} dev {r['dev']}")
+    out.print(f"  agent   {health['status']}, serving since guest uptime "
+              f"{health['started_at_uptime']:.1f}s, hostname {health['hostname']}")
+
+
+@vm_app.command("ls")
+def vm_ls(
+    all_: Annotated[bool, typer.Option("--all", help="include destroyed VMs")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List VMs."""
+    vms = runtime.vm_manager(config.load()).list(include_destroyed=all_)
+    rows = [{"id": v.id, "image": v.image, "state": v.state, "ip": v.ip, "tap": v.tap,
+             "boot_seconds": v.boot_seconds, "failed_step": v.failed_step} for v in vms]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("id", "image", "state", "ip", "tap", "boot s", "failed step")
+    for r in rows:
+        table.add_row(r["id"], r["image"], r["state"], r["ip"] or "", r["tap"],
+                      f"{r['boot_seconds']:.1f}" if r["boot_seconds"] else "",
+                      r["failed_step"] or "")
+    out.print(table)
+
+
+@vm_app.command("console")
+def vm_console(vm_id: str) -> None:
+    """Print a VM's serial console log."""
+    vms = runtime.vm_manager(config.load())
+    log = vms.workdir(vm_id) / "console.log"
+    if not log.exists():
+        raise fail(f"no console log for VM {vm_id!r}")
+    sys.stdout.write(log.read_text(errors="replace"))
+
+
+@vm_app.command("rm")
+def vm_rm(vm_ids: list[str]) -> None:
+    """Destroy VMs: VMM process, TAP, lease and directory."""
+    vms = runtime.vm_manager(config.load())
+    for vm_id in vm_ids:
+        try:
+            vms.destroy(vm_id)
+        except Exception as e:  # noqa: BLE001
+            raise fail(str(e)) from None
+        out.print(f"destroyed {vm_id}")
+
+
+# -- network and reconciliation ------------------------------------------------------------
+
+@net_app.command("up")
+def net_up() -> None:
+    """Create the VM network (namespace, bridge, veth, firewall) if missing."""
+    runtime.vm_manager(config.load()).network.ensure()
+
+
+@net_app.command("down")
+def net_down() -> None:
+    """Remove the VM network. Refuses while VMs live."""
+    vms = runtime.vm_manager(config.load())
+    if vms.list():
+        raise fail("VMs still exist; remove them first (hearth vm ls)")
+    vms.network.teardown()
+
+
+@app.command("reconcile")
+def reconcile_cmd() -> None:
+    """Adopt live VMs and remove whatever a crash left behind."""
+    report = reconcile(runtime.vm_manager(config.load()))
+    out.print(report)

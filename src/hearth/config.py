@@ -1,0 +1,60 @@
+"""All of Hearth's settings in one place, read from the environment (HEARTH_*)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEARTH_", extra="ignore")
+
+    home: Path = Path("/var/lib/hearth")
+    database_url: str = ""  # empty: SQLite file under home
+
+    # Images
+    suite: str = "trixie"
+    mirror: str = "http://deb.debian.org/debian"
+    # Extra components for the suite (Ubuntu needs "main,universe").
+    components: str = "main"
+
+    # VMs
+    vmm: Literal["qemu", "firecracker"] = "qemu"
+    qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
+    firecracker_bin: str = "firecracker"
+    jailer_bin: str = ""  # empty: run firecracker without the jailer
+    vcpus: int = 2
+    memory_mib: int = 1024
+    boot_timeout: float = 180.0
+    agent_port: int = 8080
+
+    # Network
+    netns: str = "hearth"  # empty: the VMs' bridge lives in the controller's namespace
+    bridge: str = "hearth0"
+    cidr: str = "192.168.100.1/24"  # the gateway address and the VM subnet
+    link_cidr: str = "169.254.100.0/30"  # the veth pair joining the two namespaces
+    tap_prefix: str = "hth"
+
+    @cached_property
+    def gateway(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.cidr)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.home / "vms"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'hearth.db'}"
+
+
+def load() -> Settings:
+    return Settings()

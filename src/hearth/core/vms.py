@@ -1,0 +1,217 @@
+"""VM lifecycle: every VM is a database record moved through its states by plans of steps.
+
+create: record -> lease an address -> lay out the VM's directory -> TAP -> boot -> agent ready.
+destroy: stop the VMM -> TAP -> lease -> directory -> record destroyed.
+Each step checks whether it still has work to do, so running a plan again after a crash
+finishes the job instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from hearth.config import Settings
+from hearth.core.agent_client import AgentClient
+from hearth.core.plans import Step, StepFailed, run_plan
+from hearth.guest.seed import write_seed
+from hearth.image.builder import read_manifest
+from hearth.net.addressing import kernel_ip_arg, mac_for, tap_name
+from hearth.net.ippool import IpPool
+from hearth.net.topology import VmNetwork
+from hearth.store.db import Database
+from hearth.store.models import Vm, VmState
+from hearth.vmm.base import BootImage, Driver, MachineSpec, VmmError, running_pid
+from hearth.waiting import wait_for
+
+LIVE_STATES = (VmState.requested, VmState.booting, VmState.ready, VmState.stopping)
+KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 loglevel=4"
+
+
+class VmError(RuntimeError):
+    pass
+
+
+class VmManager:
+    def __init__(self, settings: Settings, db: Database, network: VmNetwork,
+                 drivers: dict[str, Driver]):
+        self.settings = settings
+        self.db = db
+        self.network = network
+        self.drivers = drivers
+        self.pool = IpPool(db, settings.gateway)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, vm_id: str) -> Vm:
+        with self.db.session() as s:
+            vm = s.get(Vm, vm_id)
+        if vm is None:
+            raise VmError(f"no VM {vm_id!r}")
+        return vm
+
+    def list(self, include_destroyed: bool = False) -> list[Vm]:
+        with self.db.session() as s:
+            query = select(Vm).order_by(Vm.created_at)
+            if not include_destroyed:
+                query = query.where(Vm.state != VmState.destroyed)
+            return list(s.scalars(query))
+
+    def spec(self, vm: Vm) -> MachineSpec:
+        workdir = self.workdir(vm.id)
+        return MachineSpec(
+            vm_id=vm.id,
+            workdir=workdir,
+            image=BootImage.from_dir(self.settings.images_dir / vm.image),
+            seed=workdir / "seed.img",
+            cmdline=self._cmdline(vm),
+            tap=vm.tap,
+            mac=vm.mac or "",
+            vcpus=self.settings.vcpus,
+            memory_mib=self.settings.memory_mib,
+            netns=vm.netns,
+        )
+
+    def _cmdline(self, vm: Vm) -> str:
+        if vm.ip is None:  # not leased yet: nothing can boot from this spec
+            return KERNEL_ARGS
+        return f"{KERNEL_ARGS} {kernel_ip_arg(vm.ip, self.settings.gateway, _hostname(vm.id))}"
+
+    def workdir(self, vm_id: str) -> Path:
+        return self.settings.vms_dir / vm_id
+
+    def agent(self, vm: Vm) -> AgentClient:
+        return AgentClient(vm.ip, vm.agent_token, self.settings.agent_port)
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create(self, image: str, on_step=lambda name: None) -> Vm:
+        """Boot a VM from `image` and return it once its agent answers."""
+        image_dir = self.settings.images_dir / image
+        if read_manifest(image_dir) is None:
+            raise VmError(f"image {image!r} is not built (run: hearth image build {image})")
+        vm_id = uuid.uuid4().hex[:12]
+        with self.db.session() as s:
+            s.add(Vm(id=vm_id, image=image, vmm=self.settings.vmm,
+                     tap=tap_name(self.settings.tap_prefix, vm_id), netns=self.network.netns,
+                     agent_token=secrets.token_urlsafe(32), owner_pid=os.getpid()))
+            s.commit()
+        self.resume_create(vm_id, on_step)
+        return self.get(vm_id)
+
+    def resume_create(self, vm_id: str, on_step=lambda name: None) -> None:
+        """Run (or finish) the create plan of a VM; on failure record the step and stop it."""
+        try:
+            run_plan(self._create_plan(vm_id), on_step)
+        except StepFailed as e:
+            self._update(vm_id, state=VmState.failed, failed_step=e.step, error=str(e.cause))
+            self._stop_vmm(self.get(vm_id))
+            raise VmError(f"VM {vm_id}: {e} (console: {self.workdir(vm_id) / 'console.log'})") \
+                from e
+
+    def _create_plan(self, vm_id: str) -> list[Step]:
+        def vm() -> Vm:
+            return self.get(vm_id)
+
+        return [
+            Step("lease-address", lambda: vm().ip is None, lambda: self._lease(vm_id)),
+            Step("lay-out-directory", lambda: not (self.workdir(vm_id) / "seed.img").exists(),
+                 lambda: self._lay_out(vm())),
+            Step("network", lambda: self.network.tap_state(vm().tap) is None,
+                 lambda: self._plug(vm())),
+            Step("boot", lambda: not self.vmm_alive(vm()), lambda: self._boot(vm())),
+            Step("wait-for-agent", lambda: vm().state != VmState.ready,
+                 lambda: self._wait_for_agent(vm())),
+        ]
+
+    def _lease(self, vm_id: str) -> None:
+        ip = self.pool.lease(vm_id)
+        self._update(vm_id, ip=ip, mac=mac_for(ip))
+
+    def _lay_out(self, vm: Vm) -> None:
+        spec = self.spec(vm)
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        seed = {"agent_token": vm.agent_token}
+        if vm.image == "browser":
+            seed["vnc_password"] = secrets.token_urlsafe(6)[:8]
+        write_seed(spec.seed, seed)
+        os.chmod(spec.seed, 0o600)
+        public = {k: str(v) for k, v in asdict(spec).items() if k != "extra"}
+        (spec.workdir / "machine.json").write_text(json.dumps(public, indent=2) + "\n")
+
+    def _plug(self, vm: Vm) -> None:
+        self.network.ensure()
+        self.network.add_tap(vm.tap)
+
+    def _boot(self, vm: Vm) -> None:
+        self._update(vm.id, state=VmState.booting, boot_started=time.time())
+        pid = self.drivers[vm.vmm].start(self.spec(vm))
+        self._update(vm.id, pid=pid)
+
+    def _wait_for_agent(self, vm: Vm) -> None:
+        """Poll the agent's /health until it answers, the VMM dies, or the deadline passes."""
+        with self.agent(vm) as agent:
+            def answered() -> bool:
+                if not self.vmm_alive(vm):
+                    raise VmmError("the VMM process exited during boot")
+                try:
+                    agent.health(timeout=2)
+                except httpx.HTTPError:
+                    return False
+                return True
+
+            wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.1)
+        fresh = self.get(vm.id)
+        boot_seconds = time.time() - fresh.boot_started if fresh.boot_started else None
+        self._update(vm.id, state=VmState.ready, boot_seconds=boot_seconds)
+
+    # -- destroy ---------------------------------------------------------------------------
+
+    def destroy(self, vm_id: str, on_step=lambda name: None) -> None:
+        """Remove everything the VM holds. Safe to repeat, and on a half-created VM."""
+        vm = self.get(vm_id)
+        if vm.state != VmState.failed:
+            self._update(vm_id, state=VmState.stopping)
+        run_plan(
+            [
+                Step("stop-vmm", lambda: self.vmm_alive(self.get(vm_id)),
+                     lambda: self._stop_vmm(self.get(vm_id))),
+                Step("remove-tap", lambda: self.network.tap_state(vm.tap) is not None,
+                     lambda: self.network.remove_tap(vm.tap)),
+                Step("release-address", lambda: vm_id in self.pool.leases(),
+                     lambda: self.pool.release(vm_id)),
+                Step("remove-directory", lambda: self.workdir(vm_id).exists(),
+                     lambda: shutil.rmtree(self.workdir(vm_id))),
+                Step("record-destroyed", lambda: self.get(vm_id).state != VmState.destroyed,
+                     lambda: self._update(vm_id, state=VmState.destroyed, pid=None)),
+            ],
+            on_step,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def vmm_alive(self, vm: Vm) -> bool:
+        return running_pid(self.spec(vm)) is not None
+
+    def _stop_vmm(self, vm: Vm) -> None:
+        self.drivers[vm.vmm].stop(self.spec(vm))
+
+    def _update(self, vm_id: str, **fields) -> None:
+        with self.db.session() as s:
+            vm = s.get(Vm, vm_id)
+            for key, value in fields.items():
+                setattr(vm, key, value)
+            s.commit()
+
+
+def _hostname(vm_id: str) -> str:
+    return f"hearth-{vm_id[:8]}"

@@ -1,0 +1,331 @@
+"""The in-guest agent: a small HTTP API the controller drives, behind a per-VM bearer token.
+
+Standard library only (the image has Debian's python3 and no pip). Every route is a
+function in ROUTES, registered with @route; a handler receives the parsed Request and
+returns a Response or raises HttpError, so later routes (login, credentials, prompts) add
+one function each. Nothing here logs the token or any request header: the console and
+journal show only method, path and status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+if __package__:
+    from . import seed
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import seed
+
+DEFAULT_ADDR = "0.0.0.0"
+DEFAULT_PORT = 8080
+MAX_BODY = 1024 * 1024
+RESOLV_CONF = Path("/etc/resolv.conf")
+PING_TIMEOUT = 10.0
+
+_log_lock = threading.Lock()
+
+
+def log(message: str) -> None:
+    with _log_lock:
+        sys.stdout.write(f"hearth-agent: {message}\n")
+        sys.stdout.flush()
+
+
+def uptime() -> float:
+    """Seconds since the guest booted (the same clock the console log is stamped with)."""
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+class HttpError(Exception):
+    """Ends a request with `status` and a JSON body {"error": message}."""
+
+    def __init__(
+        self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: Message
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, or a 400 saying why it is not one."""
+        try:
+            data = json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST, f"request body is not valid JSON: {e}"
+            ) from None
+        if not isinstance(data, dict):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
+        return data
+
+
+@dataclass
+class Response:
+    body: Any
+    status: HTTPStatus = HTTPStatus.OK
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Agent:
+    """What handlers may use: the token (for auth only) and when serving began."""
+
+    token: str
+    started_at_uptime: float = 0.0
+
+
+Handler = Callable[[Agent, Request], Response]
+ROUTES: dict[str, dict[str, Handler]] = {}
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES.setdefault(path, {})[method] = handler
+        return handler
+
+    return register
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        ["ip", "-j", *args], capture_output=True, text=True, timeout=5, check=True
+    )
+    return json.loads(done.stdout or "[]")
+
+
+def _nameservers() -> list[str]:
+    try:
+        lines = RESOLV_CONF.read_text().splitlines()
+    except OSError:
+        return []
+    return [
+        parts[1]
+        for parts in (line.split() for line in lines)
+        if len(parts) >= 2 and parts[0] == "nameserver"
+    ]
+
+
+def network_state() -> dict[str, Any]:
+    """Addresses, IPv4 routes and DNS as the guest sees them; a failing probe is reported
+    in "errors" rather than failing /health, which is also the readiness check."""
+    state: dict[str, Any] = {"addresses": [], "routes": [], "dns": _nameservers(), "errors": []}
+    try:
+        state["addresses"] = [
+            {
+                "ifname": link.get("ifname"),
+                "family": info.get("family"),
+                "address": info.get("local"),
+                "prefixlen": info.get("prefixlen"),
+            }
+            for link in _ip_json("addr", "show")
+            for info in link.get("addr_info", [])
+        ]
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        state["errors"].append(f"ip -j addr: {e}")
+    try:
+        state["routes"] = [
+            {"dst": r.get("dst"), "gateway": r.get("gateway"), "dev": r.get("dev")}
+            for r in _ip_json("route", "show")
+        ]
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        state["errors"].append(f"ip -j route: {e}")
+    return state
+
+
+@route("GET", "/health")
+def health(agent: Agent, request: Request) -> Response:
+    return Response(
+        {
+            "status": "ok",
+            "hostname": socket.gethostname(),
+            "uptime": uptime(),
+            "started_at_uptime": agent.started_at_uptime,
+            "network": network_state(),
+        }
+    )
+
+
+@route("POST", "/diagnostics/ping")
+def ping(agent: Agent, request: Request) -> Response:
+    host = request.json().get("host")
+    if not isinstance(host, str):
+        raise HttpError(HTTPStatus.BAD_REQUEST, '"host" must be a string holding an IPv4 address')
+    try:
+        # Validated and normalised, so it can never be read by ping as an option.
+        address = str(IPv4Address(host))
+    except ValueError:
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, f'"host" must be an IPv4 address, not {host[:64]!r}'
+        ) from None
+    try:
+        done = subprocess.run(
+            ["ping", "-c", "1", "-W", "2", address],
+            capture_output=True,
+            text=True,
+            timeout=PING_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return Response({"ok": False, "output": f"ping did not finish in {PING_TIMEOUT:.0f}s"})
+    except OSError as e:
+        return Response({"ok": False, "output": f"cannot run ping: {e}"})
+    return Response({"ok": done.returncode == 0, "output": done.stdout + done.stderr})
+
+
+class AgentRequestHandler(BaseHTTPRequestHandler):
+    server: AgentServer
+    protocol_version = "HTTP/1.1"
+    server_version = "hearth-agent"
+    sys_version = ""
+    timeout = 60  # seconds a client may stall mid-request before its socket is closed
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _dispatch(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            self._authorize()
+            body = self._read_body()
+            methods = ROUTES.get(path)
+            if methods is None:
+                raise HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
+            handler = methods.get(self.command)
+            if handler is None:
+                raise HttpError(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{path} does not accept {self.command}",
+                    {"Allow": ", ".join(sorted(methods))},
+                )
+            response = handler(self.server.agent, Request(self.command, path, self.headers, body))
+        except HttpError as e:
+            response = Response({"error": e.message}, e.status, e.headers)
+        except Exception as e:  # a handler bug must answer 500, not drop the connection
+            log(f"internal error in {self.command} {path}: {type(e).__name__}")
+            response = Response({"error": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+        self._send_json(response.status, response.body, response.headers)
+
+    def _authorize(self) -> None:
+        scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
+        expected = self.server.agent.token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), expected
+        ):
+            # The body of an unauthenticated request is never read, so the connection
+            # cannot be reused.
+            self.close_connection = True
+            raise HttpError(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def _read_body(self) -> bytes:
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
+        raw = self.headers.get("Content-Length", "0")
+        if not raw.isascii() or not raw.isdigit():
+            self.close_connection = True
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:32]!r}")
+        length = int(raw)
+        if length > MAX_BODY:
+            self.close_connection = True
+            raise HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit",
+            )
+        return self.rfile.read(length)
+
+    def _send_json(
+        self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol errors the standard library detects (bad request line, unknown method,
+        oversized headers) also answer in JSON."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self._send_json(status, {"error": message or status.phrase})
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = urlsplit(self.path).path if getattr(self, "path", None) else "-"
+        log(f"{self.command or '-'} {path} {code}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: the default logs raw request lines to stderr. log_request is enough."""
+
+
+class AgentServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        super().__init__(address, AgentRequestHandler)
+        self.agent = agent
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line instead of the default traceback on stderr."""
+        log(f"connection from {client_address[0]} failed: {type(sys.exc_info()[1]).__name__}")
+
+
+def main() -> int:
+    seed_path = os.environ.get("HEARTH_SEED", seed.DEFAULT_PATH)
+    try:
+        token = seed.read_seed(seed_path)["agent_token"]
+    except (OSError, seed.SeedError) as e:
+        log(f"error: cannot read the seed: {e}")
+        return 1
+    port_text = os.environ.get("HEARTH_AGENT_PORT", str(DEFAULT_PORT))
+    if not port_text.isdigit() or int(port_text) > 65535:
+        log(f"error: HEARTH_AGENT_PORT {port_text!r} is not a port number")
+        return 1
+    addr = os.environ.get("HEARTH_AGENT_ADDR", DEFAULT_ADDR)
+    agent = Agent(token)
+    try:
+        server = AgentServer((addr, int(port_text)), agent)
+    except OSError as e:
+        log(f"error: cannot listen on {addr}:{port_text}: {e}")
+        return 1
+    agent.started_at_uptime = uptime()
+    log(f"listening on :{server.server_address[1]}")
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The VM seed: a raw block device holding a UTF-8 JSON object followed by NUL padding.
+
+The controller writes one per VM (a fresh agent token, and a VNC password for browser VMs)
+and attaches it as the second virtio disk; the guest reads it at boot. A raw device rather
+than the kernel command line or a mounted filesystem keeps the secrets out of /proc/cmdline
+and needs no mount. Standard library only: the guest runs this with Debian's python3, and
+the host imports it (as hearth.guest.seed) to write the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/dev/vdb"
+SEED_SIZE = 1024 * 1024
+SECTOR = 512
+
+
+class SeedError(ValueError):
+    """The seed is missing, malformed or incomplete; the message never quotes its contents."""
+
+
+def _check(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SeedError(f"{where} must hold a JSON object, not {type(data).__name__}")
+    token = data.get("agent_token")
+    if not isinstance(token, str) or not token:
+        raise SeedError(f"{where} has no agent_token (a non-empty string)")
+    return data
+
+
+def read_seed(
+    path: str | os.PathLike[str] = DEFAULT_PATH, limit: int = SEED_SIZE
+) -> dict[str, Any]:
+    """Read the JSON object at the start of `path`, up to the first NUL (or `limit` bytes)."""
+    where = f"seed {os.fspath(path)}"
+    with open(path, "rb") as f:
+        raw = f.read(limit)
+    text = raw.split(b"\0", 1)[0]
+    if not text.strip():
+        raise SeedError(f"{where} is empty (no JSON before the NUL padding)")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SeedError(f"{where} is not UTF-8 (bad byte at offset {e.start})") from None
+    try:
+        data = json.loads(decoded)
+    except json.JSONDecodeError as e:
+        # `from None`: a JSONDecodeError carries the whole document, secrets included.
+        raise SeedError(
+            f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    return _check(data, where)
+
+
+def write_seed(path: str | os.PathLike[str], data: dict[str, Any], size: int = SEED_SIZE) -> None:
+    """Write `data` as a seed image of exactly `size` bytes, mode 0600, atomically."""
+    if size <= 0 or size % SECTOR:
+        raise SeedError(f"seed size {size} is not a positive multiple of {SECTOR} bytes")
+    payload = json.dumps(
+        _check(data, "seed data"), ensure_ascii=False, separators=(",", ":"), sort_keys=True
+    ).encode("utf-8")
+    if len(payload) >= size:
+        raise SeedError(
+            f"seed JSON is {len(payload)} bytes; it must be shorter than the {size}-byte image"
+        )
+    target = Path(path)
+    # mkstemp creates the file 0600, so the secrets are never readable by others.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.write(b"\0" * (size - len(payload)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,104 @@
+"""Start the browser VM's VNC server with the per-VM password from the seed.
+
+Run by hearth-vnc.service. The password goes to `vncpasswd -f` on stdin (never on argv,
+where any process could read it from /proc), its obfuscated form into a 0600 file under
+/run, and then this process becomes Xtigervnc, so systemd supervises the server itself.
+Standard library only: it runs with Debian's python3.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__:
+    from . import seed
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import seed
+
+PASSWD_FILE = Path("/run/hearth/vncpasswd")
+VNCPASSWD = ("vncpasswd", "-f")
+# Listens on every interface: the host's firewall decides who may reach port 5901.
+XVNC = (
+    "Xtigervnc",
+    ":1",
+    "-rfbport",
+    "5901",
+    "-rfbauth",
+    str(PASSWD_FILE),
+    "-SecurityTypes",
+    "VncAuth",
+    "-geometry",
+    "1280x800",
+    "-depth",
+    "24",
+    "-AlwaysShared",
+)
+VNC_AUTH_CHARS = 8  # classic VNC authentication uses only the first 8 characters
+
+
+def log(message: str) -> None:
+    print(f"hearth-vnc: {message}", flush=True)
+
+
+def vnc_password(data: dict[str, Any]) -> str:
+    """The seed's vnc_password; `vncpasswd -f` reads one password per line, so no newlines."""
+    password = data.get("vnc_password")
+    if not isinstance(password, str) or not password:
+        raise seed.SeedError("seed has no vnc_password (a non-empty string)")
+    if any(ch in password for ch in "\r\n\0"):
+        raise seed.SeedError("seed vnc_password contains a line break or NUL")
+    return password
+
+
+def obfuscate(password: str, command: Sequence[str] = VNCPASSWD) -> bytes:
+    """The password file content `vncpasswd -f` makes from `password` (given on stdin)."""
+    done = subprocess.run(
+        list(command), input=(password + "\n").encode(), capture_output=True, timeout=30
+    )
+    if done.returncode != 0 or len(done.stdout) != VNC_AUTH_CHARS:
+        detail = done.stderr.decode(errors="replace").strip()
+        raise RuntimeError(
+            f"{' '.join(command)} failed (exit {done.returncode}, "
+            f"{len(done.stdout)} bytes out): {detail}"
+        )
+    return done.stdout
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Write `content` to `path` as a 0600 file in a 0700 directory, atomically."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main() -> int:
+    try:
+        password = vnc_password(seed.read_seed(os.environ.get("HEARTH_SEED", seed.DEFAULT_PATH)))
+        if len(password) > VNC_AUTH_CHARS:
+            log(f"note: VNC authentication uses only the first {VNC_AUTH_CHARS} characters")
+        write_private(PASSWD_FILE, obfuscate(password))
+    except (OSError, RuntimeError, subprocess.SubprocessError, seed.SeedError) as e:
+        log(f"error: {e}")
+        return 1
+    log(f"wrote {PASSWD_FILE}; starting Xtigervnc on display :1, port 5901")
+    try:
+        os.execvp(XVNC[0], XVNC)
+    except OSError as e:
+        log(f"error: cannot start {XVNC[0]}: {e}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

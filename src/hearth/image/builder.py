@@ -1,0 +1,289 @@
+"""Golden image builder: debootstrap, cached layers, kernel + initrd, ext4, manifest.
+
+Three layers, each cached by the hash of its inputs: the base system (suite, mirror, base
+packages, kernel), the recipe's packages (apt and npm), and Hearth's own guest files. Changing
+only the agent rebuilds the last layer and the ext4 image. The result is written aside and
+renamed into `$HEARTH_HOME/images/<name>/` at the end, so a failed build leaves the previous
+image as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from hearth.config import Settings
+from hearth.image import recipes
+from hearth.image.chroot import BuildError, chroot, run
+from hearth.image.initrd import build_initrd
+from hearth.image.kernel import extract_vmlinux
+from hearth.image.layers import LayerStore, key_of, tree_digest
+
+GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
+IMAGE_CODE_DIR = Path(__file__).resolve().parent
+REQUIRED_TOOLS = ("debootstrap", "mkfs.ext4", "chroot", "mount", "umount")
+ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
+ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and logs
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    path: Path
+    manifest: dict
+    rebuilt: bool  # False when an image with the same inputs was already there
+
+
+class ImageBuilder:
+    def __init__(self, settings: Settings, progress: Progress = lambda step: None):
+        self.settings = settings
+        self.progress = progress
+        self.layers = LayerStore(settings.home / "cache" / "layers")
+
+    # -- the plan --------------------------------------------------------------------------
+
+    def keys(self, recipe: recipes.Recipe) -> dict[str, str]:
+        s = self.settings
+        base = key_of("base", s.suite, s.mirror, s.components, recipes.BASE_PACKAGES,
+                      recipes.kernel_package(s.mirror))
+        packages = key_of("packages", base, recipe.packages, recipe.npm)
+        guest = key_of("guest", packages, recipe.guest_trees, recipe.boot, tree_digest(GUEST_DIR))
+        image = key_of("image", guest, tree_digest(IMAGE_CODE_DIR))
+        return {"base": base, "packages": packages, "guest": guest, "image": image}
+
+    def build(self, name: str, force: bool = False) -> BuildResult:
+        recipe = recipes.get(name)
+        keys = self.keys(recipe)
+        out = self.settings.images_dir / name
+        current = read_manifest(out)
+        if not force and current and current.get("inputs") == keys["image"] and all(
+            (out / a).is_file() for a in ARTEFACTS
+        ):
+            self.progress(f"{name}: up to date ({keys['image']})")
+            return BuildResult(name, out, current, rebuilt=False)
+
+        started = time.monotonic()
+        self.layers.clean_partial()
+        self._preflight(recipe, keys)
+        base = self._layer("base", keys["base"], [], self._debootstrap)
+        packages = self._layer(f"packages-{name}", keys["packages"], [base],
+                               lambda tree: self._install_packages(tree, recipe))
+        guest = self._layer(f"guest-{name}", keys["guest"], [packages, base],
+                            lambda tree: self._install_guest(tree, recipe))
+        self.progress(f"{name}: writing kernel, initrd and ext4 root filesystem")
+        partial = self.settings.images_dir / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with self.layers.view([guest, packages, base]) as tree:
+                versions = self._write_artefacts(tree, recipe, partial)
+            manifest = self._manifest(recipe, keys, partial, versions, started)
+            (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            _swap_into_place(partial, out)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        self.progress(f"{name}: done in {manifest['build_seconds']:.0f}s")
+        return BuildResult(name, out, manifest, rebuilt=True)
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _preflight(self, recipe: recipes.Recipe, keys: dict[str, str]) -> None:
+        missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
+        if missing:
+            raise BuildError(
+                f"missing tools: {', '.join(missing)} (apt-get install debootstrap e2fsprogs)"
+            )
+        home = self.settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        free_gib = shutil.disk_usage(home).free / 2**30
+        if free_gib < recipe.min_free_gib:
+            raise BuildError(
+                f"too little disk for the {recipe.name} image: {free_gib:.1f} GiB free under "
+                f"{home}, {recipe.min_free_gib} GiB needed"
+            )
+        if not self.layers.has(f"packages-{recipe.name}", keys["packages"]):
+            self._check_mirror()
+
+    def _check_mirror(self) -> None:
+        s = self.settings
+        url = f"{s.mirror.rstrip('/')}/dists/{s.suite}/Release"
+        try:
+            response = httpx.get(url, timeout=20, follow_redirects=True)
+        except httpx.HTTPError as e:
+            raise BuildError(f"mirror unreachable: {url}: {e}") from None
+        if response.status_code != 200:
+            raise BuildError(
+                f"mirror {s.mirror} has no suite {s.suite!r} ({url} answered "
+                f"{response.status_code})"
+            )
+
+    # -- layers ----------------------------------------------------------------------------
+
+    def _layer(self, name: str, key: str, lowers: list[Path], steps) -> Path:
+        if self.layers.has(name, key):
+            self.progress(f"{name}: cached ({key})")
+        else:
+            self.progress(f"{name}: building ({key})")
+            with self.layers.build(name, key, lowers) as tree:
+                steps(tree)
+        return self.layers.path(name, key)
+
+    def _debootstrap(self, tree: Path) -> None:
+        s = self.settings
+        include = ",".join((*recipes.BASE_PACKAGES, recipes.kernel_package(s.mirror)))
+        run(["debootstrap", "--variant=minbase", f"--components={s.components}",
+             f"--include={include}", s.suite, str(tree), s.mirror], "debootstrap")
+        with chroot(tree) as sh:
+            sh("apt-get clean", "apt clean")
+
+    def _install_packages(self, tree: Path, recipe: recipes.Recipe) -> None:
+        with chroot(tree) as sh:
+            if recipe.packages:
+                sh("apt-get update -q && apt-get install -y -q --no-install-recommends "
+                   + " ".join(recipe.packages) + " && apt-get clean && rm -rf /var/lib/apt/lists/*",
+                   f"apt-get install for {recipe.name}")
+            if recipe.npm:
+                sh("npm install -g --no-audit --no-fund " + " ".join(recipe.npm)
+                   + " && rm -rf /root/.npm", f"npm install for {recipe.name}")
+
+    def _install_guest(self, tree: Path, recipe: recipes.Recipe) -> None:
+        lib = tree / "usr/lib/hearth"
+        lib.mkdir(parents=True, exist_ok=True)
+        for module in GUEST_DIR.glob("*.py"):
+            if module.name != "__init__.py":
+                shutil.copy2(module, lib / module.name)
+        for name in recipe.guest_trees:
+            shutil.copytree(GUEST_DIR / "files" / name, tree, dirs_exist_ok=True)
+        (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,noatime,errors=remount-ro 0 1\n")
+        (tree / "etc/hostname").write_text("hearth\n")
+        units = [u for group, u in _unit_lines() if group in recipe.guest_trees]
+        with chroot(tree) as sh:
+            if recipe.boot == "hearth":
+                enable = units
+                # The bootstrap configures eth0 before networkd: nothing waits for "online".
+                mask = ["systemd-networkd-wait-online.service"]
+            else:
+                units.remove("hearth-net.service")
+                (tree / "etc/systemd/network/10-eth0.network").unlink()
+                drop_in = tree / "etc/systemd/system/hearth-agent.service.d"
+                drop_in.mkdir(parents=True, exist_ok=True)
+                (drop_in / "baseline.conf").write_text(
+                    "# The stock design: networkd from ip=, and the agent waits for online.\n"
+                    "[Unit]\nRequires=\nAfter=network-online.target\nWants=network-online.target\n"
+                )
+                enable = [*units, "systemd-network-generator.service",
+                          "systemd-networkd-wait-online.service"]
+                mask = []
+            sh("systemctl enable systemd-networkd.service " + " ".join(enable), "enable units")
+            if mask:
+                sh("systemctl mask " + " ".join(mask), "mask units")
+            sh("rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
+               " && passwd -l root >/dev/null && rm -rf /etc/netplan", "finish the guest layer")
+
+    # -- artefacts -------------------------------------------------------------------------
+
+    def _write_artefacts(self, tree: Path, recipe: recipes.Recipe, out: Path) -> dict:
+        kernel_version = _single(tree / "lib/modules").name
+        shutil.copyfile(tree / "boot" / f"vmlinuz-{kernel_version}", out / "vmlinuz")
+        (out / "vmlinux").write_bytes(extract_vmlinux(out / "vmlinuz"))
+        if recipe.boot == "hearth":
+            build_initrd(tree, kernel_version, out / "initrd")
+        else:
+            shutil.copyfile(tree / "boot" / f"initrd.img-{kernel_version}", out / "initrd")
+        size_mib = _tree_mib(tree) * 5 // 4 + ROOTFS_HEADROOM_MIB
+        run(["mkfs.ext4", "-q", "-F", "-L", "hearth-root", "-d", str(tree),
+             str(out / "rootfs.ext4"), f"{size_mib}M"], "mkfs.ext4")
+        return _versions(tree, kernel_version)
+
+    def _manifest(self, recipe, keys, out: Path, versions: dict, started: float) -> dict:
+        return {
+            "name": recipe.name,
+            "inputs": keys["image"],
+            "layers": keys,
+            "suite": self.settings.suite,
+            "mirror": self.settings.mirror,
+            "boot": recipe.boot,
+            "artefacts": {a: {"sha256": _sha256(out / a), "size": (out / a).stat().st_size}
+                          for a in ARTEFACTS},
+            "versions": versions,
+            "build_seconds": round(time.monotonic() - started, 1),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def read_manifest(image_dir: Path) -> dict | None:
+    try:
+        return json.loads((image_dir / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _unit_lines() -> list[tuple[str, str]]:
+    lines = (GUEST_DIR / "files/units.txt").read_text().splitlines()
+    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _swap_into_place(partial: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _single(d: Path) -> Path:
+    entries = [p for p in d.iterdir() if p.is_dir()]
+    if len(entries) != 1:
+        raise BuildError(f"expected exactly one kernel in {d}, found {len(entries)}")
+    return entries[0]
+
+
+def _tree_mib(tree: Path) -> int:
+    return int(run(["du", "-sm", "-x", str(tree)], "measure the tree").split()[0])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions(tree: Path, kernel_version: str) -> dict:
+    """Versions of what matters in the image, read from dpkg's and npm's own records."""
+    packages = _dpkg_versions(tree / "var/lib/dpkg/status")
+    versions = {"kernel": kernel_version}
+    for name in ("firefox-esr", "nodejs", "python3", "systemd"):
+        if name in packages:
+            versions[name] = packages[name]
+    modules = tree / "usr/local/lib/node_modules"
+    for manifest in sorted(modules.glob("*/package.json")) + sorted(
+        modules.glob("@*/*/package.json")
+    ):
+        meta = json.loads(manifest.read_text())
+        if meta.get("name") != "npm":
+            versions[meta["name"]] = meta.get("version")
+    return versions
+
+
+def _dpkg_versions(status: Path) -> dict[str, str]:
+    versions = {}
+    for stanza in status.read_text().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            versions[fields["Package"]] = fields.get("Version", "")
+    return versions

@@ -1,0 +1,64 @@
+"""What goes into each golden image. A recipe is data; the builder turns it into layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Every image: systemd, the agent's Python, iproute2 for the network bootstrap, busybox for
+# the small initrd. The kernel package depends on the suite (see kernel_package()).
+BASE_PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "python3", "iproute2", "iputils-ping",
+    "ca-certificates", "busybox-static", "procps",
+)
+
+# The three CLIs, pinned; checked against the npm registry on 2026-11-27.
+CLI_PACKAGES = (
+    "@anthropic-ai/claude-code@2.1.332",
+    "@openai/codex@0.171.0",
+    "@google/gemini-cli@0.61.0",
+)
+
+NODE_PACKAGES = ("nodejs", "npm", "git")
+
+BROWSER_PACKAGES = (
+    "firefox-esr", "tigervnc-standalone-server", "tigervnc-tools", "xdotool", "x11-utils",
+    "fonts-dejavu-core", "fonts-liberation",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    packages: tuple[str, ...]
+    npm: tuple[str, ...]
+    guest_trees: tuple[str, ...]  # folders of hearth/guest/files/ laid onto the root
+    # hearth: small initrd + the ip= bootstrap unit. stock: the distribution's initramfs and
+    # systemd-networkd from ip= with an agent waiting on network-online (the bench baseline).
+    boot: Literal["hearth", "stock"] = "hearth"
+    min_free_gib: int = 6
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("browser", NODE_PACKAGES + BROWSER_PACKAGES, CLI_PACKAGES, ("common", "browser"),
+               min_free_gib=10),
+        Recipe("cli", NODE_PACKAGES, CLI_PACKAGES, ("common",), min_free_gib=8),
+        Recipe("baseline", (), (), ("common",), boot="stock", min_free_gib=4),
+    )
+}
+
+
+def get(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown image {name!r}; known images: {', '.join(sorted(RECIPES))}"
+        ) from None
+
+
+def kernel_package(mirror: str) -> str:
+    """The distribution kernel: Debian's generic one, or Ubuntu's slim one for VMs."""
+    return "linux-image-virtual" if "ubuntu" in mirror else "linux-image-amd64"

@@ -1,0 +1,53 @@
+"""Guest addresses leased from the subnet, persisted in the database, unique by primary key."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from hearth.store.db import Database
+from hearth.store.models import IpLease
+
+
+class PoolExhausted(RuntimeError):
+    pass
+
+
+class IpPool:
+    def __init__(self, db: Database, gateway: ipaddress.IPv4Interface):
+        self.db = db
+        self.gateway = gateway
+
+    def candidates(self) -> list[str]:
+        return [str(h) for h in self.gateway.network.hosts() if h != self.gateway.ip]
+
+    def lease(self, vm_id: str) -> str:
+        """The VM's address: its existing lease, or the lowest free one."""
+        for _ in range(8):  # another process may take the same address between read and insert
+            with self.db.session() as s:
+                held = s.scalar(select(IpLease.ip).where(IpLease.vm_id == vm_id))
+                if held:
+                    return held
+                taken = set(s.scalars(select(IpLease.ip)))
+                free = next((ip for ip in self.candidates() if ip not in taken), None)
+                if free is None:
+                    raise PoolExhausted(f"no free address left in {self.gateway.network}")
+                s.add(IpLease(ip=free, vm_id=vm_id))
+                try:
+                    s.commit()
+                    return free
+                except IntegrityError:
+                    s.rollback()
+        raise PoolExhausted("could not lease an address: too much contention")
+
+    def release(self, vm_id: str) -> None:
+        with self.db.session() as s:
+            s.execute(delete(IpLease).where(IpLease.vm_id == vm_id))
+            s.commit()
+
+    def leases(self) -> dict[str, str]:
+        """vm_id -> ip for every lease."""
+        with self.db.session() as s:
+            return {row.vm_id: row.ip for row in s.scalars(select(IpLease))}

@@ -1,0 +1,197 @@
+"""The VM network: a namespace Hearth owns, a bridge with the gateway address, one TAP per VM,
+and a veth pair joining it to the controller's namespace, so VM traffic never touches the
+host's real interfaces. Every operation is idempotent: `ensure()` repairs what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from hearth.config import Settings
+from hearth.net.firewall import ruleset
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class VmNetwork:
+    netns: str  # "" = the bridge lives in the controller's namespace
+    bridge: str
+    gateway: ipaddress.IPv4Interface
+    link: ipaddress.IPv4Network  # the veth pair's /30
+    tap_prefix: str
+    guest_ports: tuple[int, ...]  # what the controller may reach on a guest
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> VmNetwork:
+        return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
+                   s.tap_prefix, (s.agent_port, 5901))
+
+    @property
+    def veth_controller(self) -> str:
+        return f"{self.bridge[:10]}-ctl"
+
+    @property
+    def veth_vms(self) -> str:
+        return f"{self.bridge[:10]}-vms"
+
+    @property
+    def _link_hosts(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        controller, vms = list(self.link.hosts())[:2]
+        return controller, vms
+
+    # -- the whole network -------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create whatever of the network is missing; leave what exists alone."""
+        if not self._netns_exists():
+            netns.create(self.netns)
+        with self._vm_side() as ip:
+            _set_up(ip, "lo")
+            bridge = _ensure_link(ip, self.bridge, kind="bridge")
+            _ensure_addr(ip, bridge, self.gateway)
+            ip.link("set", index=bridge, state="up")
+        if self.netns:
+            self._ensure_veth()
+        self._sysctl("net.ipv4.ip_forward=1")
+        self._nft(ruleset(self))
+
+    def teardown(self) -> None:
+        """Remove the network: deleting the namespace takes the bridge, TAPs and rules along."""
+        if self.netns:
+            with IPRoute() as ip:
+                for index in ip.link_lookup(ifname=self.veth_controller):
+                    ip.link("del", index=index)
+            if self.netns in netns.listnetns():
+                netns.remove(self.netns)
+        else:
+            with IPRoute() as ip:
+                for index in ip.link_lookup(ifname=self.bridge):
+                    ip.link("del", index=index)
+            subprocess.run(["nft", "delete", "table", "inet", "hearth"], check=False,
+                           capture_output=True)
+
+    def exists(self) -> bool:
+        if not self._netns_exists():
+            return False
+        with self._vm_side() as ip:
+            return bool(ip.link_lookup(ifname=self.bridge))
+
+    # -- TAPs --------------------------------------------------------------------------------
+
+    def add_tap(self, name: str) -> None:
+        """A persistent TAP on the bridge, isolated from the other VMs' ports."""
+        with self._vm_side() as ip:
+            index = _ensure_link(ip, name, kind="tuntap", mode="tap", ifr={"no_pi": True})
+            bridge = ip.link_lookup(ifname=self.bridge)[0]
+            ip.link("set", index=index, master=bridge, state="up")
+            ip.brport("set", index=index, isolated=1)
+
+    def remove_tap(self, name: str) -> None:
+        with self._vm_side() as ip:
+            for index in ip.link_lookup(ifname=name):
+                ip.link("del", index=index)
+
+    def taps(self) -> list[str]:
+        """Every TAP with Hearth's prefix, whether or not a VM still owns it."""
+        if not self._netns_exists():
+            return []
+        with self._vm_side() as ip:
+            names = [link.get_attr("IFLA_IFNAME") for link in ip.get_links()]
+        return sorted(n for n in names if n.startswith(self.tap_prefix))
+
+    def tap_state(self, name: str) -> dict | None:
+        """The TAP's operational flags and bridge master, for checks and diagnostics."""
+        if not self._netns_exists():
+            return None
+        with self._vm_side() as ip:
+            found = ip.link_lookup(ifname=name)
+            if not found:
+                return None
+            link = ip.get_links(found[0])[0]
+            master = link.get_attr("IFLA_MASTER")
+            master_name = ip.get_links(master)[0].get_attr("IFLA_IFNAME") if master else None
+            return {"up": bool(link["flags"] & 1), "master": master_name}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _netns_exists(self) -> bool:
+        return not self.netns or self.netns in netns.listnetns()
+
+    @contextlib.contextmanager
+    def _vm_side(self) -> Iterator[IPRoute]:
+        ip = NetNS(self.netns, flags=0) if self.netns else IPRoute()
+        try:
+            yield ip
+        finally:
+            ip.close()
+
+    def _ensure_veth(self) -> None:
+        controller_addr, vms_addr = self._link_hosts
+        prefix = self.link.prefixlen
+        with IPRoute() as ip:
+            if not ip.link_lookup(ifname=self.veth_controller):
+                ip.link("add", ifname=self.veth_controller, kind="veth",
+                        peer={"ifname": self.veth_vms})
+                peer = ip.link_lookup(ifname=self.veth_vms)[0]
+                ip.link("set", index=peer, net_ns_fd=self.netns)
+            index = ip.link_lookup(ifname=self.veth_controller)[0]
+            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{controller_addr}/{prefix}"))
+            ip.link("set", index=index, state="up")
+            _ensure_route(ip, str(self.gateway.network), str(vms_addr))
+        with self._vm_side() as ip:
+            index = ip.link_lookup(ifname=self.veth_vms)[0]
+            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{vms_addr}/{prefix}"))
+            ip.link("set", index=index, state="up")
+
+    def _exec(self, argv: list[str], what: str, stdin: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        proc = subprocess.run(prefix + argv, input=stdin, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NetworkError(f"{what} failed: {proc.stderr.strip()}")
+
+    def _sysctl(self, setting: str) -> None:
+        if self.netns:  # never change the controller's (possibly the host's) own sysctls
+            self._exec(["sysctl", "-q", "-w", setting], f"sysctl {setting}")
+
+    def _nft(self, rules: str) -> None:
+        self._exec(["nft", "-f", "-"], "loading the nftables rules", stdin=rules)
+
+
+def _ensure_link(ip: IPRoute, name: str, **kwargs) -> int:
+    found = ip.link_lookup(ifname=name)
+    if not found:
+        try:
+            ip.link("add", ifname=name, **kwargs)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        found = ip.link_lookup(ifname=name)
+    return found[0]
+
+
+def _ensure_addr(ip: IPRoute, index: int, iface: ipaddress.IPv4Interface) -> None:
+    try:
+        ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
+def _ensure_route(ip: IPRoute, dst: str, gateway: str) -> None:
+    ip.route("replace", dst=dst, gateway=gateway)
+
+
+def _set_up(ip: IPRoute, name: str) -> None:
+    for index in ip.link_lookup(ifname=name):
+        ip.link("set", index=index, state="up")

@@ -1,0 +1,63 @@
+"""The database's tables. State lives here; memory holds caches, never the only copy."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VmState(enum.StrEnum):
+    requested = "requested"
+    booting = "booting"
+    ready = "ready"
+    stopping = "stopping"
+    stopped = "stopped"
+    failed = "failed"
+    destroyed = "destroyed"
+
+
+class Vm(Base):
+    __tablename__ = "vms"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    image: Mapped[str] = mapped_column(String(64))
+    vmm: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=VmState.requested, index=True)
+    tap: Mapped[str] = mapped_column(String(15), unique=True)
+    mac: Mapped[str | None] = mapped_column(String(17))
+    ip: Mapped[str | None] = mapped_column(String(15))
+    netns: Mapped[str] = mapped_column(String(64), default="")
+    pid: Mapped[int | None] = mapped_column(Integer)
+    # The Hearth process running the VM's create plan; if it dies mid-boot the VM is orphaned.
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    boot_started: Mapped[float | None] = mapped_column(Float)  # epoch seconds, VMM start
+    # Per-VM bearer token of the guest agent; never logged, never returned by the API.
+    agent_token: Mapped[str] = mapped_column(String(128))
+    boot_seconds: Mapped[float | None] = mapped_column(Float)
+    failed_step: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class IpLease(Base):
+    """One row per leased guest address; the primary key makes two leases of one IP impossible."""
+
+    __tablename__ = "ip_leases"
+
+    ip: Mapped[str] = mapped_column(String(15), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"), unique=True)
+    leased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

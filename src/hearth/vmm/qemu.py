@@ -1,0 +1,179 @@
+"""QEMU driver: KVM where a probe shows a guest really runs, else TCG; controlled over QMP.
+
+The disk is a qcow2 overlay over the golden rootfs (never a full copy); the serial console
+goes to the VM's console.log; the NIC is virtio-net on the VM's TAP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, pid_alive, read_pid
+from hearth.waiting import Timeout, wait_for
+
+QEMU = "qemu-system-x86_64"
+# A boot sector that writes 0x31 to the isa-debug-exit port: QEMU then exits with 99.
+_PROBE_SECTOR = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
+_PROBE_EXIT = (0x31 << 1) | 1
+
+
+def kvm_runs_guests(timeout: float = 10.0) -> bool:
+    """Whether a guest actually runs under KVM here: /dev/kvm can exist while guests hang."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.NamedTemporaryFile(suffix=".img") as sector:
+        sector.write(_PROBE_SECTOR)
+        sector.flush()
+        argv = [QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-smp", "2",
+                "-display", "none", "-nodefaults", "-no-user-config",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-drive", f"file={sector.name},format=raw,if=ide"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+    return proc.returncode == _PROBE_EXIT
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(self, accel: str = "auto", probe_cache: Path | None = None):
+        self._accel = accel
+        self._probe_cache = probe_cache
+
+    @property
+    def accel(self) -> str:
+        """kvm or tcg; the probe's answer is cached per host boot."""
+        if self._accel != "auto":
+            return self._accel
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        cached = _read_json(self._probe_cache) if self._probe_cache else {}
+        if cached.get("boot_id") != boot_id:
+            cached = {"boot_id": boot_id, "accel": "kvm" if kvm_runs_guests() else "tcg"}
+            if self._probe_cache:
+                self._probe_cache.parent.mkdir(parents=True, exist_ok=True)
+                self._probe_cache.write_text(json.dumps(cached))
+        self._accel = cached["accel"]
+        return self._accel
+
+    def argv(self, spec: MachineSpec, incoming: str | None = None) -> list[str]:
+        accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
+        argv = [
+            QEMU, "-name", f"hearth-{spec.vm_id}",
+            "-machine", "q35", "-accel", accel, "-cpu", "host" if self.accel == "kvm" else "max",
+            "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-chardev", f"file,id=console,path={spec.console_log},append=on",
+            "-serial", "chardev:console",
+            "-kernel", str(spec.image.vmlinuz), "-initrd", str(spec.image.initrd),
+            "-append", spec.cmdline,
+            "-drive", f"file={self.disk(spec)},if=none,id=root,format=qcow2,discard=unmap",
+            "-device", "virtio-blk-pci,drive=root",
+            "-drive", f"file={spec.seed},if=none,id=seed,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=seed",
+            "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-qmp", f"unix:{self.qmp_socket(spec)},server=on,wait=off",
+        ]
+        if incoming:
+            argv += ["-incoming", incoming]
+        return argv
+
+    @staticmethod
+    def disk(spec: MachineSpec) -> Path:
+        return spec.workdir / "disk.qcow2"
+
+    @staticmethod
+    def qmp_socket(spec: MachineSpec) -> Path:
+        return spec.workdir / "qmp.sock"
+
+    def start(self, spec: MachineSpec) -> int:
+        self._make_disk(spec)
+        return self._spawn(spec, self.argv(spec), expect="running")
+
+    def stop(self, spec: MachineSpec) -> None:
+        pid = read_pid(spec)
+        if pid and pid_alive(pid) and _is_ours(pid, spec):
+            kill_pid(pid)
+        spec.pid_file.unlink(missing_ok=True)
+        self.qmp_socket(spec).unlink(missing_ok=True)
+
+    def qmp(self, spec: MachineSpec, command: str, **args) -> dict:
+        """One QMP command; a QMP error becomes VmmError."""
+        qmp = QEMUMonitorProtocol(str(self.qmp_socket(spec)))
+        try:
+            qmp.connect(negotiate=True)
+            reply = qmp.cmd_raw(command, args or None)
+        except OSError as e:
+            raise VmmError(f"QMP {command} on VM {spec.vm_id}: {e}") from None
+        finally:
+            qmp.close()
+        if "error" in reply:
+            raise VmmError(f"QMP {command} on VM {spec.vm_id}: {reply['error'].get('desc')}")
+        return reply.get("return", {})
+
+    def _make_disk(self, spec: MachineSpec) -> None:
+        disk = self.disk(spec)
+        if disk.exists():
+            return
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+             "-b", str(spec.image.rootfs.resolve()), str(disk)],
+            check=True, capture_output=True,
+        )
+
+    def _spawn(self, spec: MachineSpec, argv: list[str], expect: str) -> int:
+        self.qmp_socket(spec).unlink(missing_ok=True)
+        log = spec.workdir / "vmm.log"
+        with log.open("ab") as out:
+            # Its own session: the VM outlives a controller that dies, and the reconciler
+            # adopts it or ends it by PID.
+            proc = subprocess.Popen(netns_argv(spec.netns) + argv, stdout=out, stderr=out,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        spec.pid_file.write_text(f"{proc.pid}\n")
+        try:
+            wait_for(lambda: proc.poll() is not None or self.qmp_socket(spec).exists(),
+                     timeout=30, what="QEMU's QMP socket")
+            if proc.poll() is not None:
+                raise VmmError(f"QEMU exited with {proc.returncode}: {_tail(log)}")
+            wait_for(lambda: self._status(spec) == expect, timeout=30,
+                     what=f"QEMU to report {expect}")
+        except (Timeout, VmmError):
+            kill_pid(proc.pid)
+            raise
+        return proc.pid
+
+    def _status(self, spec: MachineSpec) -> str:
+        try:
+            return self.qmp(spec, "query-status").get("status", "")
+        except VmmError:
+            return ""
+
+
+def _is_ours(pid: int, spec: MachineSpec) -> bool:
+    """Guard against a recycled PID: the process must be this VM's QEMU."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return f"hearth-{spec.vm_id}".encode() in cmdline
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
