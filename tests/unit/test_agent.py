@@ -271,7 +271,8 @@ def test_the_token_never_appears_in_the_output(agent: RunningAgent) -> None:
 
 
 def test_a_missing_seed_is_reported_and_the_agent_exits(tmp_path: Path) -> None:
-    env = {**os.environ, "HEARTH_SEED": str(tmp_path / "vdb"), "HEARTH_AGENT_PORT": "0"}
+    env = {**os.environ, "HEARTH_SEED": str(tmp_path / "vdb"), "HEARTH_AGENT_PORT": "0",
+           "HEARTH_SEED_WAIT": "0.2"}
     done = subprocess.run(
         [sys.executable, str(AGENT_PY)], capture_output=True, text=True, env=env, timeout=30
     )

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -298,15 +299,20 @@ class AgentServer(ThreadingHTTPServer):
         super().__init__(address, AgentRequestHandler)
         self.agent = agent
 
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the address: early in boot there
+        is no resolver, and the lookup would hold the agent back for the resolver's timeout."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = socket.gethostname(), self.server_address[1]
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line instead of the default traceback on stderr."""
         log(f"connection from {client_address[0]} failed: {type(sys.exc_info()[1]).__name__}")
 
 
 def main() -> int:
-    seed_path = os.environ.get("HEARTH_SEED", seed.DEFAULT_PATH)
     try:
-        token = seed.read_seed(seed_path)["agent_token"]
+        token = seed.read_guest_seed()["agent_token"]
     except (OSError, seed.SeedError) as e:
         log(f"error: cannot read the seed: {e}")
         return 1

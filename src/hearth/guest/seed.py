@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,17 @@ def _check(data: Any, where: str) -> dict[str, Any]:
 
 
 def read_seed(
-    path: str | os.PathLike[str] = DEFAULT_PATH, limit: int = SEED_SIZE
+    path: str | os.PathLike[str] = DEFAULT_PATH, limit: int = SEED_SIZE, wait: float = 0.0
 ) -> dict[str, Any]:
-    """Read the JSON object at the start of `path`, up to the first NUL (or `limit` bytes)."""
+    """Read the JSON object at the start of `path`, up to the first NUL (or `limit` bytes).
+
+    `wait`: seconds to poll for the device node first. The kernel creates it in devtmpfs as
+    soon as the disk is probed, so the guest's units need not wait for udev's .device unit.
+    """
     where = f"seed {os.fspath(path)}"
+    deadline = time.monotonic() + wait
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
     with open(path, "rb") as f:
         raw = f.read(limit)
     text = raw.split(b"\0", 1)[0]
@@ -55,6 +63,13 @@ def read_seed(
             f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
     return _check(data, where)
+
+
+def read_guest_seed() -> dict[str, Any]:
+    """The seed as guest services read it: HEARTH_SEED (default /dev/vdb), waiting up to
+    HEARTH_SEED_WAIT seconds (default 30) for the device to appear."""
+    path = os.environ.get("HEARTH_SEED", DEFAULT_PATH)
+    return read_seed(path, wait=float(os.environ.get("HEARTH_SEED_WAIT", "30")))
 
 
 def write_seed(path: str | os.PathLike[str], data: dict[str, Any], size: int = SEED_SIZE) -> None:

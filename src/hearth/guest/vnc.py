@@ -85,7 +85,7 @@ def write_private(path: Path, content: bytes) -> None:
 
 def main() -> int:
     try:
-        password = vnc_password(seed.read_seed(os.environ.get("HEARTH_SEED", seed.DEFAULT_PATH)))
+        password = vnc_password(seed.read_guest_seed())
         if len(password) > VNC_AUTH_CHARS:
             log(f"note: VNC authentication uses only the first {VNC_AUTH_CHARS} characters")
         write_private(PASSWD_FILE, obfuscate(password))

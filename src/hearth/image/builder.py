@@ -30,7 +30,23 @@ GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
 IMAGE_CODE_DIR = Path(__file__).resolve().parent
 REQUIRED_TOOLS = ("debootstrap", "mkfs.ext4", "chroot", "mount", "umount")
 ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
-ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and logs
+ROOTFS_HEADROOM_MIB = 1024
+# Units a Hearth VM never needs, each costing a process start (much under emulation):
+# hearth-net configures eth0 (nothing generates .network files from ip= or waits for
+# "online"); the console is the serial port (no VGA gettys); the initrd already loaded the
+# modules and mounted the root read-write; a disposable VM runs no package maintenance,
+# debug filesystems or binfmt handlers, and has no first-boot caches to rebuild.
+HEARTH_BOOT_MASKED = [
+    "systemd-networkd-wait-online.service", "systemd-network-generator.service",
+    "getty@tty1.service", "getty-static.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer", "fstrim.timer", "systemd-pstore.service",
+    "modprobe@drm.service", "modprobe@efi_pstore.service", "modprobe@fuse.service",
+    "modprobe@configfs.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount", "sys-fs-fuse-connections.mount", "dev-hugepages.mount",
+    "dev-mqueue.mount", "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
+    "ldconfig.service", "systemd-journal-catalog-update.service",
+    "systemd-update-done.service", "systemd-hwdb-update.service",
+]  # room for the CLIs' state, browser profiles and logs
 
 Progress = Callable[[str], None]
 
@@ -170,8 +186,7 @@ class ImageBuilder:
         with chroot(tree) as sh:
             if recipe.boot == "hearth":
                 enable = units
-                # The bootstrap configures eth0 before networkd: nothing waits for "online".
-                mask = ["systemd-networkd-wait-online.service"]
+                mask = HEARTH_BOOT_MASKED
             else:
                 units.remove("hearth-net.service")
                 (tree / "etc/systemd/network/10-eth0.network").unlink()
@@ -187,6 +202,7 @@ class ImageBuilder:
             sh("systemctl enable systemd-networkd.service " + " ".join(enable), "enable units")
             if mask:
                 sh("systemctl mask " + " ".join(mask), "mask units")
+            sh("python3 -m compileall -q /usr/lib/hearth", "byte-compile the agent")
             sh("rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
                " && passwd -l root >/dev/null && rm -rf /etc/netplan", "finish the guest layer")
 

@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 # What a VM needs before its root filesystem: the disk, the NIC (loaded early so the
-# network bootstrap never waits on udev), virtio-mmio for Firecracker, ext4 and its checksum.
+# network bootstrap never waits on udev), virtio-mmio for Firecracker, ext4 and its checksum,
+# and virtio-rng: without the host's entropy the kernel's random pool takes seconds to
+# initialise under emulation, and every early Python that imports `random` blocks on it.
 WANTED_MODULES = (
-    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "crc32c_generic", "ext4",
+    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "crc32c_generic",
+    "ext4",
 )
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
