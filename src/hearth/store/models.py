@@ -7,10 +7,38 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend.
+
+    PostgreSQL keeps the instant (timestamptz) but hands it back in the session's time zone;
+    SQLite stores text with no offset and hands back a naive value. So values are stored as UTC
+    and always come back aware, in UTC; a naive value is refused, since its zone is unknown.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: give it a time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:  # SQLite: stored as UTC without an offset
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -47,9 +75,9 @@ class Vm(Base):
     boot_seconds: Mapped[float | None] = mapped_column(Float)
     failed_step: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UtcDateTime, default=utcnow, onupdate=utcnow
     )
 
 
@@ -60,4 +88,4 @@ class IpLease(Base):
 
     ip: Mapped[str] = mapped_column(String(15), primary_key=True)
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"), unique=True)
-    leased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    leased_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,91 @@
+"""Fixtures for tests that boot real VMs: a controller namespace, a Hearth home whose images
+come from a real build, and a way to run the `hearth` command inside that namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.core import runtime
+from hearth.core.vms import VmManager
+from hearth.vmm.base import kill_pid
+from tests.netns import nsenter, test_namespace
+
+IMAGES = Path(os.environ.get("HEARTH_TEST_IMAGES", "/var/lib/hearth/images"))
+
+
+def needs_image(name: str) -> Path:
+    image = IMAGES / name
+    if not (image / "manifest.json").exists():
+        pytest.skip(f"needs a built {name} image in {IMAGES} (hearth image build {name}; "
+                    "set HEARTH_TEST_IMAGES)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, TAP devices)")
+    return image
+
+
+@dataclass
+class Hearth:
+    """The `hearth` command run inside the test's controller namespace."""
+
+    namespace: str
+    env: dict[str, str]
+
+    def argv(self, *args: str) -> list[str]:
+        return [*nsenter(self.namespace), sys.executable, "-m", "hearth", *args]
+
+    def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"hearth {' '.join(args)}: {proc.stderr}{proc.stdout}"
+        return proc
+
+    def json(self, *args: str) -> dict | list:
+        return json.loads(self(*args, "--json").stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**{k.removeprefix("HEARTH_").lower(): v for k, v in self.env.items()
+                           if k.startswith("HEARTH_")})
+
+    def manager(self) -> VmManager:
+        return runtime.vm_manager(self.settings)
+
+
+@pytest.fixture
+def hearth(tmp_path: Path) -> Iterator[Hearth]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "images").symlink_to(IMAGES)
+    with test_namespace() as controller:
+        env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+        h = Hearth(controller, env)
+        try:
+            yield h
+        finally:
+            _leave_nothing(h, home)
+
+
+def _leave_nothing(h: Hearth, home: Path) -> None:
+    """Whatever a failed test left: its VMM processes (by PID), its VM network, its files."""
+    for pid_file in (home / "vms").glob("*/vmm.pid"):
+        try:
+            kill_pid(int(pid_file.read_text()))
+        except (ValueError, OSError):
+            pass
+    h.manager().network.teardown()
+    shutil.rmtree(home / "vms", ignore_errors=True)

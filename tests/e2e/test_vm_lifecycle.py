@@ -1,0 +1,96 @@
+"""A real VM from a real image, booted under QEMU in a namespace the test owns.
+
+Asserts the guest network came up from ip= (address, prefix, default route, gateway ping),
+the agent answers only with its token, the TAP sits on the bridge, the console shows the
+bootstrap and never the token, and VNC greets; then that destroying the VM, or a crash of
+the process booting one, leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import httpx
+import pytest
+
+from hearth.core.reconciler import _vmm_processes
+from hearth.store.models import VmState
+from hearth.waiting import wait_for
+from tests.e2e.conftest import Hearth, needs_image
+from tests.netns import inside
+
+pytestmark = pytest.mark.vm
+
+
+def test_browser_vm_boots_with_network_agent_and_vnc_and_leaves_nothing(hearth: Hearth):
+    needs_image("browser")
+    booted = hearth.json("vm", "boot", "--image", "browser")
+    vms = hearth.manager()
+    vm = vms.get(booted["id"])
+    gateway = vms.settings.gateway
+    assert vm.state == VmState.ready and booted["ip"] == vm.ip
+    assert vms.pool.leases() == {vm.id: vm.ip}
+
+    network = booted["agent"]["network"]
+    eth0 = [a for a in network["addresses"] if a["ifname"] == "eth0" and a["family"] == "inet"]
+    assert eth0 == [{"ifname": "eth0", "family": "inet", "address": vm.ip,
+                     "prefixlen": gateway.network.prefixlen}]
+    assert {"dst": "default", "gateway": str(gateway.ip), "dev": "eth0"} in network["routes"]
+
+    assert vms.network.tap_state(vm.tap) == {"up": True, "master": vms.settings.bridge}
+
+    with inside(hearth.namespace):
+        with vms.agent(vm) as agent:
+            assert agent.health()["status"] == "ok"
+            assert agent.ping(str(gateway.ip))["ok"] is True
+        assert httpx.get(f"http://{vm.ip}:8080/health", timeout=10).status_code == 401
+        bad = {"Authorization": "Bearer not-the-token"}
+        assert httpx.get(f"http://{vm.ip}:8080/health", headers=bad, timeout=10).status_code \
+            == 401
+        greeting = wait_for(lambda: _rfb_greeting(vm.ip), timeout=60, what="the VNC greeting")
+        assert greeting.startswith(b"RFB 003.")
+
+    console = (vms.workdir(vm.id) / "console.log").read_text(errors="replace")
+    assert f"hearth-net: configured eth0 {vm.ip}/{gateway.network.prefixlen}" in console
+    assert "hearth-agent: listening on :8080" in console
+    assert vm.agent_token not in console
+
+    hearth("vm", "rm", vm.id)
+    _assert_nothing_left(hearth)
+    assert vms.get(vm.id).state == VmState.destroyed
+
+
+def test_a_crash_while_booting_is_repaired_by_the_next_start(hearth: Hearth):
+    needs_image("cli")
+    vms = hearth.manager()
+    booting = hearth.popen("vm", "boot", "--image", "cli")
+    # Kill it once the VMM runs: TAP, lease, directory and QEMU process all exist then.
+    wait_for(lambda: _vmm_processes(vms.settings.vms_dir), timeout=120, what="a QEMU process")
+    os.kill(booting.pid, signal.SIGKILL)
+    booting.wait()
+    [vm] = vms.list()
+    assert vm.state in (VmState.requested, VmState.booting)
+    assert vms.network.taps() == [vm.tap]
+
+    hearth("reconcile")
+    _assert_nothing_left(hearth)
+    assert vms.get(vm.id).state == VmState.destroyed
+
+
+def _assert_nothing_left(hearth: Hearth) -> None:
+    vms = hearth.manager()
+    assert vms.network.taps() == []
+    assert vms.pool.leases() == {}
+    assert _vmm_processes(vms.settings.vms_dir) == []
+    assert not vms.settings.vms_dir.exists() or list(vms.settings.vms_dir.iterdir()) == []
+    assert [vm.id for vm in vms.list()] == []
+
+
+def _rfb_greeting(ip: str) -> bytes | None:
+    try:
+        with socket.create_connection((ip, 5901), timeout=5) as s:
+            return s.recv(12)
+    except OSError:
+        return None
