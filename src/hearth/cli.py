@@ -17,6 +17,7 @@ from hearth.core.reconciler import reconcile
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
+from hearth.net.sandbox import inside, sandbox
 
 app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
 image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")
@@ -105,11 +106,14 @@ def vm_boot(
         raise fail(str(e)) from None
     with vms.agent(vm) as agent:
         health = agent.health()
-    result = {"id": vm.id, "image": vm.image, "ip": vm.ip, "tap": vm.tap, "mac": vm.mac,
-              "netns": vm.netns, "boot_to_agent_seconds": round(vm.boot_seconds, 2),
-              "agent": health}
+    _report_vm(vm, health, as_json)
+
+
+def _report_vm(vm, health: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps({"id": vm.id, "image": vm.image, "ip": vm.ip, "tap": vm.tap,
+                          "mac": vm.mac, "netns": vm.netns,
+                          "boot_to_agent_seconds": round(vm.boot_seconds, 2), "agent": health}))
         return
     out.print(f"[green]VM {vm.id}[/green] ready in {vm.boot_seconds:.1f}s: {vm.ip} on {vm.tap}")
     for a in health["network"]["addresses"]:
@@ -177,6 +181,37 @@ def net_down() -> None:
     if vms.list():
         raise fail("VMs still exist; remove them first (hearth vm ls)")
     vms.network.teardown()
+
+
+@app.command("demo")
+def demo(
+    image: Annotated[str, typer.Option(help="browser or cli")] = "cli",
+    keep: Annotated[bool, typer.Option(help="leave the VM and its namespaces running")] = False,
+) -> None:
+    """Build the image if needed, boot a VM in a fresh namespace, show its network and agent."""
+    settings = config.load()
+    image_build([image])
+    with sandbox("hearth-demo", keep=keep) as controller, inside(controller):
+        settings = settings.model_copy(update={"netns": f"{controller}-vm"})
+        vms = runtime.vm_manager(settings)
+        try:
+            with err.status(f"booting a {image} VM in namespace {controller}") as status:
+                vm = vms.create(image, on_step=lambda step: status.update(f"{image} VM: {step}"))
+            with vms.agent(vm) as agent:
+                _report_vm(vm, agent.health(), as_json=False)
+                gateway = str(settings.gateway.ip)
+                out.print(f"  ping    gateway {gateway}: "
+                          f"{'ok' if agent.ping(gateway)['ok'] else 'FAILED'}")
+        finally:
+            if not keep:
+                for leftover in vms.list():
+                    vms.destroy(leftover.id)
+                vms.network.teardown()
+        if keep:
+            out.print(f"kept: nsenter --net=/run/netns/{controller} env "
+                      f"HEARTH_NETNS={controller}-vm hearth vm ls")
+        else:
+            out.print(f"destroyed VM {vm.id} and namespace {controller}")
 
 
 @app.command("reconcile")

@@ -16,9 +16,10 @@ import pytest
 
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
+from hearth.net.sandbox import nsenter, sandbox
 from hearth.vmm.base import kill_pid
-from tests.netns import nsenter, test_namespace
 
 IMAGES = Path(os.environ.get("HEARTH_TEST_IMAGES", "/var/lib/hearth/images"))
 
@@ -70,7 +71,7 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
     home = tmp_path / "home"
     home.mkdir()
     (home / "images").symlink_to(IMAGES)
-    with test_namespace() as controller:
+    with sandbox() as controller:
         env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
                "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
         h = Hearth(controller, env)
@@ -82,10 +83,7 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
 
 def _leave_nothing(h: Hearth, home: Path) -> None:
     """Whatever a failed test left: its VMM processes (by PID), its VM network, its files."""
-    for pid_file in (home / "vms").glob("*/vmm.pid"):
-        try:
-            kill_pid(int(pid_file.read_text()))
-        except (ValueError, OSError):
-            pass
+    for pid in vmm_processes(home / "vms"):
+        kill_pid(pid)
     h.manager().network.teardown()
     shutil.rmtree(home / "vms", ignore_errors=True)

@@ -15,11 +15,11 @@ import socket
 import httpx
 import pytest
 
-from hearth.core.reconciler import _vmm_processes
+from hearth.core.reconciler import vmm_processes
+from hearth.net.sandbox import inside
 from hearth.store.models import VmState
 from hearth.waiting import wait_for
 from tests.e2e.conftest import Hearth, needs_image
-from tests.netns import inside
 
 pytestmark = pytest.mark.vm
 
@@ -67,7 +67,7 @@ def test_a_crash_while_booting_is_repaired_by_the_next_start(hearth: Hearth):
     vms = hearth.manager()
     booting = hearth.popen("vm", "boot", "--image", "cli")
     # Kill it once the VMM runs: TAP, lease, directory and QEMU process all exist then.
-    wait_for(lambda: _vmm_processes(vms.settings.vms_dir), timeout=120, what="a QEMU process")
+    wait_for(lambda: vmm_processes(vms.settings.vms_dir), timeout=120, what="a QEMU process")
     os.kill(booting.pid, signal.SIGKILL)
     booting.wait()
     [vm] = vms.list()
@@ -83,7 +83,7 @@ def _assert_nothing_left(hearth: Hearth) -> None:
     vms = hearth.manager()
     assert vms.network.taps() == []
     assert vms.pool.leases() == {}
-    assert _vmm_processes(vms.settings.vms_dir) == []
+    assert vmm_processes(vms.settings.vms_dir) == []
     assert not vms.settings.vms_dir.exists() or list(vms.settings.vms_dir.iterdir()) == []
     assert [vm.id for vm in vms.list()] == []
 
@@ -94,3 +94,24 @@ def _rfb_greeting(ip: str) -> bytes | None:
             return s.recv(12)
     except OSError:
         return None
+
+
+def test_vms_reach_only_the_gateway_and_survive_a_restart_of_hearth(hearth: Hearth):
+    needs_image("cli")
+    first, second = (hearth.json("vm", "boot", "--image", "cli") for _ in range(2))
+    vms = hearth.manager()
+    gateway = str(vms.settings.gateway.ip)
+    controller_side = str(next(vms.network.link.hosts()))
+    with inside(hearth.namespace), vms.agent(vms.get(first["id"])) as agent:
+        assert agent.ping(gateway)["ok"] is True
+        assert agent.ping(second["ip"])["ok"] is False  # bridge port isolation
+        assert agent.ping(controller_side)["ok"] is False  # nftables: nothing beyond
+
+    report = hearth("reconcile").stdout
+    assert first["id"] in report and second["id"] in report  # adopted, not destroyed
+    assert {vm.id for vm in vms.list()} == {first["id"], second["id"]}
+    with inside(hearth.namespace), vms.agent(vms.get(second["id"])) as agent:
+        assert agent.health()["status"] == "ok"
+
+    hearth("vm", "rm", first["id"], second["id"])
+    _assert_nothing_left(hearth)

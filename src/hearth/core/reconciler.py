@@ -55,7 +55,7 @@ def reconcile(vms: VmManager) -> Report:
             vms.network.remove_tap(tap)
             report.taps.append(tap)
 
-    for pid in _vmm_processes(vms.settings.vms_dir):
+    for pid in vmm_processes(vms.settings.vms_dir):
         if not any(references(pid, vms.workdir(vm_id)) for vm_id in live):
             kill_pid(pid)
             report.processes.append(pid)
@@ -76,7 +76,7 @@ def reconcile(vms: VmManager) -> Report:
 VMM_PROGRAMS = ("qemu-system-x86_64", "firecracker", "jailer")
 
 
-def _vmm_processes(vms_dir: Path) -> list[int]:
+def vmm_processes(vms_dir: Path) -> list[int]:
     """VMM processes (QEMU or Firecracker) whose command line names Hearth's VM directory."""
     pids = []
     for entry in Path("/proc").iterdir():

@@ -60,9 +60,11 @@ class BuildResult:
 
 
 class ImageBuilder:
-    def __init__(self, settings: Settings, progress: Progress = lambda step: None):
+    def __init__(self, settings: Settings, progress: Progress = lambda step: None,
+                 guest_dir: Path = GUEST_DIR):
         self.settings = settings
         self.progress = progress
+        self.guest_dir = guest_dir  # what goes into the guest layer (another copy in benches)
         self.layers = LayerStore(settings.home / "cache" / "layers")
 
     # -- the plan --------------------------------------------------------------------------
@@ -72,7 +74,8 @@ class ImageBuilder:
         base = key_of("base", s.suite, s.mirror, s.components, recipes.BASE_PACKAGES,
                       recipes.kernel_package(s.mirror))
         packages = key_of("packages", base, recipe.packages, recipe.npm)
-        guest = key_of("guest", packages, recipe.guest_trees, recipe.boot, tree_digest(GUEST_DIR))
+        guest = key_of("guest", packages, recipe.guest_trees, recipe.boot,
+                       tree_digest(self.guest_dir))
         image = key_of("image", guest, tree_digest(IMAGE_CODE_DIR))
         return {"base": base, "packages": packages, "guest": guest, "image": image}
 
@@ -175,33 +178,21 @@ class ImageBuilder:
     def _install_guest(self, tree: Path, recipe: recipes.Recipe) -> None:
         lib = tree / "usr/lib/hearth"
         lib.mkdir(parents=True, exist_ok=True)
-        for module in GUEST_DIR.glob("*.py"):
+        for module in self.guest_dir.glob("*.py"):
             if module.name != "__init__.py":
                 shutil.copy2(module, lib / module.name)
         for name in recipe.guest_trees:
-            shutil.copytree(GUEST_DIR / "files" / name, tree, dirs_exist_ok=True)
+            shutil.copytree(self.guest_dir / "files" / name, tree, dirs_exist_ok=True)
         (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,noatime,errors=remount-ro 0 1\n")
         (tree / "etc/hostname").write_text("hearth\n")
-        units = [u for group, u in _unit_lines() if group in recipe.guest_trees]
+        units = [u for group, u in _unit_lines(self.guest_dir) if group in recipe.guest_trees]
+        if recipe.boot == "stock":
+            # networkd configured from ip= by the generator, and the wait for "online".
+            units += ["systemd-network-generator.service", "systemd-networkd-wait-online.service"]
         with chroot(tree) as sh:
+            sh("systemctl enable systemd-networkd.service " + " ".join(units), "enable units")
             if recipe.boot == "hearth":
-                enable = units
-                mask = HEARTH_BOOT_MASKED
-            else:
-                units.remove("hearth-net.service")
-                (tree / "etc/systemd/network/10-eth0.network").unlink()
-                drop_in = tree / "etc/systemd/system/hearth-agent.service.d"
-                drop_in.mkdir(parents=True, exist_ok=True)
-                (drop_in / "baseline.conf").write_text(
-                    "# The stock design: networkd from ip=, and the agent waits for online.\n"
-                    "[Unit]\nRequires=\nAfter=network-online.target\nWants=network-online.target\n"
-                )
-                enable = [*units, "systemd-network-generator.service",
-                          "systemd-networkd-wait-online.service"]
-                mask = []
-            sh("systemctl enable systemd-networkd.service " + " ".join(enable), "enable units")
-            if mask:
-                sh("systemctl mask " + " ".join(mask), "mask units")
+                sh("systemctl mask " + " ".join(HEARTH_BOOT_MASKED), "mask units")
             sh("python3 -m compileall -q /usr/lib/hearth", "byte-compile the agent")
             sh("rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
                " && passwd -l root >/dev/null && rm -rf /etc/netplan", "finish the guest layer")
@@ -244,8 +235,8 @@ def read_manifest(image_dir: Path) -> dict | None:
         return None
 
 
-def _unit_lines() -> list[tuple[str, str]]:
-    lines = (GUEST_DIR / "files/units.txt").read_text().splitlines()
+def _unit_lines(guest_dir: Path) -> list[tuple[str, str]]:
+    lines = (guest_dir / "files/units.txt").read_text().splitlines()
     return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -254,7 +245,12 @@ def _swap_into_place(partial: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
-    partial.rename(out)
+    try:
+        partial.rename(out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.rename(out)  # the previous image stays in service
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

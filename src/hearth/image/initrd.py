@@ -11,6 +11,8 @@ import lzma
 import os
 from pathlib import Path
 
+import zstandard
+
 # What a VM needs before its root filesystem: the disk, the NIC (loaded early so the
 # network bootstrap never waits on udev), virtio-mmio for Firecracker, ext4 and its checksum,
 # and virtio-rng: without the host's entropy the kernel's random pool takes seconds to
@@ -96,15 +98,22 @@ def build_initrd(root: Path, kernel_version: str, out: Path) -> list[str]:
     archive.add_file("init", INIT_SCRIPT.encode(), 0o755)
     loaded = []
     for path in modules:
-        data = (moddir / path).read_bytes()
-        if path.endswith(".xz"):
-            data = lzma.decompress(data)
+        data = _decompress(path, (moddir / path).read_bytes())
         name = os.path.basename(path).removesuffix(".xz").removesuffix(".zst")
         archive.add_file(f"lib/modules/{name}", data, 0o644)
         loaded.append(name)
     archive.add_file("etc/modules.order", ("\n".join(loaded) + "\n").encode(), 0o644)
     out.write_bytes(archive.finish())
     return loaded
+
+
+def _decompress(path: str, data: bytes) -> bytes:
+    """A module as insmod loads it: Debian ships .ko.xz, Ubuntu .ko.zst."""
+    if path.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.endswith(".zst"):
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
 
 
 class _Cpio:

@@ -42,10 +42,10 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("browser", NODE_PACKAGES + BROWSER_PACKAGES, CLI_PACKAGES, ("common", "browser"),
-               min_free_gib=10),
-        Recipe("cli", NODE_PACKAGES, CLI_PACKAGES, ("common",), min_free_gib=8),
-        Recipe("baseline", (), (), ("common",), boot="stock", min_free_gib=4),
+        Recipe("browser", NODE_PACKAGES + BROWSER_PACKAGES, CLI_PACKAGES,
+               ("hearth-boot", "browser"), min_free_gib=10),
+        Recipe("cli", NODE_PACKAGES, CLI_PACKAGES, ("hearth-boot",), min_free_gib=8),
+        Recipe("baseline", (), (), ("stock-boot",), boot="stock", min_free_gib=4),
     )
 }
 

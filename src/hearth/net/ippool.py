@@ -8,11 +8,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from hearth.store.db import Database
-from hearth.store.models import IpLease
+from hearth.store.models import IpLease, Vm
 
 
 class PoolExhausted(RuntimeError):
     pass
+
+
+class UnknownVm(LookupError):
+    """A lease was asked for a VM the database does not know (the foreign key refused it)."""
 
 
 class IpPool:
@@ -24,22 +28,31 @@ class IpPool:
         return [str(h) for h in self.gateway.network.hosts() if h != self.gateway.ip]
 
     def lease(self, vm_id: str) -> str:
-        """The VM's address: its existing lease, or the lowest free one."""
-        for _ in range(8):  # another process may take the same address between read and insert
+        """The VM's address: its existing lease, or the lowest free one.
+
+        Leasers race without locks: the primary key refuses an address another leaser took
+        between our read and our insert, and we try again. Each lost race means another lease
+        went in, so one attempt per address (plus one to see the pool full) always suffices
+        unless leases are also being released meanwhile.
+        """
+        candidates = self.candidates()
+        for _ in range(len(candidates) + 1):
             with self.db.session() as s:
                 held = s.scalar(select(IpLease.ip).where(IpLease.vm_id == vm_id))
                 if held:
                     return held
                 taken = set(s.scalars(select(IpLease.ip)))
-                free = next((ip for ip in self.candidates() if ip not in taken), None)
+                free = next((ip for ip in candidates if ip not in taken), None)
                 if free is None:
                     raise PoolExhausted(f"no free address left in {self.gateway.network}")
                 s.add(IpLease(ip=free, vm_id=vm_id))
                 try:
                     s.commit()
                     return free
-                except IntegrityError:
+                except IntegrityError as e:
                     s.rollback()
+                    if s.get(Vm, vm_id) is None:
+                        raise UnknownVm(f"no VM {vm_id!r} to lease an address for") from e
         raise PoolExhausted("could not lease an address: too much contention")
 
     def release(self, vm_id: str) -> None:

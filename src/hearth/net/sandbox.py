@@ -1,5 +1,6 @@
-"""Network namespaces the tests create and own: every test that touches networking runs
-its controller, bridge, VMs and peers inside them, and deletes them afterwards."""
+"""Throwaway network namespaces for the controller: tests, benches and the demo run Hearth
+inside one they create, so nothing they do touches the host's own network, and delete it
+(with everything in it) afterwards."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from pyroute2 import netns
 
 
 @contextlib.contextmanager
-def test_namespace(prefix: str = "hearth-test") -> Iterator[str]:
-    """A fresh namespace with loopback up; deleted (with all it holds) on exit."""
+def sandbox(prefix: str = "hearth-test", keep: bool = False) -> Iterator[str]:
+    """A fresh namespace with loopback up; deleted (with all it holds) on exit unless kept."""
     name = f"{prefix}-{secrets.token_hex(3)}"
     netns.create(name)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name
     finally:
-        if name in netns.listnetns():
+        if not keep and name in netns.listnetns():
             netns.remove(name)
 
 

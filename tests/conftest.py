@@ -1,0 +1,68 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import Engine
+
+from hearth.store.db import Database
+from tests.postgres_server import PostgresServer, find_bindir, scratch_database
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server for the session: $HEARTH_TEST_POSTGRES_URL, else one started here."""
+    if url := os.environ.get("HEARTH_TEST_POSTGRES_URL"):
+        yield url
+        return
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("needs PostgreSQL server binaries (apt-get install postgresql)")
+    with PostgresServer(bindir) as server:
+        yield server.url.render_as_string()
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A database URL on each backend Hearth supports, so store tests run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'hearth.db'}"
+        return
+    with scratch_database(request.getfixturevalue("postgres_server_url")) as url:
+        yield url
+
+
+def drop_everything(engine: Engine) -> None:
+    """Empty the database, so each test starts from no schema at all."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        else:
+            tables = MetaData()
+            tables.reflect(conn)
+            tables.drop_all(conn)
+
+
+@pytest.fixture
+def empty_db(database_url: str) -> Iterator[Database]:
+    """A Database on an empty schema, not yet migrated."""
+    database = Database(database_url)
+    drop_everything(database.engine)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def db(empty_db: Database) -> Database:
+    """A Database migrated to head, on a clean schema of its own."""
+    empty_db.migrate()
+    return empty_db
