@@ -2,15 +2,18 @@
 
 Hearth's image and, in the same run, a baseline of the same distribution booted the stock
 way (the distribution's initramfs, systemd-networkd from ip=, an agent that waits for
-network-online). Run as root:  python bench/boot.py --runs 10
+network-online). Everything runs inside a namespace the bench creates and deletes.
+Run as root:  python bench/boot.py --runs 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +21,9 @@ from pathlib import Path
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmError
-from hearth.net.sandbox import inside, sandbox
+from hearth.net.sandbox import nsenter, sandbox
+
+INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
 
 
 def boot_series(vms, image: str, runs: int) -> dict:
@@ -39,6 +44,14 @@ def boot_series(vms, image: str, runs: int) -> dict:
     }
 
 
+def run_inside(args: argparse.Namespace) -> list[dict]:
+    vms = runtime.vm_manager(Settings(boot_timeout=300))
+    try:
+        return [boot_series(vms, image, args.runs) for image in (args.image, args.baseline)]
+    finally:
+        vms.network.teardown()
+
+
 def main() -> None:
     # Ending the bench by signal still runs its clean-up: VMs, namespaces, files.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -49,18 +62,18 @@ def main() -> None:
     parser.add_argument("--images-dir", type=Path, default=Settings().images_dir)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if os.environ.get(INSIDE):
+        print(json.dumps(run_inside(args)))
+        return
 
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
-            sandbox("hearth-bench") as controller, inside(controller):
+            sandbox("hearth-bench") as controller:
         (Path(home) / "images").symlink_to(args.images_dir.resolve())
-        settings = Settings(home=Path(home), netns=f"{controller}-vm", boot_timeout=300)
-        vms = runtime.vm_manager(settings)
-        try:
-            results = [boot_series(vms, image, args.runs)
-                       for image in (args.image, args.baseline)]
-        finally:
-            vms.network.teardown()
-
+        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
+               "HEARTH_NETNS": f"{controller}-vm"}
+        child = subprocess.run([*nsenter(controller), sys.executable, *sys.argv], env=env,
+                               stdout=subprocess.PIPE, text=True, check=True)
+    results = json.loads(child.stdout)
     hearth, baseline = results
     ratio = (round(hearth["median_s"] / baseline["median_s"], 3)
              if hearth["median_s"] and baseline["median_s"] else None)

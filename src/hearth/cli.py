@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from typing import Annotated
 
@@ -17,7 +19,7 @@ from hearth.core.reconciler import reconcile
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
-from hearth.net.sandbox import inside, sandbox
+from hearth.net.sandbox import nsenter, sandbox
 
 app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
 image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")
@@ -155,13 +157,16 @@ def vm_console(vm_id: str) -> None:
 
 
 @vm_app.command("rm")
-def vm_rm(vm_ids: list[str]) -> None:
+def vm_rm(
+    vm_ids: Annotated[list[str] | None, typer.Argument()] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every VM")] = False,
+) -> None:
     """Destroy VMs: VMM process, TAP, lease and directory."""
     vms = runtime.vm_manager(config.load())
-    for vm_id in vm_ids:
+    for vm_id in [vm.id for vm in vms.list()] if all_ else vm_ids or []:
         try:
             vms.destroy(vm_id)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the message is the user's answer
             raise fail(str(e)) from None
         out.print(f"destroyed {vm_id}")
 
@@ -188,30 +193,30 @@ def demo(
     image: Annotated[str, typer.Option(help="browser or cli")] = "cli",
     keep: Annotated[bool, typer.Option(help="leave the VM and its namespaces running")] = False,
 ) -> None:
-    """Build the image if needed, boot a VM in a fresh namespace, show its network and agent."""
-    settings = config.load()
+    """Build the image if needed, boot a VM from a fresh namespace, show its network and agent.
+
+    The controller's part runs as this same command inside the new namespace (nsenter), so
+    nothing here touches the host's own network.
+    """
     image_build([image])
-    with sandbox("hearth-demo", keep=keep) as controller, inside(controller):
-        settings = settings.model_copy(update={"netns": f"{controller}-vm"})
-        vms = runtime.vm_manager(settings)
+    with sandbox("hearth-demo", keep=keep) as controller:
+        env = {**os.environ, "HEARTH_NETNS": f"{controller}-vm"}
+
+        def hearth(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*nsenter(controller), sys.executable, "-m", "hearth", *args],
+                                  env=env, check=False)
+
         try:
-            with err.status(f"booting a {image} VM in namespace {controller}") as status:
-                vm = vms.create(image, on_step=lambda step: status.update(f"{image} VM: {step}"))
-            with vms.agent(vm) as agent:
-                _report_vm(vm, agent.health(), as_json=False)
-                gateway = str(settings.gateway.ip)
-                out.print(f"  ping    gateway {gateway}: "
-                          f"{'ok' if agent.ping(gateway)['ok'] else 'FAILED'}")
+            booted = hearth("vm", "boot", "--image", image).returncode == 0
         finally:
             if not keep:
-                for leftover in vms.list():
-                    vms.destroy(leftover.id)
-                vms.network.teardown()
+                hearth("vm", "rm", "--all")
+                hearth("net", "down")
         if keep:
-            out.print(f"kept: nsenter --net=/run/netns/{controller} env "
-                      f"HEARTH_NETNS={controller}-vm hearth vm ls")
-        else:
-            out.print(f"destroyed VM {vm.id} and namespace {controller}")
+            out.print(f"kept: nsenter --net=/run/netns/{controller} "
+                      f"env HEARTH_NETNS={controller}-vm hearth vm ls")
+        if not booted:
+            raise typer.Exit(1)
 
 
 @app.command("reconcile")

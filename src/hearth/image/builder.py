@@ -33,10 +33,17 @@ ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
 ROOTFS_HEADROOM_MIB = 1024
 # Units a Hearth VM never needs, each costing a process start (much under emulation):
 # hearth-net configures eth0 (nothing generates .network files from ip= or waits for
-# "online"); the console is the serial port (no VGA gettys); the initrd already loaded the
-# modules and mounted the root read-write; a disposable VM runs no package maintenance,
-# debug filesystems or binfmt handlers, and has no first-boot caches to rebuild.
+# "online"); nobody logs in (root is locked; the serial console is a log, not a terminal);
+# the initrd already loaded the modules and mounted the root read-write, and the kernel's
+# devtmpfs has every node the VM uses, so udev has nothing to do; the CPU's and virtio-rng's
+# entropy make a stored random seed moot; the journal stays in memory; a disposable VM runs
+# no package maintenance, debug filesystems or binfmt handlers, and rebuilds no caches.
 HEARTH_BOOT_MASKED = [
+    "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udev-settle.service",
+    "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
+    "systemd-udev-load-credentials.service", "serial-getty@ttyS0.service",
+    "systemd-journal-flush.service", "systemd-random-seed.service", "systemd-sysusers.service",
+    "systemd-update-utmp.service", "systemd-networkd-persistent-storage.service",
     "systemd-networkd-wait-online.service", "systemd-network-generator.service",
     "getty@tty1.service", "getty-static.service", "apt-daily.timer", "apt-daily-upgrade.timer",
     "dpkg-db-backup.timer", "fstrim.timer", "systemd-pstore.service",
@@ -46,6 +53,14 @@ HEARTH_BOOT_MASKED = [
     "dev-mqueue.mount", "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
     "ldconfig.service", "systemd-journal-catalog-update.service",
     "systemd-update-done.service", "systemd-hwdb-update.service",
+]
+# systemd runs every generator before it starts anything; a Hearth VM needs only fstab's.
+# (No TPM, GPT auto-mounts, hibernation, SysV scripts, rc.local, gettys or SSH sockets.)
+HEARTH_BOOT_MASKED_GENERATORS = [
+    "systemd-debug-generator", "systemd-getty-generator", "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator", "systemd-rc-local-generator",
+    "systemd-run-generator", "systemd-ssh-generator", "systemd-system-update-generator",
+    "systemd-sysv-generator", "systemd-tpm2-generator",
 ]  # room for the CLIs' state, browser profiles and logs
 
 Progress = Callable[[str], None]
@@ -74,9 +89,12 @@ class ImageBuilder:
         base = key_of("base", s.suite, s.mirror, s.components, recipes.BASE_PACKAGES,
                       recipes.kernel_package(s.mirror))
         packages = key_of("packages", base, recipe.packages, recipe.npm)
+        # The guest layer and the image also depend on the builder's own code (unit masks,
+        # initrd, ext4): a change there rebuilds them, never the slow layers below.
+        builder = tree_digest(IMAGE_CODE_DIR)
         guest = key_of("guest", packages, recipe.guest_trees, recipe.boot,
-                       tree_digest(self.guest_dir))
-        image = key_of("image", guest, tree_digest(IMAGE_CODE_DIR))
+                       tree_digest(self.guest_dir), builder)
+        image = key_of("image", guest, builder)
         return {"base": base, "packages": packages, "guest": guest, "image": image}
 
     def build(self, name: str, force: bool = False) -> BuildResult:
@@ -193,6 +211,10 @@ class ImageBuilder:
             sh("systemctl enable systemd-networkd.service " + " ".join(units), "enable units")
             if recipe.boot == "hearth":
                 sh("systemctl mask " + " ".join(HEARTH_BOOT_MASKED), "mask units")
+                generators = tree / "etc/systemd/system-generators"
+                generators.mkdir(parents=True, exist_ok=True)
+                for name in HEARTH_BOOT_MASKED_GENERATORS:
+                    (generators / name).symlink_to("/dev/null")
             sh("python3 -m compileall -q /usr/lib/hearth", "byte-compile the agent")
             sh("rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
                " && passwd -l root >/dev/null && rm -rf /etc/netplan", "finish the guest layer")

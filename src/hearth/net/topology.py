@@ -17,6 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hearth.config import Settings
 from hearth.net.firewall import ruleset
+from hearth.waiting import wait_for
 
 
 class NetworkError(RuntimeError):
@@ -93,7 +94,7 @@ class VmNetwork:
         """A persistent TAP on the bridge, isolated from the other VMs' ports."""
         with self._vm_side() as ip:
             index = _ensure_link(ip, name, kind="tuntap", mode="tap", ifr={"no_pi": True})
-            bridge = ip.link_lookup(ifname=self.bridge)[0]
+            bridge = _index(ip, self.bridge)
             ip.link("set", index=index, master=bridge, state="up")
             ip.brport("set", index=index, isolated=1)
 
@@ -143,14 +144,14 @@ class VmNetwork:
             if not ip.link_lookup(ifname=self.veth_controller):
                 ip.link("add", ifname=self.veth_controller, kind="veth",
                         peer={"ifname": self.veth_vms})
-                peer = ip.link_lookup(ifname=self.veth_vms)[0]
+                peer = _index(ip, self.veth_vms)
                 ip.link("set", index=peer, net_ns_fd=self.netns)
-            index = ip.link_lookup(ifname=self.veth_controller)[0]
+            index = _index(ip, self.veth_controller)
             _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{controller_addr}/{prefix}"))
             ip.link("set", index=index, state="up")
             _ensure_route(ip, str(self.gateway.network), str(vms_addr))
         with self._vm_side() as ip:
-            index = ip.link_lookup(ifname=self.veth_vms)[0]
+            index = _index(ip, self.veth_vms)
             _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{vms_addr}/{prefix}"))
             ip.link("set", index=index, state="up")
 
@@ -176,8 +177,13 @@ def _ensure_link(ip: IPRoute, name: str, **kwargs) -> int:
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
-        found = ip.link_lookup(ifname=name)
-    return found[0]
+    return _index(ip, name)
+
+
+def _index(ip: IPRoute, name: str) -> int:
+    """The link's index; a link just created or moved can take a moment to be listed."""
+    return wait_for(lambda: next(iter(ip.link_lookup(ifname=name)), None), timeout=5,
+                    what=f"network link {name}")
 
 
 def _ensure_addr(ip: IPRoute, index: int, iface: ipaddress.IPv4Interface) -> None:
