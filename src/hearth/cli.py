@@ -152,6 +152,8 @@ def vm_console(vm_id: str) -> None:
     vms = runtime.vm_manager(config.load())
     log = vms.workdir(vm_id) / "console.log"
     if not log.exists():
+        log = vms.console_archive(vm_id)
+    if not log.exists():
         raise fail(f"no console log for VM {vm_id!r}")
     sys.stdout.write(log.read_text(errors="replace"))
 
@@ -217,6 +219,42 @@ def demo(
                       f"env HEARTH_NETNS={controller}-vm hearth vm ls")
         if not booted:
             raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    uds: Annotated[str, typer.Option(help="listen on this Unix socket instead")] = "",
+) -> None:
+    """Run the controller: the HTTP API, the live view and the background work."""
+    import uvicorn
+
+    from hearth.api.app import create_app
+
+    app_ = create_app(config.load())
+    if uds:
+        uvicorn.run(app_, uds=uds, log_level="info")
+    else:
+        uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+apikey_app = typer.Typer(no_args_is_help=True, help="API keys.")
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    role: Annotated[str, typer.Option(help="app (the web product) or admin")] = "app",
+    name: Annotated[str, typer.Option(help="a note on who holds it")] = "",
+) -> None:
+    """Create an API key and print it: it is shown this once and stored only as a hash."""
+    from hearth.api.keys import create_key
+
+    try:
+        print(create_key(runtime.open_database(config.load()), role, name))
+    except ValueError as e:
+        raise fail(str(e)) from None
 
 
 @app.command("reconcile")

@@ -38,10 +38,25 @@ class Settings(BaseSettings):
     cidr: str = "192.168.100.1/24"  # the gateway address and the VM subnet
     link_cidr: str = "169.254.100.0/30"  # the veth pair joining the two namespaces
     tap_prefix: str = "hth"
+    # Destinations VMs may reach beyond the gateway, "ip:port,ip:port" (default: none).
+    egress: str = ""
+
+    # Controller
+    public_url: str = "http://localhost:8000"  # how users' browsers reach the controller
+    session_ttl: float = 900.0  # seconds an auth session may take before it expires
+    demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
 
     @cached_property
     def gateway(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(self.cidr)
+
+    @property
+    def egress_rules(self) -> tuple[tuple[str, int], ...]:
+        rules = []
+        for item in filter(None, (part.strip() for part in self.egress.split(","))):
+            host, _, port = item.rpartition(":")
+            rules.append((str(ipaddress.IPv4Address(host)), int(port)))
+        return tuple(rules)
 
     @property
     def images_dir(self) -> Path:

@@ -189,6 +189,8 @@ class VmManager:
                      lambda: self.network.remove_tap(vm.tap)),
                 Step("release-address", lambda: vm_id in self.pool.leases(),
                      lambda: self.pool.release(vm_id)),
+                Step("keep-console", lambda: (self.workdir(vm_id) / "console.log").exists(),
+                     lambda: self._archive_console(vm_id)),
                 Step("remove-directory", lambda: self.workdir(vm_id).exists(),
                      lambda: shutil.rmtree(self.workdir(vm_id))),
                 Step("record-destroyed", lambda: self.get(vm_id).state != VmState.destroyed,
@@ -196,6 +198,15 @@ class VmManager:
             ],
             on_step,
         )
+
+    def console_archive(self, vm_id: str) -> Path:
+        """Where a destroyed VM's console log is kept, for the record."""
+        return self.settings.home / "logs" / f"{vm_id}.console.log"
+
+    def _archive_console(self, vm_id: str) -> None:
+        archive = self.console_archive(vm_id)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.workdir(vm_id) / "console.log", archive)
 
     # -- helpers ---------------------------------------------------------------------------
 

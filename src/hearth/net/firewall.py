@@ -1,5 +1,6 @@
 """nftables rules for the VM network: what a VM may reach (by default nothing beyond the
-gateway) and what reaches a VM (only the controller, on the guest's service ports)."""
+gateway; the operator may allow listed host:port destinations) and what reaches a VM (only
+the controller, on the guest's service ports)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def ruleset(net: VmNetwork) -> str:
         if net.netns
         else ""
     )
+    egress = "\n        ".join(
+        f'iifname "{net.bridge}" ip daddr {host} tcp dport {port} accept'
+        for host, port in net.egress
+    )
     return f"""table inet hearth
 delete table inet hearth
 table inet hearth {{
@@ -27,6 +32,7 @@ table inet hearth {{
         iifname "{net.bridge}" oifname "{net.bridge}" drop
         ct state established,related accept
         {from_controller}
+        {egress}
         iifname "{net.bridge}" drop
         oifname "{net.bridge}" drop
     }}

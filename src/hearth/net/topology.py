@@ -32,11 +32,12 @@ class VmNetwork:
     link: ipaddress.IPv4Network  # the veth pair's /30
     tap_prefix: str
     guest_ports: tuple[int, ...]  # what the controller may reach on a guest
+    egress: tuple[tuple[str, int], ...] = ()  # host:port destinations VMs may reach
 
     @classmethod
     def from_settings(cls, s: Settings) -> VmNetwork:
         return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
-                   s.tap_prefix, (s.agent_port, 5901))
+                   s.tap_prefix, (s.agent_port, 5901), s.egress_rules)
 
     @property
     def veth_controller(self) -> str:
@@ -87,6 +88,30 @@ class VmNetwork:
             return False
         with self._vm_side() as ip:
             return bool(ip.link_lookup(ifname=self.bridge))
+
+    def attach_host(self, host_netns: str, link: ipaddress.IPv4Network) -> str:
+        """Join another namespace to the VM network as a host VMs may be allowed to reach
+        (the demo identity provider); return its address. The VM namespace gets the link's
+        first address, the host the second, with its default route back through the first."""
+        if not self.netns:
+            raise NetworkError("attaching a host needs the VM network in its own namespace")
+        vm_side, host_side = (str(a) for a in list(link.hosts())[:2])
+        outer, inner = f"hpeer{link.network_address.packed[-1]:03d}", "eth0"
+        with self._vm_side() as ip:
+            if not ip.link_lookup(ifname=outer):
+                ip.link("add", ifname=outer, kind="veth", peer={"ifname": "hpeer-tmp"})
+                ip.link("set", index=_index(ip, "hpeer-tmp"), net_ns_fd=host_netns)
+            index = _index(ip, outer)
+            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{vm_side}/{link.prefixlen}"))
+            ip.link("set", index=index, state="up")
+        with NetNS(host_netns, flags=0) as ip:
+            if ip.link_lookup(ifname="hpeer-tmp"):
+                ip.link("set", index=_index(ip, "hpeer-tmp"), ifname=inner)
+            index = _index(ip, inner)
+            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{host_side}/{link.prefixlen}"))
+            ip.link("set", index=index, state="up")
+            ip.route("replace", dst="default", gateway=vm_side)
+        return host_side
 
     # -- TAPs --------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, pid_alive, read_pid
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, read_pid, running_pid
 from hearth.waiting import Timeout, wait_for
 
 API_SOCK = "firecracker.sock"
@@ -212,7 +212,7 @@ class FirecrackerDriver:
     def stop(self, spec: MachineSpec) -> None:
         layout = self._layout(spec)
         pid = read_pid(spec)
-        if pid is not None and pid_alive(pid) and _runs_for(pid, self._marker(spec, layout)):
+        if running_pid(spec) is not None:
             kill_pid(pid)
         if pid is not None and (child := self._children.pop(pid, None)) is not None:
             child.poll()
@@ -308,10 +308,6 @@ class FirecrackerDriver:
             "--api-sock", layout.vmm(API_SOCK),
         ]  # fmt: skip
 
-    def _marker(self, spec: MachineSpec, layout: _Layout) -> str:
-        """An argument only this VM's process carries: its socket path, or its jail id."""
-        return spec.vm_id if layout.root else str(layout.host(API_SOCK))
-
     def _spawn(self, spec: MachineSpec, layout: _Layout) -> int:
         """Start the process with the console appended to the log; wait for its API socket."""
         sock = layout.host(API_SOCK)
@@ -382,15 +378,6 @@ def _accepts(sock: Path) -> bool:
         except (FileNotFoundError, ConnectionRefusedError):
             return False
     return True
-
-
-def _runs_for(pid: int, marker: str) -> bool:
-    """Whether `pid` still runs this VM: a pid file can outlive its process and its pid."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except FileNotFoundError:
-        return False
-    return marker in args or f"--id={marker}" in args
 
 
 def _fault_message(response: httpx.Response) -> str:

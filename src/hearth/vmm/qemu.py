@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, pid_alive, read_pid
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, running_pid
 from hearth.waiting import Timeout, wait_for
 
 QEMU = "qemu-system-x86_64"
@@ -101,8 +101,8 @@ class QemuDriver:
         return self._spawn(spec, self.argv(spec), expect="running")
 
     def stop(self, spec: MachineSpec) -> None:
-        pid = read_pid(spec)
-        if pid and pid_alive(pid) and _is_ours(pid, spec):
+        pid = running_pid(spec)
+        if pid is not None:
             kill_pid(pid)
         spec.pid_file.unlink(missing_ok=True)
         self.qmp_socket(spec).unlink(missing_ok=True)
@@ -157,15 +157,6 @@ class QemuDriver:
             return self.qmp(spec, "query-status").get("status", "")
         except VmmError:
             return ""
-
-
-def _is_ours(pid: int, spec: MachineSpec) -> bool:
-    """Guard against a recycled PID: the process must be this VM's QEMU."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
-    return f"hearth-{spec.vm_id}".encode() in cmdline
 
 
 def _read_json(path: Path) -> dict:
