@@ -53,8 +53,11 @@ def run_inside(args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> None:
-    # Ending the bench by signal still runs its clean-up: VMs, namespaces, files.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # Ending the bench by signal still runs its clean-up: VMs, namespaces, files. Only in this
+    # process: pyroute2 forks short-lived helpers and ends them with SIGTERM, and a helper
+    # that unwound this stack would run the clean-up under the bench's feet.
+    main_pid = os.getpid()
+    signal.signal(signal.SIGTERM, lambda *_: os.getpid() == main_pid and sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image", default="cli")

@@ -10,6 +10,8 @@ packages=(
   iproute2 nftables                         # namespaces, bridge, TAPs, firewall
   python3 python3-venv ca-certificates
   postgresql                                # the PostgreSQL the tests start themselves
+  novnc                                     # the live view's viewer, served by the controller
+  chromium tigervnc-standalone-server tigervnc-tools  # tests: a real browser, a real VNC server
 )
 missing=()
 for p in "${packages[@]}"; do

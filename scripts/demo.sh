@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Hearth's main job on the embedded defaults (SQLite, QEMU): build the CLI image if needed,
-# boot a VM in a fresh network namespace, print its network configuration and agent health,
-# then remove it. Run as root on Debian. Extra arguments go to `hearth demo`.
+# Hearth's main job on the embedded defaults (SQLite, QEMU, the bundled demo identity
+# provider): build the browser image if needed, start the controller and the identity
+# provider in namespaces of their own, print the connect_url to open in a browser on this
+# machine, and once you have signed in there, the stored credential status.
+# Run as root on Debian. Extra arguments go to `hearth demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh

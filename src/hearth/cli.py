@@ -192,6 +192,30 @@ def net_down() -> None:
 
 @app.command("demo")
 def demo(
+    port: Annotated[int, typer.Option(help="loopback port for your browser")] = 8000,
+) -> None:
+    """The whole sign-in demo: controller, demo identity provider, a browser VM; prints the
+    connect_url to open, then the stored credential status once you have signed in."""
+    from hearth import demo as demo_stack
+
+    settings = config.load()
+    image_build(["browser"])
+    with demo_stack.stack(settings, port) as running:
+        started = running.start_session("demo")
+        out.print(f"[bold]Open[/bold] {started['connect_url']}")
+        out.print(f"and sign in as [bold]{running.user}[/bold] with password "
+                  f"[bold]{running.password}[/bold]")
+        running.follow(started["session_id"], lambda e: out.print(
+            f"session {e['status']}" + (f": {e['detail']}" if e.get("detail") else "")))
+        status = running.api.get(
+            f"/api/auth/session/{started['session_id']}/credentials/status").json()
+    out.print(f"credential status: {json.dumps(status)}")
+    if status.get("status") != "ready":
+        raise typer.Exit(1)
+
+
+@vm_app.command("demo")
+def vm_demo(
     image: Annotated[str, typer.Option(help="browser or cli")] = "cli",
     keep: Annotated[bool, typer.Option(help="leave the VM and its namespaces running")] = False,
 ) -> None:
@@ -232,11 +256,9 @@ def serve(
 
     from hearth.api.app import create_app
 
-    app_ = create_app(config.load())
-    if uds:
-        uvicorn.run(app_, uds=uds, log_level="info")
-    else:
-        uvicorn.run(app_, host=host, port=port, log_level="info")
+    # No access log: live-view URLs carry their session's token in the query string.
+    where = {"uds": uds} if uds else {"host": host, "port": port}
+    uvicorn.run(create_app(config.load()), log_level="info", access_log=False, **where)
 
 
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys.")
@@ -255,6 +277,31 @@ def apikey_create(
         print(create_key(runtime.open_database(config.load()), role, name))
     except ValueError as e:
         raise fail(str(e)) from None
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="The master key that wraps credentials.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    new_key_env: Annotated[str, typer.Option(
+        help="with HEARTH_MASTER_KEY: the environment variable holding the new base64 key")
+    ] = "",
+) -> None:
+    """Re-wrap every credential's data key under a new master key."""
+    from hearth.store.crypto import CryptoError
+
+    settings = config.load()
+    store = runtime.controller(settings).credentials
+    try:
+        report = store.rotate_master_key(
+            settings, new_key=os.environ.get(new_key_env) if new_key_env else None)
+    except CryptoError as e:
+        raise fail(str(e)) from None
+    out.print(f"master key {report.new_key_id}: {report.rewrapped} credentials re-wrapped, "
+              f"old keys dropped: {', '.join(report.dropped_key_ids) or 'none'}"
+              + (f", {report.remaining} still under old keys" if report.remaining else ""))
 
 
 @app.command("reconcile")

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,9 @@ class Settings(BaseSettings):
 
     home: Path = Path("/var/lib/hearth")
     database_url: str = ""  # empty: SQLite file under home
+    # Base64 of 32 random bytes; empty: the key file under home, made on first use. Hidden
+    # from repr so printing the settings never shows it.
+    master_key: str = Field(default="", repr=False)
 
     # Images
     suite: str = "trixie"
@@ -65,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def vms_dir(self) -> Path:
         return self.home / "vms"
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.home / "master.key"
 
     @property
     def db_url(self) -> str:

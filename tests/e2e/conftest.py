@@ -53,9 +53,11 @@ class Hearth:
     def json(self, *args: str) -> dict | list:
         return json.loads(self(*args, "--json").stdout)
 
-    def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    def popen(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        """Start `hearth ARGS` in the background; its output goes to `log` (or nowhere)."""
+        out = log.open("ab") if log else subprocess.DEVNULL
+        return subprocess.Popen(self.argv(*args), env=self.env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
     @property
     def settings(self) -> Settings:

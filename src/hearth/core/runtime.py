@@ -1,13 +1,27 @@
-"""Wiring: settings in, a ready VmManager out. The one place that picks concrete parts."""
+"""Wiring: settings in, ready parts out. The one place that picks concrete parts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hearth.config import Settings
+from hearth.core.auth_sessions import AuthSessions
 from hearth.core.vms import VmManager
 from hearth.net.topology import VmNetwork
+from hearth.store.credentials import CredentialStore
+from hearth.store.crypto import Keyring
 from hearth.store.db import Database
 from hearth.vmm.firecracker import FirecrackerDriver
 from hearth.vmm.qemu import QemuDriver
+
+
+@dataclass(frozen=True)
+class Controller:
+    settings: Settings
+    db: Database
+    vms: VmManager
+    credentials: CredentialStore
+    sessions: AuthSessions
 
 
 def open_database(settings: Settings) -> Database:
@@ -17,9 +31,18 @@ def open_database(settings: Settings) -> Database:
     return db
 
 
-def vm_manager(settings: Settings) -> VmManager:
+def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
     drivers = {
         "qemu": QemuDriver(settings.qemu_accel, probe_cache=settings.home / "kvm-probe.json"),
         "firecracker": FirecrackerDriver(settings.firecracker_bin, settings.jailer_bin),
     }
-    return VmManager(settings, open_database(settings), VmNetwork.from_settings(settings), drivers)
+    return VmManager(settings, db or open_database(settings), VmNetwork.from_settings(settings),
+                     drivers)
+
+
+def controller(settings: Settings) -> Controller:
+    db = open_database(settings)
+    vms = vm_manager(settings, db)
+    credentials = CredentialStore(db, Keyring.from_settings(settings))
+    return Controller(settings, db, vms, credentials,
+                      AuthSessions(settings, db, vms, credentials))

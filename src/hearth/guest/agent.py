@@ -2,9 +2,9 @@
 
 Standard library only (the image has Debian's python3 and no pip). Every route is a
 function in ROUTES, registered with @route; a handler receives the parsed Request and
-returns a Response or raises HttpError, so later routes (login, credentials, prompts) add
-one function each. Nothing here logs the token or any request header: the console and
-journal show only method, path and status.
+returns a Response or raises HttpError, so later routes (prompts) add one function each.
+Nothing here logs the token, any request header, a login's output or its credentials: the
+console and journal show only method, path and status, and a login's progress in words.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from . import seed
+    from . import browser_shim, login, seed
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import browser_shim
+    import login
     import seed
 
 DEFAULT_ADDR = "0.0.0.0"
@@ -93,10 +95,11 @@ class Response:
 
 @dataclass
 class Agent:
-    """What handlers may use: the token (for auth only) and when serving began."""
+    """What handlers may use: the token (for auth only), when serving began, the logins."""
 
     token: str
     started_at_uptime: float = 0.0
+    logins: login.LoginManager = field(default_factory=lambda: login.LoginManager(log))
 
 
 Handler = Callable[[Agent, Request], Response]
@@ -194,6 +197,70 @@ def ping(agent: Agent, request: Request) -> Response:
     except OSError as e:
         return Response({"ok": False, "output": f"cannot run ping: {e}"})
     return Response({"ok": done.returncode == 0, "output": done.stdout + done.stderr})
+
+
+def _current_login(agent: Agent) -> login.LoginSession:
+    session = agent.logins.session
+    if session is None:
+        raise HttpError(HTTPStatus.NOT_FOUND, "no login has been started")
+    return session
+
+
+@route("POST", "/login")
+def start_login(agent: Agent, request: Request) -> Response:
+    """Start the provider login the spec describes; its progress is at GET /login."""
+    try:
+        session = agent.logins.start(request.json().get("spec"))
+    except login.SpecError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"bad login spec: {e}") from None
+    except login.LoginBusy as e:
+        raise HttpError(HTTPStatus.CONFLICT, str(e)) from None
+    except OSError as e:
+        raise HttpError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot start the login: {e.strerror or e}"
+        ) from None
+    return Response(session.status(), HTTPStatus.ACCEPTED)
+
+
+@route("GET", "/login")
+def login_status(agent: Agent, request: Request) -> Response:
+    return Response(_current_login(agent).status())
+
+
+@route("DELETE", "/login")
+def cancel_login(agent: Agent, request: Request) -> Response:
+    """Stop a running login (so another can start); a finished one is left as it is."""
+    session = _current_login(agent)
+    session.cancel()
+    return Response(session.status(), HTTPStatus.ACCEPTED)
+
+
+@route("GET", "/credentials")
+def credentials(agent: Agent, request: Request) -> Response:
+    """The finished login's credential files, base64 by path under HOME; 409 until then."""
+    session = agent.logins.session
+    if session is None:
+        raise HttpError(HTTPStatus.CONFLICT, "no login has been started")
+    try:
+        files = session.credentials()
+    except login.NotReady as e:
+        raise HttpError(HTTPStatus.CONFLICT, str(e)) from None
+    return Response({"provider": session.spec.name, "files": files})
+
+
+@route("POST", "/open-url")
+def open_url(agent: Agent, request: Request) -> Response:
+    url = request.json().get("url")
+    if not isinstance(url, str) or not browser_shim.is_web_url(url):
+        raise HttpError(HTTPStatus.BAD_REQUEST, '"url" must be an http(s) URL')
+    try:
+        agent.logins.open_url(url)
+    except (OSError, RuntimeError) as e:
+        raise HttpError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot open Firefox: {e}"
+        ) from None
+    log("opened a URL in Firefox")
+    return Response({"opened": True})
 
 
 class AgentRequestHandler(BaseHTTPRequestHandler):

@@ -67,6 +67,9 @@ def chroot(root: Path) -> Iterator[ChrootRunner]:
                 "mount", "-t", fstype, source, str(path)]
             run(argv, f"mount {target} in the build tree")
             mounts.append(path)
+            if fstype is None:
+                # A slave copy: unmounting it later never propagates back to the host's /dev.
+                run(["mount", "--make-rslave", str(path)], f"isolate {target} in the build tree")
         lent.append(_lend(Path("/etc/resolv.conf"), root / "etc/resolv.conf"))
         ca = host_ca_bundle()
         if ca:

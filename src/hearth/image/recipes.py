@@ -21,9 +21,10 @@ CLI_PACKAGES = (
 
 NODE_PACKAGES = ("nodejs", "npm", "git")
 
+# dbus-daemon: Firefox hands a URL to its running instance over a session bus.
 BROWSER_PACKAGES = (
     "firefox-esr", "tigervnc-standalone-server", "tigervnc-tools", "xdotool", "x11-utils",
-    "fonts-dejavu-core", "fonts-liberation",
+    "fonts-dejavu-core", "fonts-liberation", "dbus-daemon",
 )
 
 

@@ -1,0 +1,99 @@
+"""The controller's HTTP API: FastAPI app, its start-up and shut-down, and error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hearth.api import auth_routes
+from hearth.api.live import live_router
+from hearth.config import Settings
+from hearth.core import runtime
+from hearth.core.auth_sessions import sweep_forever
+from hearth.core.reconciler import reconcile
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctl = runtime.controller(settings)
+        reconcile(ctl.vms)
+        ctl.sessions.recover()
+        stop = threading.Event()
+        threading.Thread(target=sweep_forever, args=(ctl.sessions, stop), daemon=True,
+                         name="session-expiry").start()
+        app.state.controller = ctl
+        yield
+        stop.set()
+
+    app = FastAPI(title="Hearth", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/healthz", tags=["liveness"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    async def resolve(session_id: str, token: str):
+        return await asyncio.to_thread(app.state.controller.sessions.live_view,
+                                       session_id, token)
+
+    app.include_router(auth_routes.router)
+    app.include_router(live_router(resolve))
+    return app
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+
+class BodyLimit:
+    """413 for bodies over the limit, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, 413)
+        await response({"type": "http"}, None, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,133 @@
+"""The auth-session API: start a sign-in, follow it, read its outcome, cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from hearth import providers
+from hearth.api.deps import controller, require_key
+from hearth.core.auth_sessions import TERMINAL, AuthSessions
+from hearth.store.models import AuthSession
+
+SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
+KEEPALIVE_SECONDS = 15.0
+
+router = APIRouter(prefix="/api/auth", tags=["auth sessions"])
+
+
+class StartRequest(BaseModel):
+    user_id: str = Field(pattern=r"^[A-Za-z0-9._@+-]{1,128}$")
+    provider: str = Field(max_length=64)
+
+
+def sessions(request: Request) -> AuthSessions:
+    return controller(request).sessions
+
+
+def _found(svc: AuthSessions, session_id: str) -> AuthSession:
+    session = svc.get(session_id)
+    if session is None:
+        raise HTTPException(404, f"no auth session {session_id}")
+    return session
+
+
+def _view(svc: AuthSessions, session: AuthSession) -> dict:
+    return {
+        "session_id": session.id,
+        "user_id": session.user_id,
+        "provider": session.provider,
+        "status": session.status,
+        "error": session.error,
+        "expires_at": session.expires_at.isoformat(),
+        "timeline": [{"status": e.status, "at": e.at.isoformat(), "detail": e.detail}
+                     for e in svc.timeline(session.id)],
+    }
+
+
+@router.post("/start", status_code=202, dependencies=[Depends(require_key)])
+def start(body: StartRequest, request: Request) -> dict:
+    if body.provider not in providers.names():
+        raise HTTPException(400, f"unknown provider {body.provider!r}; known: "
+                                 f"{', '.join(providers.names())}")
+    svc = sessions(request)
+    session, token = svc.start(body.user_id, body.provider)
+    base = svc.settings.public_url.rstrip("/")
+    return {"session_id": session.id, "status": session.status,
+            "connect_url": f"{base}/connect/{session.id}?token={token}"}
+
+
+@router.get("/session/{session_id}", dependencies=[Depends(require_key)])
+def status(session_id: SessionId, request: Request) -> dict:
+    svc = sessions(request)
+    return _view(svc, _found(svc, session_id))
+
+
+@router.get("/session/{session_id}/oauth", dependencies=[Depends(require_key)])
+def oauth(session_id: SessionId, request: Request) -> dict:
+    session = _found(sessions(request), session_id)
+    if not session.oauth_url:
+        raise HTTPException(409, f"no authorize URL captured yet (status {session.status})")
+    return {"session_id": session.id, "url": session.oauth_url}
+
+
+@router.get("/session/{session_id}/credentials/status", dependencies=[Depends(require_key)])
+def credentials_status(session_id: SessionId, request: Request) -> dict:
+    svc = sessions(request)
+    session = _found(svc, session_id)
+    info = svc.credentials.info(session.user_id, session.provider)
+    if session.status != "completed" or info is None:
+        return {"status": "pending" if session.status not in TERMINAL else "absent",
+                "provider": session.provider}
+    return {"status": "ready", "provider": info.provider, "account_email": info.account_email,
+            "expires_at": info.expires_at.isoformat() if info.expires_at else None,
+            "version": info.version}
+
+
+@router.post("/session/{session_id}/cancel", dependencies=[Depends(require_key)])
+def cancel(session_id: SessionId, request: Request) -> dict:
+    svc = sessions(request)
+    _found(svc, session_id)
+    session = svc.cancel(session_id)
+    return {"session_id": session.id, "status": session.status}
+
+
+@router.get("/session/{session_id}/events")
+async def events(session_id: SessionId, request: Request,
+                 token: Annotated[str | None, Query(max_length=128)] = None):
+    """Server-Sent Events: one `status` event per timeline entry, until the session ends.
+
+    Authenticated by an API key, or by the live view's token (EventSource sends no headers).
+    """
+    svc = sessions(request)
+    if not (token and await asyncio.to_thread(svc.token_valid, session_id, token)):
+        await require_key(request)
+    _found(svc, session_id)
+
+    async def stream():
+        sent = 0
+        while True:
+            seen = svc.notifier.version(session_id)
+            timeline = await asyncio.to_thread(svc.timeline, session_id)
+            for event in timeline[sent:]:
+                data = {"status": event.status, "at": event.at.isoformat(),
+                        "detail": event.detail}
+                yield f"event: status\ndata: {json.dumps(data)}\n\n"
+            sent = len(timeline)
+            if timeline and timeline[-1].status in TERMINAL:
+                return
+            if await request.is_disconnected():
+                return
+            changed = await asyncio.to_thread(svc.notifier.wait, session_id, seen,
+                                              KEEPALIVE_SECONDS)
+            if changed == seen:
+                yield ": keepalive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
+

@@ -1,0 +1,26 @@
+"""What every route needs: the controller's parts and the caller's API key."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import HTTPException, Request
+
+from hearth.api.keys import verify_key
+from hearth.core.runtime import Controller
+from hearth.store.models import ApiKey
+
+
+def controller(request: Request) -> Controller:
+    return request.app.state.controller
+
+
+async def require_key(request: Request) -> ApiKey:
+    """401 unless the request carries `Authorization: Bearer <valid API key>`."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise HTTPException(401, "missing API key (Authorization: Bearer <key>)")
+    record = await asyncio.to_thread(verify_key, controller(request).db, key.strip())
+    if record is None:
+        raise HTTPException(401, "invalid API key")
+    return record

@@ -1,0 +1,42 @@
+"""API keys: `hth_<id>_<secret>`, stored as a SHA-256 of the whole key, shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Literal
+
+from hearth.store.db import Database
+from hearth.store.models import ApiKey
+
+Role = Literal["app", "admin"]
+ROLES: tuple[Role, ...] = ("app", "admin")
+
+
+def create_key(db: Database, role: Role, name: str = "") -> str:
+    """Store a new key's hash and return the key itself: the only time it is seen."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    key_id = secrets.token_hex(6)
+    key = f"hth_{key_id}_{secrets.token_urlsafe(32)}"
+    with db.session() as s:
+        s.add(ApiKey(id=key_id, key_hash=_hash(key), role=role, name=name))
+        s.commit()
+    return key
+
+
+def verify_key(db: Database, key: str) -> ApiKey | None:
+    """The key's record if the key is valid and not revoked."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "hth":
+        return None
+    with db.session() as s:
+        record = s.get(ApiKey, parts[1])
+    if record is None or record.revoked_at is not None:
+        return None
+    return record if hmac.compare_digest(record.key_hash, _hash(key)) else None
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

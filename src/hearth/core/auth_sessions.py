@@ -1,0 +1,299 @@
+"""Auth sessions: a user signs a CLI into a provider inside a disposable browser VM.
+
+started -> vm_booting -> awaiting_user -> completed, or failed / cancelled / expired.
+The database holds every session and its timeline; a thread per session drives it (the VM
+work is blocking), and a notifier wakes whoever streams its events. The browser VM is
+destroyed whatever the end: it held a login and is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy import select
+
+from hearth import providers
+from hearth.config import Settings
+from hearth.core.vms import VmManager
+from hearth.guest.seed import read_seed
+from hearth.store.credentials import CredentialStore
+from hearth.store.db import Database
+from hearth.store.models import AuthSession, AuthSessionEvent, VmState
+from hearth.waiting import Timeout, wait_for
+
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+BROWSER_IMAGE = "browser"
+VNC_PORT = 5901
+
+
+class SessionError(RuntimeError):
+    """The sign-in could not go on; the message is shown to the user and the API."""
+
+
+class _SessionEnded(Exception):
+    """Raised inside a session's thread when it was cancelled or expired meanwhile."""
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """Where a session's browser VM serves VNC, and the password that opens it."""
+
+    host: str
+    port: int
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """What a valid live-view token opens: the provider, and the VM once it is ready."""
+
+    provider: str
+    target: LiveTarget | None
+
+
+class Notifier:
+    """Wakes event streams when a session changes. Memory only: the facts are in the DB."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._versions: dict[str, int] = {}
+
+    def version(self, session_id: str) -> int:
+        with self._cond:
+            return self._versions.get(session_id, 0)
+
+    def bump(self, session_id: str) -> None:
+        with self._cond:
+            self._versions[session_id] = self._versions.get(session_id, 0) + 1
+            self._cond.notify_all()
+
+    def wait(self, session_id: str, seen: int, timeout: float) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._versions.get(session_id, 0) != seen, timeout)
+            return self._versions.get(session_id, 0)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AuthSessions:
+    def __init__(self, settings: Settings, db: Database, vms: VmManager,
+                 credentials: CredentialStore):
+        self.settings = settings
+        self.db = db
+        self.vms = vms
+        self.credentials = credentials
+        self.notifier = Notifier()
+
+    # -- API-facing --------------------------------------------------------------------------
+
+    def start(self, user_id: str, provider: str) -> tuple[AuthSession, str]:
+        """Create a session and start its work in the background; return it and its live
+        view token (shown once, stored hashed)."""
+        providers.get(provider)  # unknown providers fail here, before anything is created
+        session_id = uuid.uuid4().hex
+        for old in self._active(user_id, provider):
+            self._finish(old.id, "cancelled", f"superseded by session {session_id}")
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            s.add(AuthSession(id=session_id, user_id=user_id, provider=provider,
+                              status="started", live_token_hash=token_hash(token),
+                              expires_at=now + timedelta(seconds=self.settings.session_ttl)))
+            s.add(AuthSessionEvent(session_id=session_id, status="started"))
+            s.commit()
+        self.notifier.bump(session_id)
+        threading.Thread(target=self._run, args=(session_id,), name=f"session-{session_id}",
+                         daemon=True).start()
+        return self.get(session_id), token
+
+    def get(self, session_id: str) -> AuthSession | None:
+        with self.db.session() as s:
+            return s.get(AuthSession, session_id)
+
+    def timeline(self, session_id: str) -> list[AuthSessionEvent]:
+        with self.db.session() as s:
+            return list(s.scalars(select(AuthSessionEvent)
+                                  .where(AuthSessionEvent.session_id == session_id)
+                                  .order_by(AuthSessionEvent.id)))
+
+    def cancel(self, session_id: str) -> AuthSession | None:
+        self._finish(session_id, "cancelled", "cancelled through the API")
+        return self.get(session_id)
+
+    def token_valid(self, session_id: str, token: str) -> bool:
+        session = self.get(session_id)
+        return bool(session and session.status not in TERMINAL
+                    and hmac.compare_digest(session.live_token_hash, token_hash(token)))
+
+    def live_view(self, session_id: str, token: str) -> LiveView | None:
+        """What the live view may open: only while the session runs, and with its token."""
+        if not self.token_valid(session_id, token):
+            return None
+        session = self.get(session_id)
+        vm = self.vms.get(session.vm_id) if session.vm_id else None
+        if vm is None or vm.state != VmState.ready:
+            return LiveView(session.provider, None)
+        password = read_seed(self.vms.workdir(vm.id) / "seed.img")["vnc_password"]
+        return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password))
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def expire_due(self) -> list[str]:
+        """End every running session past its expiry; their threads destroy the VMs."""
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            due = list(s.scalars(select(AuthSession.id).where(
+                AuthSession.status.not_in(TERMINAL), AuthSession.expires_at <= now)))
+        for session_id in due:
+            self._finish(session_id, "expired", "the session expired before sign-in finished")
+        return due
+
+    def recover(self) -> list[str]:
+        """At start-up: sessions whose thread died with the last controller fail, and their
+        browser VMs go (a VM that may hold a login is never reused)."""
+        with self.db.session() as s:
+            stale = list(s.scalars(select(AuthSession).where(
+                AuthSession.status.not_in(TERMINAL))))
+        for session in stale:
+            self._finish(session.id, "failed", "the controller restarted during the sign-in")
+            self._destroy_vm(session.vm_id)
+        return [session.id for session in stale]
+
+    # -- the session's own thread ------------------------------------------------------------
+
+    def _run(self, session_id: str) -> None:
+        session = self.get(session_id)
+        spec = providers.get(session.provider)
+        vm_id = None
+        try:
+            self._advance(session_id, "vm_booting")
+            vm = self.vms.create(BROWSER_IMAGE)
+            vm_id = vm.id
+            self._update(session_id, vm_id=vm_id)
+            self._check_running(session_id)
+            with self.vms.agent(vm) as agent:
+                agent.start_login(spec.to_agent(self._provider_params()))
+                status = self._wait(session_id, agent, _authorize_page_shown,
+                                    "Firefox to show the authorize page")
+                self._advance(session_id, "awaiting_user", oauth_url=status["url"])
+                status = self._wait(session_id, agent, _login_over, "the sign-in")
+                if not status["success"]:
+                    raise SessionError(f"the {spec.name} login ended (exit code "
+                                       f"{status['exit_code']}) without signing in")
+                files = agent.credentials()
+            email, expires = spec.account_info(files)
+            self.credentials.put(session.user_id, session.provider, files, account_email=email,
+                                 expires_at=datetime.fromtimestamp(expires, UTC) if expires
+                                 else None)
+            self._advance(session_id, "completed",
+                          detail=f"credentials stored for {email or 'the account'}")
+        except _SessionEnded:
+            pass
+        except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
+            self._finish(session_id, "failed", _reason(e))
+        finally:
+            self._destroy_vm(vm_id)
+
+    def _wait(self, session_id: str, agent, done: Callable[[dict], bool], what: str) -> dict:
+        """Poll the agent until `done`, the session ends, or it expires."""
+        session = self.get(session_id)
+        remaining = (session.expires_at - datetime.now(UTC)).total_seconds()
+        last: dict = {}
+
+        def check() -> bool:
+            nonlocal last
+            self._check_running(session_id)
+            try:
+                last = agent.login_status()
+            except httpx.HTTPError:
+                return False
+            return done(last)
+
+        try:
+            wait_for(check, max(remaining, 0.1), what, interval=0.5)
+        except Timeout:
+            self._finish(session_id, "expired", f"expired waiting for {what}")
+            raise _SessionEnded from None
+        return last
+
+    def _check_running(self, session_id: str) -> None:
+        if self.get(session_id).status in TERMINAL:
+            raise _SessionEnded
+
+    def _provider_params(self) -> dict[str, str]:
+        return {"issuer": self.settings.demo_issuer}
+
+    def _destroy_vm(self, vm_id: str | None) -> None:
+        if vm_id:
+            self.vms.destroy(vm_id)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _active(self, user_id: str, provider: str) -> list[AuthSession]:
+        with self.db.session() as s:
+            return list(s.scalars(select(AuthSession).where(
+                AuthSession.user_id == user_id, AuthSession.provider == provider,
+                AuthSession.status.not_in(TERMINAL))))
+
+    def _advance(self, session_id: str, status: str, detail: str | None = None, **fields):
+        """Move a running session on; a session that ended meanwhile stays ended."""
+        if not self._transition(session_id, status, detail, only_if_running=True, **fields):
+            raise _SessionEnded
+
+    def _finish(self, session_id: str, status: str, detail: str) -> None:
+        self._transition(session_id, status, detail, only_if_running=True, error=(
+            detail if status == "failed" else None))
+
+    def _transition(self, session_id: str, status: str, detail: str | None,
+                    only_if_running: bool, **fields) -> bool:
+        with self.db.session() as s:
+            session = s.get(AuthSession, session_id, with_for_update=True)
+            if session is None or (only_if_running and session.status in TERMINAL):
+                return False
+            session.status = status
+            for key, value in fields.items():
+                setattr(session, key, value)
+            s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
+            s.commit()
+        self.notifier.bump(session_id)
+        return True
+
+    def _update(self, session_id: str, **fields) -> None:
+        with self.db.session() as s:
+            session = s.get(AuthSession, session_id)
+            for key, value in fields.items():
+                setattr(session, key, value)
+            s.commit()
+
+
+def _authorize_page_shown(status: dict) -> bool:
+    if status.get("exited") and not status.get("success"):
+        raise SessionError(f"the login command exited with {status.get('exit_code')} before "
+                           "showing an authorize URL")
+    return bool(status.get("url") and status.get("firefox", {}).get("ready"))
+
+
+def _login_over(status: dict) -> bool:
+    return bool(status.get("success") or status.get("exited"))
+
+
+def _reason(e: Exception) -> str:
+    """A failure's reason for the user: the message, never a traceback or a secret."""
+    return str(e).splitlines()[0][:500] if str(e) else type(e).__name__
+
+
+def sweep_forever(sessions: AuthSessions, stop: threading.Event, every: float = 5.0) -> None:
+    """The expiry scheduler: a periodic job, not a wait for something to happen."""
+    while not stop.wait(every):
+        sessions.expire_due()
+

@@ -1,0 +1,211 @@
+"""Firefox ESR on the browser VM's display: open a URL, fit the window, report its title.
+
+The agent opens the sign-in page here for the user to see through the live view. Each login
+gets a fresh profile (so no cookies carry over between logins) under the run directory; the
+image's enterprise policies suppress first-run pages. A second URL goes to the running
+instance as a new tab through Firefox's own remoting (same profile, no --new-instance), over
+a private D-Bus session bus. There is no window manager on the VNC display, so the window is
+moved and sized with xdotool once it maps.
+
+Under software emulation Firefox needs about a minute to paint its first page: nothing here
+waits for that. `status()` reports, and the controller polls until `ready`.
+
+Tests on hosts without X replace the commands: HEARTH_OPEN_URL_COMMAND (run with the URL
+appended, instead of Firefox) and HEARTH_WINDOW_TITLE_COMMAND (prints the window title).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FIREFOX = "firefox-esr"
+DISPLAY = ":1"
+X11_SOCKETS = "/tmp/.X11-unix"
+OPEN_COMMAND_ENV = "HEARTH_OPEN_URL_COMMAND"
+TITLE_COMMAND_ENV = "HEARTH_WINDOW_TITLE_COMMAND"
+XDOTOOL_TIMEOUT = 5.0
+WINDOW_WAIT = 300.0  # seconds for the first window to map under software rendering
+WINDOW_POLL = 0.5
+STOP_WAIT = 10.0
+# Titles of a window that has not painted a page yet.
+BARE_TITLES = frozenset({"", "Mozilla Firefox", "Mozilla Firefox ESR", "Firefox", "Firefox ESR"})
+TITLE_PROBE = ("xdotool", "search", "--onlyvisible", "--class", "firefox", "getwindowname")
+
+
+def _xdotool(env: dict[str, str], *args: str) -> str | None:
+    """xdotool's stdout, or None if it failed (no window yet, no X, no xdotool)."""
+    try:
+        done = subprocess.run(
+            ["xdotool", *args], env=env, capture_output=True, text=True, timeout=XDOTOOL_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def window_title(env: dict[str, str]) -> str | None:
+    """The title of the first visible Firefox window, or None if there is none."""
+    override = os.environ.get(TITLE_COMMAND_ENV)
+    argv = shlex.split(override) if override else list(TITLE_PROBE)
+    try:
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=XDOTOOL_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    lines = done.stdout.splitlines()
+    return lines[0].strip() if lines else None
+
+
+def is_ready(title: str | None) -> bool:
+    """A page has painted its title: the window shows more than the browser's own name."""
+    return title is not None and title.strip() not in BARE_TITLES
+
+
+class Firefox:
+    """One Firefox instance with its own profile directory, started on the first open()."""
+
+    def __init__(self, profile: Path, home: Path, display: str = DISPLAY) -> None:
+        self.profile = profile
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "DISPLAY": display,
+            "MOZ_CRASHREPORTER_DISABLE": "1",
+        }
+        self.opened = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._bus: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def display_ready(self) -> bool:
+        """Whether the X server is up (its socket exists); with the test's recorder, always."""
+        if os.environ.get(OPEN_COMMAND_ENV):
+            return True
+        number = self.env["DISPLAY"].lstrip(":").split(".")[0]
+        return Path(X11_SOCKETS, f"X{number}").exists()
+
+    def open(self, url: str) -> None:
+        """Show `url`: start Firefox on it, or hand it to the instance already running."""
+        override = os.environ.get(OPEN_COMMAND_ENV)
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError("this Firefox has been closed")
+            running = self._process is not None and self._process.poll() is None
+            if override or (running and self._bus is not None):
+                # The test's recorder, or Firefox's remoting into the running instance (a new
+                # tab): either ends at once; reap it.
+                argv = [*shlex.split(override), url] if override else [
+                    FIREFOX, "--profile", str(self.profile), url]
+                threading.Thread(target=self._spawn(argv).wait, daemon=True).start()
+            else:
+                if running:  # no bus to hand the URL over: restart on it, same profile
+                    _end(self._process)
+                if self._bus is None:
+                    self._start_bus()
+                self.profile.mkdir(mode=0o700, parents=True, exist_ok=True)
+                process = self._spawn(
+                    [FIREFOX, "--new-instance", "--profile", str(self.profile), url]
+                )
+                self._process = process
+                threading.Thread(target=self._fit_window, args=(process,), daemon=True).start()
+            self.opened = True
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # Firefox's console may echo URLs with codes in them
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _start_bus(self) -> None:
+        """A private D-Bus session bus. Firefox's remoting (`firefox-esr --profile P URL` into
+        the instance running on P) goes over D-Bus, and the VM has no session bus: without
+        one that command neither hands the URL over nor exits. Best effort: without
+        dbus-daemon a second URL restarts Firefox instead."""
+        socket = self.profile.with_name(f"{self.profile.name}.bus")
+        try:
+            bus = subprocess.Popen(
+                ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1",
+                 f"--address=unix:path={socket}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError:
+            return
+        assert bus.stdout is not None
+        address = bus.stdout.readline().strip()  # printed once listening; EOF if it failed
+        if not address:
+            bus.wait()
+            return
+        self._bus = bus
+        self.env["DBUS_SESSION_BUS_ADDRESS"] = address
+
+    def _fit_window(self, process: subprocess.Popen[bytes]) -> None:
+        """Move the first window to 0,0 and size it to the whole display, once it maps."""
+        deadline = time.monotonic() + WINDOW_WAIT
+        while process.poll() is None and time.monotonic() < deadline:
+            found = _xdotool(self.env, "search", "--onlyvisible", "--class", "firefox")
+            if found and found.split():
+                window = found.split()[0]
+                geometry = (_xdotool(self.env, "getdisplaygeometry") or "").split()
+                if len(geometry) == 2:
+                    width, height = geometry
+                    _xdotool(
+                        self.env, "windowmove", window, "0", "0",
+                        "windowsize", window, width, height,
+                    )
+                return
+            if self._closed.wait(WINDOW_POLL):
+                return
+
+    def status(self) -> dict[str, Any]:
+        title = window_title(self.env) if self.opened else None
+        return {"opened": self.opened, "title": title, "ready": is_ready(title)}
+
+    def close(self) -> None:
+        """End the instance and its bus, and delete the profile (it holds the sign-in's
+        cookies)."""
+        with self._lock:
+            self._closed.set()
+            for process in (self._process, self._bus):
+                if process is not None:
+                    _end(process)
+            self._process = self._bus = None
+        shutil.rmtree(self.profile, ignore_errors=True)
+        self.profile.with_name(f"{self.profile.name}.bus").unlink(missing_ok=True)
+
+
+def _end(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM a process group this module started; SIGKILL it if it outstays STOP_WAIT."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_WAIT)

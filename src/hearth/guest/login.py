@@ -1,0 +1,631 @@
+"""A provider login inside the browser VM: the CLI's own sign-in, run the way a person would.
+
+The controller sends a spec (hearth.providers' to_agent(): data only). The agent writes the
+spec's pre-login files, then runs the login command under a PTY as root in HOME (so TUIs and
+readline behave as in a terminal), with BROWSER, and an `xdg-open` first on PATH, pointing at
+a wrapper around browser_shim.py that records the URL a CLI tries to open. A reader thread
+turns the output into plain text (escape sequences stripped; only a bounded tail is kept,
+and none of it is ever logged or served: it may hold codes), finds the authorize URL the CLI
+prints, answers the spec's known prompts once each, and notes its success markers. Once the
+URL to show is known (the one handed to BROWSER when the spec prefers it, else the printed
+one; each waits a little for the other) Firefox opens it on the VNC display. The provider
+redirects to the CLI's own callback on localhost; the CLI writes its credential files; the
+controller fetches them from /credentials once the login has succeeded.
+
+Standard library only: it runs with Debian's python3.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+if __package__:
+    from . import browser_shim, firefox
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import browser_shim
+    import firefox
+
+HOME_ENV = "HEARTH_LOGIN_HOME"
+RUN_DIR_ENV = "HEARTH_RUN_DIR"
+DEFAULT_HOME = "/root"
+DEFAULT_RUN_DIR = "/run/hearth"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TERM = "xterm-256color"
+# Wide, so a TUI (Gemini CLI's Ink) prints a long authorize URL on one line, not wrapped.
+PTY_ROWS, PTY_COLUMNS = 50, 1000
+TAIL_CHARS = 64 * 1024  # plain-text output kept in memory
+MATCH_CONTEXT = 4096  # earlier text searched again with each new chunk (a prompt split by a read)
+MAX_PENDING_ESCAPE = 4096  # an unfinished escape sequence held back for the next chunk, at most
+READ_POLL = 0.2  # seconds between checks of the BROWSER file, deadlines and success
+URL_GRACE = 5.0  # seconds to wait for the preferred URL once the other one is known
+STOP_WAIT = 10.0  # seconds between SIGTERM and SIGKILL
+MAX_CREDENTIAL_BYTES = 1024 * 1024
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+# Run in the child, which Popen's start_new_session made a session leader: make the PTY its
+# controlling terminal, as a terminal emulator would, then become the CLI. A command that
+# cannot be run ends with 127 and says why on the PTY, like a shell.
+CTTY_EXEC = """\
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as e:
+    print(f"{sys.argv[1]}: {e.strerror}", file=sys.stderr)
+    sys.exit(127)
+"""
+
+# OSC (hyperlinks, titles) up to BEL or ST; CSI with its final byte captured; DCS/SOS/PM/APC
+# strings; two-byte escapes (not the introducers of the others, so a sequence split by a
+# read is never mistaken for a short one).
+ESCAPE = re.compile(
+    r"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|\[[0-?]*[ -/]*([@-~])|[PX^_][^\x1b]*\x1b\\"
+    r"|[ -/]*[0-OQ-WYZ\\`-~])"
+)
+# CSI finals that move the cursor or erase: where a TUI redraws, the plain text gets a line
+# break, so words from different places on the screen are never glued together.
+CURSOR_FINALS = frozenset("ABCDEFGHJKSTdf")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class SpecError(ValueError):
+    """The login spec is malformed; the message says which field and why."""
+
+
+class LoginBusy(Exception):
+    """A login is still running; the agent runs one at a time."""
+
+
+class NotReady(Exception):
+    """The credentials cannot be served (yet); the message says why."""
+
+
+def _escape_replacement(match: re.Match[str]) -> str:
+    return "\n" if match.group(1) in CURSOR_FINALS else ""
+
+
+def _incomplete_escape(text: str) -> int:
+    """Where an escape sequence that the next read may complete begins, or -1."""
+    i = text.find("\x1b", max(0, len(text) - MAX_PENDING_ESCAPE))
+    while i != -1:
+        match = ESCAPE.match(text, i)
+        if match is None:
+            return i
+        i = text.find("\x1b", match.end())
+    return -1
+
+
+class Transcript:
+    """The CLI's output as plain text. Only a bounded tail is kept, and only in memory."""
+
+    def __init__(self, limit: int = TAIL_CHARS) -> None:
+        self.limit = limit
+        self.tail = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        """Add raw output; return the text to search: the new text after some context."""
+        text = self._pending + self._decoder.decode(data, final)
+        self._pending = ""
+        cut = -1 if final else _incomplete_escape(text)
+        if cut == -1 and not final and text.endswith("\r"):
+            cut = len(text) - 1  # the "\r" of a "\r\n" the next read completes
+        if cut != -1:
+            text, self._pending = text[:cut], text[cut:]
+        text = ESCAPE.sub(_escape_replacement, text).replace("\r\n", "\n").replace("\r", "\n")
+        text = CONTROL.sub("", text)
+        window = self.tail[-MATCH_CONTEXT:] + text
+        self.tail = (self.tail + text)[-self.limit :]
+        return window
+
+
+# --- the spec ------------------------------------------------------------------------------
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = data.get(name, default)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise SpecError(f'"{name}" has the wrong type ({type(value).__name__})')
+    return value
+
+
+def _strings(data: dict[str, Any], name: str, required: bool = False) -> tuple[str, ...]:
+    value = _field(data, name, list, [])
+    if not all(isinstance(item, str) for item in value):
+        raise SpecError(f'"{name}" must be a list of strings')
+    if required and not value:
+        raise SpecError(f'"{name}" must not be empty')
+    return tuple(value)
+
+
+def _string_map(data: dict[str, Any], name: str) -> dict[str, str]:
+    value = _field(data, name, dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(f'"{name}" must map strings to strings')
+    return dict(value)
+
+
+def _regex(pattern: str, name: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise SpecError(f'"{name}" holds a bad regular expression: {e}') from None
+
+
+def _relative(path: str, name: str) -> str:
+    """A path under HOME: relative, normalised, no way out of HOME."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise SpecError(f'"{name}" holds {path[:80]!r}, which is not a plain path under HOME')
+    return str(PurePosixPath(*parts))
+
+
+@dataclass(frozen=True)
+class LoginSpec:
+    """What the agent needs to run one provider's login (see hearth.providers.base)."""
+
+    name: str
+    login_argv: tuple[str, ...]
+    login_env: dict[str, str]
+    clean_env: bool
+    url_pattern: re.Pattern[str]
+    browser_url_preferred: bool
+    prompts: tuple[tuple[re.Pattern[str], str], ...]
+    pre_login_files: dict[str, str]
+    credential_files: tuple[str, ...]
+    success_markers: tuple[re.Pattern[str], ...]
+    stop_on_success: bool
+    login_timeout: float
+
+    @classmethod
+    def from_json(cls, data: Any) -> LoginSpec:
+        if not isinstance(data, dict):
+            raise SpecError('"spec" must be a JSON object')
+        name = _field(data, "name", str, None)
+        if not NAME.fullmatch(name):
+            raise SpecError(f'"name" {name[:40]!r} is not a provider name')
+        prompts = _field(data, "prompts", list, [])
+        if not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
+            for p in prompts
+        ):
+            raise SpecError('"prompts" must be a list of [regex, keys] pairs')
+        timeout = _field(data, "login_timeout", (int, float), 900)
+        if timeout <= 0:
+            raise SpecError('"login_timeout" must be positive')
+        return cls(
+            name=name,
+            login_argv=_strings(data, "login_argv", required=True),
+            login_env=_string_map(data, "login_env"),
+            clean_env=_field(data, "clean_env", bool, False),
+            url_pattern=_regex(_field(data, "url_pattern", str, None), "url_pattern"),
+            browser_url_preferred=_field(data, "browser_url_preferred", bool, False),
+            prompts=tuple((_regex(p, "prompts"), keys) for p, keys in prompts),
+            pre_login_files={
+                _relative(path, "pre_login_files"): content
+                for path, content in _string_map(data, "pre_login_files").items()
+            },
+            credential_files=tuple(
+                _relative(path, "credential_files")
+                for path in _strings(data, "credential_files", required=True)
+            ),
+            success_markers=tuple(
+                _regex(p, "success_markers")
+                for p in _strings(data, "success_markers", required=True)
+            ),
+            stop_on_success=_field(data, "stop_on_success", bool, False),
+            login_timeout=float(timeout),
+        )
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def write_private(home: Path, relative: str, content: bytes) -> None:
+    """Write HOME/relative as a 0600 file, creating missing directories 0700, atomically."""
+    target = home / relative
+    for directory in reversed(target.relative_to(home).parents):
+        path = home / directory
+        if not path.exists():
+            path.mkdir(mode=0o700)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+# --- one login -----------------------------------------------------------------------------
+
+
+class LoginSession:
+    """One run of a provider's login command, from start to exit."""
+
+    def __init__(self, spec: LoginSpec, home: Path, run_dir: Path, log: Callable[[str], None]):
+        self.spec = spec
+        self.home = home
+        self.run_dir = run_dir
+        self.url_file = run_dir / "login" / "browser-urls"
+        self.wrapper = run_dir / "browser"
+        self.firefox = firefox.Firefox(run_dir / f"firefox-{secrets.token_hex(6)}", home)
+        self.transcript = Transcript()
+        self._log = log
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._master = -1
+        self._started = 0.0
+        self._stopping: str | None = None  # why the agent is ending the CLI
+        self._stop_deadline = 0.0
+        self._killed = False
+        self._open_tried = False
+        self._printed_at = self._browser_at = 0.0
+        self.printed_url: str | None = None
+        self.browser_url: str | None = None
+        self.url: str | None = None
+        self.answered: list[str] = []
+        self.marker_seen = False
+        self.exit_code: int | None = None
+        self.success = False
+        self.error: str | None = None
+
+    def log(self, message: str) -> None:
+        self._log(f"login {self.spec.name}: {message}")
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return self.exit_code is not None
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._prepare()
+        master, slave = os.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
+            self._process = subprocess.Popen(
+                [sys.executable, "-E", "-s", "-S", "-c", CTTY_EXEC, *self.spec.login_argv],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=self.home,
+                env=self._environment(),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self._master = master
+        self._started = time.monotonic()
+        self.log(f"started (pid {self._process.pid})")
+        threading.Thread(target=self._run, name=f"login-{self.spec.name}", daemon=True).start()
+
+    def _prepare(self) -> None:
+        """HOME with the pre-login files and without stale credentials; the BROWSER wrapper,
+        also on PATH as xdg-open; an empty URL file."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.url_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.url_file.unlink(missing_ok=True)
+        for relative in self.spec.credential_files:
+            (self.home / relative).unlink(missing_ok=True)
+        for relative, content in self.spec.pre_login_files.items():
+            write_private(self.home, relative, content.encode())
+        shim = Path(browser_shim.__file__).resolve()
+        self.wrapper.write_text(
+            "#!/bin/sh\n"
+            "# Written by the Hearth agent: records the URL a CLI opens (see browser_shim.py).\n"
+            f"{browser_shim.URL_FILE_ENV}={shlex.quote(str(self.url_file))} "
+            f'exec {shlex.quote(sys.executable)} -E -s -S {shlex.quote(str(shim))} "$@"\n'
+        )
+        self.wrapper.chmod(0o700)
+        xdg_open = self.run_dir / "bin" / "xdg-open"
+        xdg_open.parent.mkdir(mode=0o700, exist_ok=True)
+        xdg_open.unlink(missing_ok=True)
+        xdg_open.symlink_to(self.wrapper)
+
+    def _environment(self) -> dict[str, str]:
+        """A minimal environment (clean_env: Gemini CLI falls back to a paste-a-code flow when
+        it sees CI or DEBIAN_FRONTEND=noninteractive), or the agent's without its own HEARTH_*
+        settings; the terminal, display and browser a person's session would have."""
+        if self.spec.clean_env:
+            env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+            env.setdefault("LANG", "C.UTF-8")
+        env.update(
+            PATH=f"{self.run_dir / 'bin'}:{env.get('PATH', SYSTEM_PATH)}",
+            HOME=str(self.home),
+            TERM=TERM,
+            DISPLAY=firefox.DISPLAY,
+            BROWSER=str(self.wrapper),
+        )
+        env.update(self.spec.login_env)
+        return env
+
+    # -- the reader thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._pump()
+        except Exception as e:  # never leave a login "running" behind a dead reader
+            self.log(f"reader failed: {type(e).__name__}")
+            with self._lock:
+                self.error = "the agent's reader failed"
+            assert self._process is not None
+            _kill_group(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        finally:
+            os.close(self._master)
+        self._finish()
+
+    def _pump(self) -> None:
+        """Read the PTY until the CLI has exited and its output is drained."""
+        process = self._process
+        assert process is not None
+        readable = True
+        while True:
+            exited = process.poll() is not None
+            if exited and not self._killed:
+                # Whatever the CLI left running in its process group goes with it.
+                _kill_group(process.pid, signal.SIGKILL)
+                self._killed = True
+            if readable:
+                ready, _, _ = select.select([self._master], [], [], 0 if exited else READ_POLL)
+            else:  # the PTY is closed but the CLI has not exited yet
+                ready = []
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(READ_POLL)
+            if ready:
+                try:
+                    data = os.read(self._master, 65536)
+                except OSError:  # EIO: no process holds the PTY open any more
+                    data = b""
+                if data:
+                    self._scan(self.transcript.feed(data), final=False)
+                else:
+                    readable = False
+            elif exited:
+                break
+            self._tick(time.monotonic())
+        self._scan(self.transcript.feed(b"", final=True), final=True)
+
+    def _scan(self, window: str, final: bool) -> None:
+        """Look for the URL, the prompts and the success markers in the newest text."""
+        spec = self.spec
+        with self._lock:
+            if self.printed_url is None and (match := spec.url_pattern.search(window)):
+                url = match.groupdict().get("url") or match.group(0)
+                # A URL at the very end may continue in the next read.
+                if (final or match.end() < len(window)) and browser_shim.is_web_url(url):
+                    self.printed_url, self._printed_at = url, time.monotonic()
+                    self.log("authorize URL printed")
+            for number, (pattern, keys) in enumerate(spec.prompts, 1):
+                if not final and pattern.pattern not in self.answered and pattern.search(window):
+                    self.answered.append(pattern.pattern)
+                    try:
+                        os.write(self._master, keys.encode())
+                    except OSError:  # the CLI has just exited
+                        continue
+                    self.log(f"answered prompt {number}")
+            if not self.marker_seen and any(p.search(window) for p in spec.success_markers):
+                self.marker_seen = True
+                self.log("success marker seen")
+
+    def _tick(self, now: float) -> None:
+        """Everything that does not wait for output: the BROWSER file, opening Firefox,
+        stopping a CLI that stays open after signing in, deadlines."""
+        self._read_browser_url(now)
+        self._choose_url(now)
+        with self._lock:
+            url = self.url if self._stopping is None and not self._open_tried else None
+        # The agent may start before the VNC server: a Firefox started without its display
+        # would exit at once, so the page waits for the display.
+        if url is not None and self.firefox.display_ready():
+            self._open_tried = True
+            try:
+                self.firefox.open(url)
+                self.log("opened the sign-in page in Firefox")
+            except OSError as e:
+                with self._lock:
+                    self.error = f"cannot open Firefox: {e.strerror or e}"
+                self.log("cannot open Firefox")
+        with self._lock:
+            if self._stopping is None:
+                if self.spec.stop_on_success and self.marker_seen and self._credentials_present():
+                    self._stop("signed in", now)
+                elif now - self._started > self.spec.login_timeout:
+                    self.error = f"no sign-in within {self.spec.login_timeout:g}s"
+                    self._stop("timed out", now)
+            elif now > self._stop_deadline and not self._killed:
+                assert self._process is not None
+                _kill_group(self._process.pid, signal.SIGKILL)
+                self._killed = True
+
+    def _read_browser_url(self, now: float) -> None:
+        if self.browser_url is not None:
+            return
+        try:
+            lines = self.url_file.read_text().splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return
+        urls = [line for line in lines if browser_shim.is_web_url(line)]
+        if urls:
+            with self._lock:
+                self.browser_url, self._browser_at = urls[0], now
+            self.log("authorize URL handed to BROWSER")
+
+    def _choose_url(self, now: float) -> None:
+        """Settle the URL to open, once: the preferred one as soon as it is known, the other
+        after URL_GRACE seconds without the preferred one."""
+        with self._lock:
+            if self.url is not None:
+                return
+            printed = (self.printed_url, self._printed_at)
+            handed = (self.browser_url, self._browser_at)
+            (preferred, _), (other, other_at) = (
+                (handed, printed) if self.spec.browser_url_preferred else (printed, handed)
+            )
+            if preferred is not None:
+                self.url = preferred
+            elif other is not None and now - other_at >= URL_GRACE:
+                self.url = other
+
+    def _stop(self, reason: str, now: float) -> None:
+        """SIGTERM the CLI's process group; _tick escalates to SIGKILL after STOP_WAIT.
+        Called with the lock held."""
+        assert self._process is not None
+        self._stopping = reason
+        self._stop_deadline = now + STOP_WAIT
+        _kill_group(self._process.pid, signal.SIGTERM)
+        self.log(f"stopping the CLI ({reason})")
+
+    def _credentials_present(self) -> bool:
+        return all((self.home / p).is_file() for p in self.spec.credential_files)
+
+    def _finish(self) -> None:
+        assert self._process is not None
+        code = self._process.wait()
+        with self._lock:
+            present = self._credentials_present()
+            clean_exit = code == 0 or self._stopping == "signed in"
+            self.success = self.marker_seen and present and clean_exit
+            if self.success:
+                self.error = None
+            elif self.error is None:
+                if not clean_exit:
+                    self.error = f"the login command exited with {code}"
+                elif not self.marker_seen:
+                    self.error = "the login command exited without its success message"
+                else:
+                    self.error = "the login command did not write all its credential files"
+            self.exit_code = code
+        self.log(f"exited with {code}: {'success' if self.success else 'failed'}")
+
+    # -- requests ------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.exit_code is None and self._stopping is None:
+                self.error = "cancelled"
+                self._stop("cancelled", time.monotonic())
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            if self.exit_code is not None:
+                state = "exited"
+            elif self.url is None and self.printed_url is None and self.browser_url is None:
+                state = "starting"
+            else:
+                state = "running"
+            status = {
+                "provider": self.spec.name,
+                "state": state,
+                "url": self.url,
+                "printed_url": self.printed_url,
+                "browser_url": self.browser_url,
+                "prompts_answered": list(self.answered),
+                "success_marker_seen": self.marker_seen,
+                "exited": self.exit_code is not None,
+                "exit_code": self.exit_code,
+                "success": self.success,
+                "error": self.error,
+            }
+        status["firefox"] = self.firefox.status()
+        return status
+
+    def credentials(self) -> dict[str, str]:
+        """The credential files, base64, once the login has succeeded."""
+        with self._lock:
+            if self.exit_code is None:
+                raise NotReady("the login is still running")
+            if not self.success:
+                raise NotReady(f"the login did not succeed: {self.error}")
+        files = {}
+        for relative in self.spec.credential_files:
+            path = self.home / relative
+            try:
+                with path.open("rb") as f:
+                    content = f.read(MAX_CREDENTIAL_BYTES + 1)
+            except FileNotFoundError:
+                raise NotReady(f"{relative} has gone since the login") from None
+            if len(content) > MAX_CREDENTIAL_BYTES:
+                raise NotReady(f"{relative} is larger than {MAX_CREDENTIAL_BYTES} bytes")
+            files[relative] = base64.b64encode(content).decode("ascii")
+        return files
+
+
+class LoginManager:
+    """The agent's one login at a time, and the Firefox that /open-url uses without one."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.home = Path(os.environ.get(HOME_ENV, DEFAULT_HOME))
+        self.run_dir = Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+        self._log = log
+        self._lock = threading.Lock()
+        self._session: LoginSession | None = None
+        self._browser: firefox.Firefox | None = None
+
+    @property
+    def session(self) -> LoginSession | None:
+        with self._lock:
+            return self._session
+
+    def start(self, data: Any) -> LoginSession:
+        """Start a login (replacing a finished one); LoginBusy while one runs."""
+        spec = LoginSpec.from_json(data)
+        with self._lock:
+            if self._session is not None and not self._session.finished:
+                raise LoginBusy(f"the {self._session.spec.name} login is still running")
+            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for old in (self._session.firefox if self._session else None, self._browser):
+                if old is not None:
+                    old.close()
+            self._browser = None
+            session = LoginSession(spec, self.home, self.run_dir, self._log)
+            session.start()
+            self._session = session
+            return session
+
+    def open_url(self, url: str) -> None:
+        """Show `url` in the login's Firefox, or in one of its own when no login ran yet."""
+        with self._lock:
+            if self._session is not None:
+                browser = self._session.firefox
+            else:
+                if self._browser is None:
+                    self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    profile = self.run_dir / f"firefox-{secrets.token_hex(6)}"
+                    self._browser = firefox.Firefox(profile, self.home)
+                browser = self._browser
+        browser.open(url)

@@ -1,0 +1,59 @@
+"""A person at a real browser: headless Chromium (Debian's, driven by Playwright) opens a
+connect_url, watches the live view until the VM's Firefox shows the sign-in form, types the
+username and password through noVNC, submits, and waits for the page's end state.
+
+Run inside the controller's namespace:  python browser_user.py URL USER PASSWORD SHOTS_DIR
+Prints one JSON line: the final status text and the screenshots taken.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+END_STATES = ("completed", "failed", "cancelled", "expired")
+
+
+def main(url: str, username: str, password: str, shots: Path) -> None:
+    shots.mkdir(parents=True, exist_ok=True)
+    taken = []
+
+    def shot(page, name: str) -> None:
+        path = shots / f"{len(taken):02d}-{name}.png"
+        page.screenshot(path=str(path))
+        taken.append(str(path))
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        shot(page, "connect-page")
+        status = page.locator("#status")
+        # The session turns awaiting_user once the agent sees Firefox showing the page.
+        page.locator('#status[data-status="awaiting_user"]').wait_for(timeout=600_000)
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=60_000)
+        shot(page, "live-view-sign-in-form")
+        canvas.click()  # focus the viewer; the form's username field has autofocus
+        page.keyboard.type(username, delay=60)
+        page.keyboard.press("Tab")
+        page.keyboard.type(password, delay=60)
+        shot(page, "typed")
+        page.keyboard.press("Enter")
+        ended = ", ".join(f'#status[data-status="{state}"]' for state in END_STATES)
+        page.locator(ended).wait_for(state="attached", timeout=600_000)
+        shot(page, "end-state")
+        text = f"{status.get_attribute('data-status')}: {status.inner_text()}"
+        browser.close()
+    print(json.dumps({"status": text, "screenshots": taken}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))

@@ -1,0 +1,114 @@
+"""Browser sign-in end to end on the demo stack (hearth.demo): the controller, the VM network
+and the demo identity provider each in a namespace the test creates. A real Chromium opens
+the connect_url and signs in through the live view into Firefox in the browser VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.core import runtime
+from hearth.core.reconciler import vmm_processes
+from hearth.demo import Stack, stack
+from hearth.waiting import wait_for
+from tests.e2e.conftest import IMAGES, needs_image
+
+pytestmark = pytest.mark.vm
+
+ARTIFACTS = Path(os.environ.get("HEARTH_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "artifacts"))
+
+
+def wait_status(running: Stack, session_id: str, statuses: tuple[str, ...],
+                timeout: float) -> dict:
+    def reached() -> dict | None:
+        body = running.api.get(f"/api/auth/session/{session_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(reached, timeout, f"session {session_id} to reach {statuses}", interval=1)
+
+
+@pytest.fixture
+def running(tmp_path: Path, request) -> Iterator[Stack]:
+    needs_image("browser")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "images").symlink_to(IMAGES)
+    with stack(Settings(home=home), session_ttl=getattr(request, "param", None)) as s:
+        yield s
+    assert vmm_processes(home / "vms") == []
+
+
+def test_demo_sign_in_through_the_live_view(running: Stack):
+    started = running.api.post("/api/auth/start", json={"user_id": "ada", "provider": "demo"})
+    assert started.status_code == 202, started.text
+    session_id, connect_url = started.json()["session_id"], started.json()["connect_url"]
+
+    shots = ARTIFACTS / "sign-in"
+    user = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("browser_user.py")), connect_url,
+         running.user, running.password, str(shots)],
+        capture_output=True, text=True, timeout=1500)
+    assert user.returncode == 0, user.stderr[-3000:]
+    assert json.loads(user.stdout.splitlines()[-1])["status"].startswith("completed")
+
+    session = wait_status(running, session_id, ("completed",), timeout=60)
+    assert [e["status"] for e in session["timeline"]] == [
+        "started", "vm_booting", "awaiting_user", "completed"]
+    oauth = running.api.get(f"/api/auth/session/{session_id}/oauth").json()["url"]
+    assert oauth.startswith(running.settings.demo_issuer + "/authorize?")
+    status = running.api.get(f"/api/auth/session/{session_id}/credentials/status").json()
+    assert status["status"] == "ready" and status["account_email"] == running.user
+
+    controller = runtime.controller(running.settings)
+    files = controller.credentials.files("ada", "demo")
+    stored = json.loads(files[".hearth-demo/credentials.json"])
+    secrets = [stored["access_token"], stored["refresh_token"], running.password]
+    home = running.settings.home
+    for db_file in home.glob("hearth.db*"):
+        assert stored["access_token"].encode() not in db_file.read_bytes()
+
+    vms = controller.vms
+    assert vms.list() == [] and vms.network.taps() == [] and vms.pool.leases() == {}
+    logs = [*running.logs, *(home / "logs").glob("*.console.log")]
+    assert any(p.name.endswith(".console.log") for p in logs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {log.name}"
+    assert len(list(shots.glob("*.png"))) >= 3
+
+
+@pytest.mark.parametrize("running", [45], indirect=True)
+def test_a_session_expires_and_its_vm_goes(running: Stack):
+    session_id = running.start_session("bob")["session_id"]
+    session = wait_status(running, session_id, ("expired",), timeout=180)
+    assert session["timeline"][-1]["status"] == "expired"
+    vms = runtime.vm_manager(running.settings)
+    wait_for(lambda: vms.list() == [], 120, "the browser VM to be destroyed")
+
+
+def test_cancel_and_supersede_end_sessions_and_their_vms(running: Stack):
+    first_id = running.start_session("cy")["session_id"]
+    wait_status(running, first_id, ("vm_booting",), timeout=60)
+    second = running.start_session("cy")
+    second_id = second["session_id"]
+    superseded = wait_status(running, first_id, ("cancelled",), timeout=30)
+    assert f"superseded by session {second_id}" in superseded["timeline"][-1]["detail"]
+
+    wait_status(running, second_id, ("vm_booting", "awaiting_user"), timeout=60)
+    cancelled = running.api.post(f"/api/auth/session/{second_id}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    vms = runtime.vm_manager(running.settings)
+    wait_for(lambda: vms.list() == [], 180, "both browser VMs to be destroyed")
+    assert vms.network.taps() == []
+    token = second["connect_url"].split("token=")[1]
+    assert running.api.get(f"/connect/{second_id}?token={token}").status_code == 404

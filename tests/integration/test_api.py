@@ -1,0 +1,95 @@
+"""The API's edges, in-process with the real app and database (no VM is booted here):
+keys, bad input and the shape of every error."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hearth.api.app import MAX_BODY_BYTES, create_app
+from hearth.api.keys import create_key
+from hearth.config import Settings
+from hearth.core import runtime
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    # A namespace name nobody has: start-up reconciliation looks there and finds nothing.
+    settings = Settings(home=tmp_path, netns=f"hearth-absent-{secrets.token_hex(3)}")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def key(client: TestClient) -> dict[str, str]:
+    db = client.app.state.controller.db
+    return {"Authorization": f"Bearer {create_key(db, 'app')}"}
+
+
+def test_liveness_needs_no_key(client: TestClient):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hth_nope_nope"},
+                                     {"Authorization": "Basic abc"}])
+def test_every_route_but_liveness_needs_a_valid_key(client: TestClient, headers):
+    response = client.post("/api/auth/start", json={"user_id": "u", "provider": "demo"},
+                           headers=headers)
+    assert response.status_code == 401
+    assert "error" in response.json()
+
+
+def test_a_revoked_or_tampered_key_is_refused(client: TestClient, key):
+    tampered = key["Authorization"][:-2] + "xx"
+    response = client.get(f"/api/auth/session/{'0' * 32}", headers={"Authorization": tampered})
+    assert response.status_code == 401
+
+
+def test_unknown_provider_is_a_400_naming_the_known_ones(client: TestClient, key):
+    response = client.post("/api/auth/start", json={"user_id": "u", "provider": "nope"},
+                           headers=key)
+    assert response.status_code == 400
+    assert "nope" in response.json()["error"] and "demo" in response.json()["error"]
+
+
+@pytest.mark.parametrize("body", [{"user_id": "u"}, {"provider": "demo"},
+                                  {"user_id": "spaces are not ids", "provider": "demo"},
+                                  {"user_id": "x" * 200, "provider": "demo"}, [], "text"])
+def test_malformed_start_bodies_are_422_with_the_problems(client: TestClient, key, body):
+    response = client.post("/api/auth/start", json=body, headers=key)
+    assert response.status_code == 422
+    assert response.json()["problems"]
+
+
+@pytest.mark.parametrize("path", ["", "/oauth", "/credentials/status", "/events"])
+def test_malformed_and_unknown_session_ids(client: TestClient, key, path):
+    assert client.get(f"/api/auth/session/not-an-id{path}", headers=key).status_code == 422
+    unknown = client.get(f"/api/auth/session/{'ab' * 16}{path}", headers=key)
+    assert unknown.status_code == 404 and "error" in unknown.json()
+
+
+def test_oversize_bodies_are_413(client: TestClient, key):
+    big = {"user_id": "u", "provider": "demo", "pad": "x" * (MAX_BODY_BYTES + 1)}
+    response = client.post("/api/auth/start", json=big, headers=key)
+    assert response.status_code == 413 and "error" in response.json()
+
+
+def test_the_live_view_refuses_unknown_sessions_and_tokens(client: TestClient):
+    response = client.get(f"/connect/{'ab' * 16}?token=nope")
+    assert response.status_code == 404
+
+
+def test_api_keys_are_stored_hashed(tmp_path: Path):
+    db = runtime.open_database(Settings(home=tmp_path))
+    key = create_key(db, "admin")
+    assert key.encode() not in (tmp_path / "hearth.db").read_bytes()
+    with pytest.raises(ValueError, match="unknown role"):
+        create_key(db, "root")
+
+
+def test_openapi_is_served(client: TestClient):
+    assert "/api/auth/start" in client.get("/openapi.json").json()["paths"]
