@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     # Network
     netns: str = "hearth"  # empty: the VMs' bridge lives in the controller's namespace
+    controller_netns: str = ""  # the controller's namespace; empty: this process's own
     bridge: str = "hearth0"
     cidr: str = "192.168.100.1/24"  # the gateway address and the VM subnet
     link_cidr: str = "169.254.100.0/30"  # the veth pair joining the two namespaces

@@ -77,8 +77,8 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
     with contextlib.ExitStack() as exits:
         controller_ns = exits.enter_context(sandbox("hearth-demo"))
         idp_ns = exits.enter_context(sandbox("hearth-demo-idp"))
-        vm_settings = settings.model_copy(update={"netns": f"{controller_ns}-vm"})
-        network = VmNetwork.from_settings(vm_settings)
+        network = VmNetwork.from_settings(settings.model_copy(update={
+            "netns": f"{controller_ns}-vm", "controller_netns": controller_ns}))
         network.ensure()
         exits.callback(network.teardown)
         idp_ip = network.attach_host(idp_ns, IDP_LINK)
@@ -97,6 +97,7 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
         socket_path = settings.home / "controller.sock"
         socket_path.unlink(missing_ok=True)
         overrides = {"HEARTH_HOME": str(settings.home), "HEARTH_NETNS": f"{controller_ns}-vm",
+                     "HEARTH_CONTROLLER_NETNS": controller_ns,
                      "HEARTH_EGRESS": f"{idp_ip}:{IDP_PORT}", "HEARTH_DEMO_ISSUER": issuer,
                      "HEARTH_PUBLIC_URL": f"http://localhost:{port}"}
         if session_ttl is not None:

@@ -37,7 +37,12 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         shot(page, "connect-page")
         status = page.locator("#status")
         # The session turns awaiting_user once the agent sees Firefox showing the page.
-        page.locator('#status[data-status="awaiting_user"]').wait_for(timeout=600_000)
+        ended = ", ".join(f'#status[data-status="{state}"]' for state in END_STATES)
+        page.locator(f'#status[data-status="awaiting_user"], {ended}').wait_for(
+            state="attached", timeout=600_000)
+        if status.get_attribute("data-status") != "awaiting_user":
+            shot(page, "ended-early")
+            raise SystemExit(f"the session ended: {status.inner_text()}")
         canvas = page.locator("canvas").first
         canvas.wait_for(timeout=60_000)
         shot(page, "live-view-sign-in-form")
@@ -47,7 +52,6 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         page.keyboard.type(password, delay=60)
         shot(page, "typed")
         page.keyboard.press("Enter")
-        ended = ", ".join(f'#status[data-status="{state}"]' for state in END_STATES)
         page.locator(ended).wait_for(state="attached", timeout=600_000)
         shot(page, "end-state")
         text = f"{status.get_attribute('data-status')}: {status.inner_text()}"

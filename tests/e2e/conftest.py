@@ -75,6 +75,7 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
     (home / "images").symlink_to(IMAGES)
     with sandbox() as controller:
         env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
+               "HEARTH_CONTROLLER_NETNS": controller,
                "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
         h = Hearth(controller, env)
         try:

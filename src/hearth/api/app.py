@@ -24,9 +24,10 @@ MAX_BODY_BYTES = 64 * 1024
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ctl = runtime.controller(settings)
-        reconcile(ctl.vms)
-        ctl.sessions.recover()
+        # Blocking work stays off the event loop (pyroute2's sync API runs a loop of its own).
+        ctl = await asyncio.to_thread(runtime.controller, settings)
+        await asyncio.to_thread(reconcile, ctl.vms)
+        await asyncio.to_thread(ctl.sessions.recover)
         stop = threading.Event()
         threading.Thread(target=sweep_forever, args=(ctl.sessions, stop), daemon=True,
                          name="session-expiry").start()

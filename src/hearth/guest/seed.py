@@ -19,6 +19,7 @@ from typing import Any
 DEFAULT_PATH = "/dev/vdb"
 SEED_SIZE = 1024 * 1024
 SECTOR = 512
+POLL_SECONDS = 0.02  # between looks for the device node, within the deadline
 
 
 class SeedError(ValueError):
@@ -45,7 +46,7 @@ def read_seed(
     where = f"seed {os.fspath(path)}"
     deadline = time.monotonic() + wait
     while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(POLL_SECONDS)
     with open(path, "rb") as f:
         raw = f.read(limit)
     text = raw.split(b"\0", 1)[0]

@@ -33,11 +33,19 @@ class VmNetwork:
     tap_prefix: str
     guest_ports: tuple[int, ...]  # what the controller may reach on a guest
     egress: tuple[tuple[str, int], ...] = ()  # host:port destinations VMs may reach
+    # The controller's namespace, where the veth's other end and the route live: "" is this
+    # process's own. Naming it lets a process elsewhere (a test, the demo) manage the network.
+    controller_netns: str = ""
 
     @classmethod
     def from_settings(cls, s: Settings) -> VmNetwork:
         return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
-                   s.tap_prefix, (s.agent_port, 5901), s.egress_rules)
+                   s.tap_prefix, (s.agent_port, 5901), s.egress_rules, s.controller_netns)
+
+    @property
+    def vm_netns(self) -> str:
+        """The namespace holding the bridge: Hearth's own, or the controller's."""
+        return self.netns or self.controller_netns
 
     @property
     def veth_controller(self) -> str:
@@ -71,17 +79,17 @@ class VmNetwork:
     def teardown(self) -> None:
         """Remove the network: deleting the namespace takes the bridge, TAPs and rules along."""
         if self.netns:
-            with IPRoute() as ip:
+            with self._controller_side() as ip:
                 for index in ip.link_lookup(ifname=self.veth_controller):
                     ip.link("del", index=index)
             if self.netns in netns.listnetns():
                 netns.remove(self.netns)
         else:
-            with IPRoute() as ip:
+            with self._controller_side() as ip:
                 for index in ip.link_lookup(ifname=self.bridge):
                     ip.link("del", index=index)
-            subprocess.run(["nft", "delete", "table", "inet", "hearth"], check=False,
-                           capture_output=True)
+            subprocess.run([*self._in(self.controller_netns), "nft", "delete", "table", "inet",
+                            "hearth"], check=False, capture_output=True)
 
     def exists(self) -> bool:
         if not self._netns_exists():
@@ -154,19 +162,22 @@ class VmNetwork:
     def _netns_exists(self) -> bool:
         return not self.netns or self.netns in netns.listnetns()
 
-    @contextlib.contextmanager
-    def _vm_side(self) -> Iterator[IPRoute]:
-        ip = NetNS(self.netns, flags=0) if self.netns else IPRoute()
-        try:
-            yield ip
-        finally:
-            ip.close()
+    def _vm_side(self) -> contextlib.AbstractContextManager[IPRoute]:
+        return _rtnl(self.vm_netns)
+
+    def _controller_side(self) -> contextlib.AbstractContextManager[IPRoute]:
+        return _rtnl(self.controller_netns)
+
+    @staticmethod
+    def _in(name: str) -> list[str]:
+        return ["ip", "netns", "exec", name] if name else []
 
     def _ensure_veth(self) -> None:
         controller_addr, vms_addr = self._link_hosts
         prefix = self.link.prefixlen
-        with IPRoute() as ip:
+        with self._controller_side() as ip:
             if not ip.link_lookup(ifname=self.veth_controller):
+                self._remove_stale_vm_end()
                 ip.link("add", ifname=self.veth_controller, kind="veth",
                         peer={"ifname": self.veth_vms})
                 peer = _index(ip, self.veth_vms)
@@ -180,9 +191,16 @@ class VmNetwork:
             _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{vms_addr}/{prefix}"))
             ip.link("set", index=index, state="up")
 
+    def _remove_stale_vm_end(self) -> None:
+        """A VM-side veth end whose partner is gone (the controller's namespace was replaced)
+        would block a new pair of the same name."""
+        with self._vm_side() as ip:
+            for index in ip.link_lookup(ifname=self.veth_vms):
+                ip.link("del", index=index)
+
     def _exec(self, argv: list[str], what: str, stdin: str | None = None) -> None:
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        proc = subprocess.run(prefix + argv, input=stdin, capture_output=True, text=True)
+        proc = subprocess.run(self._in(self.vm_netns) + argv, input=stdin, capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             raise NetworkError(f"{what} failed: {proc.stderr.strip()}")
 
@@ -192,6 +210,16 @@ class VmNetwork:
 
     def _nft(self, rules: str) -> None:
         self._exec(["nft", "-f", "-"], "loading the nftables rules", stdin=rules)
+
+
+@contextlib.contextmanager
+def _rtnl(name: str) -> Iterator[IPRoute]:
+    """Netlink to namespace `name` ("" = this process's own)."""
+    ip = NetNS(name, flags=0) if name else IPRoute()
+    try:
+        yield ip
+    finally:
+        ip.close()
 
 
 def _ensure_link(ip: IPRoute, name: str, **kwargs) -> int:
