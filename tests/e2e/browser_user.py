@@ -46,7 +46,9 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         canvas = page.locator("canvas").first
         canvas.wait_for(timeout=60_000)
         shot(page, "live-view-sign-in-form")
-        canvas.click()  # focus the viewer; the form's username field has autofocus
+        # Focus the viewer without clicking into the VM: the sign-in form's e-mail field has
+        # autofocus, and a click on the page around it would take that focus away.
+        canvas.focus()
         page.keyboard.type(username, delay=60)
         page.keyboard.press("Tab")
         page.keyboard.type(password, delay=60)

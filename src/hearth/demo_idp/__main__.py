@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hearth-demo-idp: error: set {PASSWORD_ENV} to the users' password", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="hearth-demo-idp: %(message)s")
+    # A demo server on a private link inside Hearth's namespaces, where TLS would prove
+    # nothing; Authlib otherwise accepts plain HTTP for loopback issuers only.
+    os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
     try:
         server, issuer = bind(args.host, args.port, dict.fromkeys(args.user, password), args.issuer)
     except (OSError, ValueError) as e:

@@ -123,8 +123,12 @@ class Firefox:
                 if self._bus is None:
                     self._start_bus()
                 self.profile.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Sized to the display from the start: with no window manager, Firefox
+                # otherwise keeps its default size after any later resize.
+                size = (_xdotool(self.env, "getdisplaygeometry") or "").split()
+                dims = ["--width", size[0], "--height", size[1]] if len(size) == 2 else []
                 process = self._spawn(
-                    [FIREFOX, "--new-instance", "--profile", str(self.profile), url]
+                    [FIREFOX, "--new-instance", *dims, "--profile", str(self.profile), url]
                 )
                 self._process = process
                 threading.Thread(target=self._fit_window, args=(process,), daemon=True).start()
