@@ -48,6 +48,8 @@ def test_each_real_cli_hands_firefox_its_authorize_url(hearth: Hearth):
                 assert query["code_challenge_method"] == ["S256"] and query["code_challenge"]
             assert not status["exited"], f"{name} exited before the sign-in"
             agent.cancel_login()
+            wait_for(lambda: agent.login_status()["exited"], timeout=60,
+                     what=f"the {name} login to end")
     hearth("vm", "rm", vm.id)
 
 
