@@ -269,11 +269,7 @@ class AuthSessions:
         return True
 
     def _update(self, session_id: str, **fields) -> None:
-        with self.db.session() as s:
-            session = s.get(AuthSession, session_id)
-            for key, value in fields.items():
-                setattr(session, key, value)
-            s.commit()
+        self.db.update(AuthSession, session_id, **fields)
 
 
 def _authorize_page_shown(status: dict) -> bool:

@@ -217,11 +217,7 @@ class VmManager:
         self.drivers[vm.vmm].stop(self.spec(vm))
 
     def _update(self, vm_id: str, **fields) -> None:
-        with self.db.session() as s:
-            vm = s.get(Vm, vm_id)
-            for key, value in fields.items():
-                setattr(vm, key, value)
-            s.commit()
+        self.db.update(Vm, vm_id, **fields)
 
 
 def _hostname(vm_id: str) -> str:

@@ -49,3 +49,11 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
+
+    def update(self, model: type, key: str, **fields) -> None:
+        """Set fields of one row, in a transaction of its own."""
+        with self.session() as s:
+            row = s.get(model, key)
+            for name, value in fields.items():
+                setattr(row, name, value)
+            s.commit()
