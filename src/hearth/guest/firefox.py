@@ -171,20 +171,24 @@ class Firefox:
         self.env["DBUS_SESSION_BUS_ADDRESS"] = address
 
     def _fit_window(self, process: subprocess.Popen[bytes]) -> None:
-        """Move the first window to 0,0 and size it to the whole display, once it maps."""
+        """Hold Firefox's window at 0,0 and the display's size until its first page has
+        painted: with no window manager, Firefox may resize itself after it maps."""
         deadline = time.monotonic() + WINDOW_WAIT
         while process.poll() is None and time.monotonic() < deadline:
-            found = _xdotool(self.env, "search", "--onlyvisible", "--class", "firefox")
-            if found and found.split():
-                window = found.split()[0]
-                geometry = (_xdotool(self.env, "getdisplaygeometry") or "").split()
-                if len(geometry) == 2:
-                    width, height = geometry
-                    _xdotool(
-                        self.env, "windowmove", window, "0", "0",
-                        "windowsize", window, width, height,
-                    )
-                return
+            found = (_xdotool(self.env, "search", "--onlyvisible", "--class", "firefox")
+                     or "").split()
+            display = (_xdotool(self.env, "getdisplaygeometry") or "").split()
+            if found and len(display) == 2:
+                window = found[0]
+                shell = _xdotool(self.env, "getwindowgeometry", "--shell", window) or ""
+                geometry = dict(line.split("=", 1) for line in shell.split() if "=" in line)
+                fits = [geometry.get(k) for k in ("X", "Y", "WIDTH", "HEIGHT")] == \
+                    ["0", "0", *display]
+                if fits and is_ready(window_title(self.env)):
+                    return
+                if not fits:
+                    _xdotool(self.env, "windowmove", window, "0", "0",
+                             "windowsize", window, *display)
             if self._closed.wait(WINDOW_POLL):
                 return
 

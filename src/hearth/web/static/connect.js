@@ -43,7 +43,8 @@ function connectViewer() {
     showViewer('Connecting to the browser…', false);
     rfb = new RFB(screen, webSocketUrl(screen.dataset.vncPath), { wsProtocols: ['binary'] });
     rfb.scaleViewport = true;
-    rfb.resizeSession = true;
+    // The VM's screen keeps its size (Firefox is fitted to it); the viewer scales instead.
+    rfb.resizeSession = false;
     rfb.background = '#1f2328';
     rfb.addEventListener('connect', () => {
         showViewer('Connected: click the screen to type.', false);
