@@ -158,21 +158,30 @@ def _forward(port: int, socket_path: Path) -> Iterator[None]:
     ready = threading.Event()
     stop: asyncio.Future | None = None
 
+    open_writers: set[asyncio.StreamWriter] = set()
+
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(str(socket_path))
         except OSError:
             writer.close()
             return
+        open_writers.add(up_writer)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     async def main() -> None:
         nonlocal stop
         stop = loop.create_future()
         server = await asyncio.start_server(relay, "127.0.0.1", port)
-        async with server:
-            ready.set()
-            await stop
+        ready.set()
+        await stop
+        server.close()
+        for writer in open_writers:  # ends every relay's pipes; no task is cancelled
+            writer.close()
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.gather(*relays, return_exceptions=True)
+        await server.wait_closed()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
