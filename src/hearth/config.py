@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     public_url: str = "http://localhost:8000"  # how users' browsers reach the controller
     session_ttl: float = 900.0  # seconds an auth session may take before it expires
     demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings a Hearth process started with `environ` would have."""
+        return cls(**{key.removeprefix("HEARTH_").lower(): value
+                      for key, value in environ.items() if key.startswith("HEARTH_")})
 
     @cached_property
     def gateway(self) -> ipaddress.IPv4Interface:

@@ -116,9 +116,7 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
             transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://controller",
             timeout=30, headers={"Authorization": f"Bearer {key}"}))
         wait_for(lambda: _answers(api), 60, "the controller")
-        controller_settings = Settings(**{k.removeprefix("HEARTH_").lower(): v
-                                          for k, v in env.items() if k.startswith("HEARTH_")})
-        yield Stack(controller_settings, env, controller_ns, api, f"http://localhost:{port}",
+        yield Stack(Settings.from_environ(env), env, controller_ns, api, f"http://localhost:{port}",
                     DEMO_USER, password, controller.pid, [idp_log, controller_log])
 
 

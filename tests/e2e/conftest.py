@@ -61,8 +61,7 @@ class Hearth:
 
     @property
     def settings(self) -> Settings:
-        return Settings(**{k.removeprefix("HEARTH_").lower(): v for k, v in self.env.items()
-                           if k.startswith("HEARTH_")})
+        return Settings.from_environ(self.env)
 
     def manager(self) -> VmManager:
         return runtime.vm_manager(self.settings)
