@@ -58,6 +58,9 @@ class VmState(enum.StrEnum):
     requested = "requested"
     booting = "booting"
     ready = "ready"
+    hibernating = "hibernating"  # being snapshotted; the VMM still runs
+    hibernated = "hibernated"  # snapshot on disk, no VMM; keeps its TAP and IP lease
+    resuming = "resuming"  # a VMM is restoring the snapshot
     stopping = "stopping"
     stopped = "stopped"
     failed = "failed"
@@ -84,6 +87,10 @@ class Vm(Base):
     boot_seconds: Mapped[float | None] = mapped_column(Float)
     failed_step: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # A user's CLI VM names its user (browser VMs belong to a session instead); its last use
+    # decides when it hibernates and when it goes.
+    user_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    last_active_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
@@ -119,6 +126,11 @@ class Credential(Base):
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # The lease: the one VM holding a live copy, which version it holds, and the digest of
+    # its files there. Refresh tokens rotate on use, so no second VM may hold them.
+    leased_vm_id: Mapped[str | None] = mapped_column(String(32))
+    leased_version: Mapped[int | None] = mapped_column(Integer)
+    leased_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
@@ -165,3 +177,30 @@ class AuthSessionEvent(Base):
     status: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class PromptStatus(enum.StrEnum):
+    running = "running"
+    completed = "completed"  # the CLI exited (whatever its exit code)
+    failed = "failed"  # it could not run, or its VM failed under it
+    cancelled = "cancelled"  # through the API, or because the client went away
+
+
+class Prompt(Base):
+    """One prompt run through a user's CLI, with what it printed: the user's history."""
+
+    __tablename__ = "prompts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    vm_id: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=PromptStatus.running)
+    prompt: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    first_output_seconds: Mapped[float | None] = mapped_column(Float)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
