@@ -40,6 +40,7 @@ from joserfc.jwk import KeySet
 
 import hearth.guest
 from hearth.demo_idp import CLIENT_ID, RunningIdp, serve_in_thread
+from hearth.demo_idp.__main__ import parse_args
 from hearth.waiting import wait_for
 
 DEMO_LOGIN = Path(hearth.guest.__file__).parent / "demo_login.py"
@@ -451,6 +452,36 @@ def test_refresh_token_grant_rotates_the_tokens(idp: Idp, http: httpx.Client) ->
     assert_hidden(
         idp.log.text, PASSWORD, *(t[k] for t in (first, second) for k in tokens if k in t)
     )
+
+
+def test_the_access_token_lifetime_is_configurable(http: httpx.Client) -> None:
+    running = serve_in_thread({USER: PASSWORD}, token_ttl=90)
+    try:
+        short = Idp(running, LogCapture())
+        first = fresh_tokens(http, short)
+        assert first["expires_in"] == 90
+        refreshed = http.post(
+            short.url("/token"),
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": first["refresh_token"],
+                "client_id": CLIENT_ID,
+            },
+        )
+        assert refreshed.json()["expires_in"] == 90
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(("args", "ttl"), [([], 3600), (["--token-ttl", "120"], 120)])
+def test_the_module_takes_the_token_lifetime(args: list[str], ttl: int) -> None:
+    assert parse_args(["--user", USER, *args]).token_ttl == ttl
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
+def test_the_module_refuses_a_lifetime_that_is_not_positive_seconds(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--user", USER, "--token-ttl", value])
 
 
 def test_a_refresh_for_another_client_is_refused(idp: Idp, http: httpx.Client) -> None:

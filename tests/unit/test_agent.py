@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import hearth.guest
+from hearth.core.agent_client import AgentClient
 from hearth.guest.agent import MAX_BODY
 from hearth.guest.seed import write_seed
 
@@ -223,6 +224,35 @@ def test_body_of_exactly_one_mib_is_read(agent: RunningAgent) -> None:
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "/runs/",
+        "/runs/" + "a" * 65,
+        "/runs/a/b",
+        "/runs/bad%20id",
+        "/runs/a%2Fb",
+        "/credentials/x/y",
+        "/nope/abc",
+    ],
+)
+def test_a_segment_that_is_not_a_route_parameter_is_404(agent: RunningAgent, path: str) -> None:
+    status, _, body = agent.request("GET", path)
+    assert (status, body) == (404, {"error": f"no route {path}"})
+
+
+def test_routes_with_parameters_answer_405_for_other_methods(agent: RunningAgent) -> None:
+    status, headers, body = agent.request("POST", "/runs/" + "a" * 64, body={})
+    assert status == 405 and headers["Allow"] == "DELETE, GET"
+    assert body == {"error": f"/runs/{'a' * 64} does not accept POST"}
+
+
+def test_an_exact_route_beside_a_pattern_keeps_working(agent: RunningAgent) -> None:
+    # GET /credentials (the login's) beside GET /credentials/{provider} (custody's).
+    status, _, body = agent.request("GET", "/credentials")
+    assert (status, body) == (409, {"error": "no login has been started"})
+
+
+@pytest.mark.parametrize(
     ("body", "error"),
     [
         ({"host": "example.com"}, "\"host\" must be an IPv4 address, not 'example.com'"),
@@ -247,6 +277,38 @@ def test_ping_loopback_answers_ok_and_output(agent: RunningAgent) -> None:
     assert status == 200
     assert set(body) == {"ok", "output"}
     assert isinstance(body["ok"], bool) and isinstance(body["output"], str)
+
+
+def test_clock_within_a_second_is_left_alone(agent: RunningAgent) -> None:
+    with AgentClient("127.0.0.1", agent.token, agent.port) as client:
+        answer = client.set_clock(time.time())
+    assert answer["adjusted"] is False
+    assert abs(answer["epoch"] - time.time()) < 60
+
+
+# Only refused values: a test must never set the machine's clock.
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"epoch": None},
+        {"epoch": "1700000000"},
+        {"epoch": True},
+        {"epoch": 0},
+        {"epoch": -5},
+        {"epoch": 1e300},
+        b'{"epoch": NaN}',
+        b'{"epoch": Infinity}',
+        ["epoch"],
+    ],
+)
+def test_clock_refuses_what_is_not_a_unix_time(agent: RunningAgent, body: Any) -> None:
+    status, _, answer = agent.request("PUT", "/clock", body=body)
+    assert status == 400
+    assert answer["error"] in (
+        '"epoch" must be a positive Unix time in seconds',
+        "request body must be a JSON object",
+    )
 
 
 # --- what the agent prints ---------------------------------------------------------------

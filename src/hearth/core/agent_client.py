@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -31,8 +34,13 @@ def _json(response: httpx.Response) -> dict:
     return response.json()
 
 
+def _encode(files: dict[str, bytes]) -> dict[str, str]:
+    return {path: base64.b64encode(content).decode("ascii") for path, content in files.items()}
+
+
 class AgentClient:
     def __init__(self, ip: str, token: str, port: int = 8080, timeout: float = 10.0):
+        self._timeout = timeout
         self._client = httpx.Client(
             base_url=f"http://{ip}:{port}",
             headers={"Authorization": f"Bearer {token}"},
@@ -82,3 +90,64 @@ class AgentClient:
     def open_url(self, url: str) -> dict:
         """Show an http(s) URL in the browser VM's Firefox."""
         return _json(self._client.post("/open-url", json={"url": url}))
+
+    # -- the CLI VM --------------------------------------------------------------------
+
+    def put_credentials(
+        self,
+        provider: str,
+        credential_files: dict[str, bytes],
+        support_files: dict[str, bytes] | None = None,
+    ) -> str:
+        """Install a provider's files in the CLI user's HOME (replacing the credential files
+        of the previous install); the digest of the credential files."""
+        body = {
+            "credential_files": _encode(credential_files),
+            "support_files": _encode(support_files or {}),
+        }
+        return _json(self._client.put(f"/credentials/{provider}", json=body))["digest"]
+
+    def read_credentials(self, provider: str) -> tuple[dict[str, bytes], str]:
+        """The provider's credential files as they are now, and their digest.
+        AgentRequestError 404 when none were installed."""
+        body = _json(self._client.get(f"/credentials/{provider}"))
+        files = {path: base64.b64decode(content) for path, content in body["files"].items()}
+        return files, body["digest"]
+
+    def wipe_credentials(self, provider: str) -> list[str]:
+        """Remove the provider's files; the paths that were there."""
+        return _json(self._client.delete(f"/credentials/{provider}"))["removed"]
+
+    @contextmanager
+    def run(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        provider: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Iterator[dict]]:
+        """Run a CLI in the VM; yields its events as they happen: {"event": "started",
+        "run_id", "pid"}, {"event": "output", "stream", "data"}..., then {"event": "exit",
+        "run_id", "exit_code", "signal", "duration", "cancelled", "timed_out",
+        "credentials_digest"}. Leaving the block before the exit event stops the run.
+        A CLI may be silent for long, so reads wait without a limit."""
+        body = {"argv": argv, "env": env, "provider": provider, "timeout": timeout}
+        with self._client.stream(
+            "POST", "/runs", json=body, timeout=httpx.Timeout(self._timeout, read=None)
+        ) as response:
+            if response.is_error:
+                response.read()
+                raise AgentRequestError(response)
+            yield (json.loads(line) for line in response.iter_lines() if line)
+
+    def run_status(self, run_id: str) -> dict:
+        """{"run_id", "running", "exit_code", "signal", "cancelled", "timed_out", "duration"}"""
+        return _json(self._client.get(f"/runs/{run_id}"))
+
+    def cancel_run(self, run_id: str) -> dict:
+        """Stop a run (SIGTERM, then SIGKILL); its status."""
+        return _json(self._client.delete(f"/runs/{run_id}"))
+
+    def set_clock(self, epoch: float) -> dict:
+        """Set the guest clock (after a snapshot restore); {"adjusted", "epoch"}."""
+        return _json(self._client.put("/clock", json={"epoch": epoch}))

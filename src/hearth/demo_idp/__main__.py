@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from .models import ACCESS_TOKEN_LIFETIME
 from .server import POLL_INTERVAL, bind
 
 PASSWORD_ENV = "HEARTH_DEMO_IDP_PASSWORD"
@@ -21,6 +22,12 @@ PASSWORD_ENV = "HEARTH_DEMO_IDP_PASSWORD"
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of seconds")
     return int(text)
 
 
@@ -40,6 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="EMAIL",
         help="an account's e-mail (repeat for more accounts, all with the same password)",
     )
+    parser.add_argument(
+        "--token-ttl",
+        type=_seconds,
+        default=ACCESS_TOKEN_LIFETIME,
+        metavar="SECONDS",
+        help=f"access token lifetime (default {ACCESS_TOKEN_LIFETIME})",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     # nothing; Authlib otherwise accepts plain HTTP for loopback issuers only.
     os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
     try:
-        server, issuer = bind(args.host, args.port, dict.fromkeys(args.user, password), args.issuer)
+        server, issuer = bind(
+            args.host, args.port, dict.fromkeys(args.user, password), args.issuer, args.token_ttl
+        )
     except (OSError, ValueError) as e:
         print(
             f"hearth-demo-idp: error: cannot start on {args.host}:{args.port}: {e}", file=sys.stderr

@@ -285,10 +285,15 @@ def _page(status: int, **context: Any) -> Response:
     return Response(render_template_string(PAGE, **context), status, mimetype="text/html")
 
 
-def create_app(issuer: str, users: dict[str, str]) -> Flask:
+def create_app(
+    issuer: str, users: dict[str, str], token_ttl: int = ACCESS_TOKEN_LIFETIME
+) -> Flask:
     """The provider for `issuer` with `users` (e-mail -> password) and the hearth-demo-cli
-    client, with a signing key generated now (so it lives as long as the app)."""
+    client, with a signing key generated now (so it lives as long as the app). Access tokens
+    last `token_ttl` seconds: a short one lets a demo show a CLI refreshing its token."""
     issuer = check_issuer(issuer)
+    if token_ttl <= 0:
+        raise ValueError(f"token lifetime {token_ttl} is not a positive number of seconds")
     # Authlib logs whole token responses at DEBUG ("Issue token ..."); they never get out.
     logging.getLogger("authlib").setLevel(logging.INFO)
 
@@ -296,8 +301,8 @@ def create_app(issuer: str, users: dict[str, str]) -> Flask:
     app.config.update(
         OAUTH2_REFRESH_TOKEN_GENERATOR=True,
         OAUTH2_TOKEN_EXPIRES_IN={
-            "authorization_code": ACCESS_TOKEN_LIFETIME,
-            "refresh_token": ACCESS_TOKEN_LIFETIME,
+            "authorization_code": token_ttl,
+            "refresh_token": token_ttl,
         },
         OAUTH2_SCOPES_SUPPORTED=list(SCOPES),
     )

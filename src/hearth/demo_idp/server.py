@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .app import create_app
+from .models import ACCESS_TOKEN_LIFETIME
 
 log = logging.getLogger("hearth.demo_idp")
 
@@ -31,7 +32,11 @@ class QuietRequestHandler(WSGIRequestHandler):
 
 
 def bind(
-    host: str, port: int, users: dict[str, str], issuer: str | None = None
+    host: str,
+    port: int,
+    users: dict[str, str],
+    issuer: str | None = None,
+    token_ttl: int = ACCESS_TOKEN_LIFETIME,
 ) -> tuple[BaseWSGIServer, str]:
     """A threaded server listening on host:port (0: any free port) and its issuer, by
     default http://host:<bound port>. The socket is bound first so the issuer can name the
@@ -41,7 +46,7 @@ def bind(
         bound = sock.getsockname()[1]
         name = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
         issuer = issuer or f"http://{name}:{bound}"
-        app = create_app(issuer, users)
+        app = create_app(issuer, users, token_ttl)
         server = make_server(
             host,
             bound,
@@ -63,10 +68,14 @@ class RunningIdp:
 
 
 def serve_in_thread(
-    users: dict[str, str], host: str = "127.0.0.1", port: int = 0, issuer: str | None = None
+    users: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    issuer: str | None = None,
+    token_ttl: int = ACCESS_TOKEN_LIFETIME,
 ) -> RunningIdp:
     """Start the provider on a daemon thread (for tests); `stop` shuts it down and waits."""
-    server, issuer = bind(host, port, users, issuer)
+    server, issuer = bind(host, port, users, issuer, token_ttl)
     thread = threading.Thread(
         target=server.serve_forever, args=(POLL_INTERVAL,), name="hearth-demo-idp", daemon=True
     )

@@ -1,23 +1,28 @@
 """The in-guest agent: a small HTTP API the controller drives, behind a per-VM bearer token.
 
 Standard library only (the image has Debian's python3 and no pip). Every route is a
-function in ROUTES, registered with @route; a handler receives the parsed Request and
-returns a Response or raises HttpError, so later routes (prompts) add one function each.
-Nothing here logs the token, any request header, a login's output or its credentials: the
-console and journal show only method, path and status, and a login's progress in words.
+function in ROUTES, registered with @route under a path whose `{name}` segments become
+request.params; a handler receives the parsed Request and returns a Response (JSON), a
+Stream (chunked, for a run's output as it happens) or raises HttpError.
+Nothing here logs the token, any request header, a login's or a run's output or any
+credential: the console and journal show only method, path and status, and progress in words.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
+import re
+import select
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -28,10 +33,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from . import browser_shim, login, seed
+    from . import browser_shim, custody, login, runs, seed
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
+    import custody
     import login
+    import runs
     import seed
 
 DEFAULT_ADDR = "0.0.0.0"
@@ -39,6 +46,9 @@ DEFAULT_PORT = 8080
 MAX_BODY = 1024 * 1024
 RESOLV_CONF = Path("/etc/resolv.conf")
 PING_TIMEOUT = 10.0
+PARAM = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what a {name} segment of a route matches
+CLOCK_TOLERANCE = 1.0  # seconds the guest clock may be off before PUT /clock sets it
+MAX_EPOCH = 2.0**33  # year 2242: anything later is a bad request, not a time
 
 _log_lock = threading.Lock()
 
@@ -72,6 +82,7 @@ class Request:
     path: str
     headers: Message
     body: bytes
+    params: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, or a 400 saying why it is not one."""
@@ -94,24 +105,60 @@ class Response:
 
 
 @dataclass
+class Stream:
+    """A 200 sent with Transfer-Encoding: chunked, each chunk flushed as `chunks` yields it.
+    An empty chunk sends nothing: it lets the server check that the client is still there
+    while the source is quiet. `chunks` is closed when the client goes away, so its source
+    can stop (a run kills its CLI)."""
+
+    chunks: Iterator[bytes]
+    content_type: str
+
+
+@dataclass
 class Agent:
-    """What handlers may use: the token (for auth only), when serving began, the logins."""
+    """What handlers may use: the token (for auth only), when serving began, the logins
+    and the prompt runs."""
 
     token: str
     started_at_uptime: float = 0.0
     logins: login.LoginManager = field(default_factory=lambda: login.LoginManager(log))
+    runs: runs.RunManager = field(default_factory=lambda: runs.RunManager(log))
 
 
-Handler = Callable[[Agent, Request], Response]
+Handler = Callable[[Agent, Request], Response | Stream]
 ROUTES: dict[str, dict[str, Handler]] = {}
 
 
 def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    """Register `handler` for `method` on `path`, whose `{name}` segments match any value
+    PARAM allows (an exact path is preferred over a pattern)."""
+
     def register(handler: Handler) -> Handler:
         ROUTES.setdefault(path, {})[method] = handler
         return handler
 
     return register
+
+
+def match_route(path: str) -> tuple[dict[str, Handler], dict[str, str]] | None:
+    """The methods registered for `path` and the values of its `{name}` segments."""
+    if path in ROUTES:
+        return ROUTES[path], {}
+    segments = path.split("/")
+    for pattern, methods in ROUTES.items():
+        parts = pattern.split("/")
+        if "{" not in pattern or len(parts) != len(segments):
+            continue
+        params = {}
+        for part, segment in zip(parts, segments, strict=True):
+            if part.startswith("{") and part.endswith("}") and PARAM.fullmatch(segment):
+                params[part[1:-1]] = segment
+            elif part != segment:
+                break
+        else:
+            return methods, params
+    return None
 
 
 def _ip_json(*args: str) -> list[dict[str, Any]]:
@@ -248,6 +295,129 @@ def credentials(agent: Agent, request: Request) -> Response:
     return Response({"provider": session.spec.name, "files": files})
 
 
+# --- credential custody (the CLI VM) -----------------------------------------------------
+
+
+def _custody_error(e: Exception) -> HttpError:
+    if isinstance(e, custody.CustodyError):
+        return HttpError(HTTPStatus.BAD_REQUEST, str(e))
+    if isinstance(e, custody.NoManifest):
+        return HttpError(HTTPStatus.NOT_FOUND, str(e))
+    return HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot access the credential files: {e}")
+
+
+@route("PUT", "/credentials/{provider}")
+def install_credentials(agent: Agent, request: Request) -> Response:
+    """Install one provider's files in the CLI user's HOME; the credential files' digest."""
+    provider = request.params["provider"]
+    body = request.json()
+    try:
+        files = custody.decode_files(body, "credential_files", required=True)
+        support = custody.decode_files(body, "support_files")
+        digest = custody.install(provider, files, support)
+    except (custody.CustodyError, OSError) as e:
+        raise _custody_error(e) from None
+    log(f"installed {len(files)} credential and {len(support)} support files for {provider}")
+    return Response({"provider": provider, "digest": digest})
+
+
+@route("GET", "/credentials/{provider}")
+def read_credentials(agent: Agent, request: Request) -> Response:
+    """The provider's credential files as they are now (a run may have refreshed them)."""
+    provider = request.params["provider"]
+    try:
+        files, digest = custody.read(provider)
+    except (custody.CustodyError, custody.NoManifest, OSError) as e:
+        raise _custody_error(e) from None
+    encoded = {path: custody.b64encode(content) for path, content in files.items()}
+    return Response({"provider": provider, "files": encoded, "digest": digest})
+
+
+@route("DELETE", "/credentials/{provider}")
+def wipe_credentials(agent: Agent, request: Request) -> Response:
+    provider = request.params["provider"]
+    try:
+        removed = custody.wipe(provider)
+    except (custody.CustodyError, OSError) as e:
+        raise _custody_error(e) from None
+    log(f"removed {len(removed)} files of {provider}")
+    return Response({"provider": provider, "removed": removed})
+
+
+# --- prompt runs (the CLI VM) ------------------------------------------------------------
+
+
+@route("POST", "/runs")
+def start_run(agent: Agent, request: Request) -> Stream:
+    """Run a CLI and stream its events (NDJSON) as they happen; see hearth/guest/runs.py."""
+    try:
+        run = agent.runs.start(runs.RunRequest.from_json(request.json()))
+    except runs.RunError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    except OSError as e:
+        status = (
+            HTTPStatus.BAD_REQUEST
+            if isinstance(e, FileNotFoundError | PermissionError | NotADirectoryError)
+            else HTTPStatus.INTERNAL_SERVER_ERROR
+        )
+        raise HttpError(
+            status, f"cannot start {e.filename or 'the command'}: {e.strerror or e}"
+        ) from None
+    return Stream(runs.EventStream(run), "application/x-ndjson")
+
+
+def _run(agent: Agent, request: Request) -> runs.Run:
+    run = agent.runs.get(request.params["run_id"])
+    if run is None:
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no run {request.params['run_id']}")
+    return run
+
+
+@route("GET", "/runs/{run_id}")
+def run_status(agent: Agent, request: Request) -> Response:
+    return Response(_run(agent, request).status())
+
+
+@route("DELETE", "/runs/{run_id}")
+def cancel_run(agent: Agent, request: Request) -> Response:
+    """SIGTERM the run's process group (SIGKILL follows if it lingers); a finished run is
+    left as it is."""
+    run = _run(agent, request)
+    run.cancel()
+    return Response(run.status(), HTTPStatus.ACCEPTED)
+
+
+# --- the clock ---------------------------------------------------------------------------
+
+
+@route("PUT", "/clock")
+def set_clock(agent: Agent, request: Request) -> Response:
+    """Set the guest clock to the host's: after a snapshot is restored it is behind by as
+    long as the VM slept, and tokens' expiry checks would go wrong."""
+    epoch = request.json().get("epoch")
+    if (
+        not isinstance(epoch, int | float)
+        or isinstance(epoch, bool)
+        or not math.isfinite(epoch)
+        or not 0 < epoch < MAX_EPOCH
+    ):
+        raise HttpError(HTTPStatus.BAD_REQUEST, '"epoch" must be a positive Unix time in seconds')
+    offset = epoch - time.time()
+    adjusted = abs(offset) > CLOCK_TOLERANCE
+    if adjusted:
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, float(epoch))
+        except OSError as e:
+            raise HttpError(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot set the clock: {e.strerror or e}"
+            ) from None
+        log(f"set the clock {'forward' if offset > 0 else 'back'} by {abs(offset):.1f}s")
+    return Response({"adjusted": adjusted, "epoch": time.time()})
+
+
+# --- the browser VM ----------------------------------------------------------------------
+
+
 @route("POST", "/open-url")
 def open_url(agent: Agent, request: Request) -> Response:
     url = request.json().get("url")
@@ -280,9 +450,10 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         try:
             self._authorize()
             body = self._read_body()
-            methods = ROUTES.get(path)
-            if methods is None:
+            found = match_route(path)
+            if found is None:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
+            methods, params = found
             handler = methods.get(self.command)
             if handler is None:
                 raise HttpError(
@@ -290,13 +461,17 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
                     f"{path} does not accept {self.command}",
                     {"Allow": ", ".join(sorted(methods))},
                 )
-            response = handler(self.server.agent, Request(self.command, path, self.headers, body))
+            request = Request(self.command, path, self.headers, body, params)
+            response = handler(self.server.agent, request)
         except HttpError as e:
             response = Response({"error": e.message}, e.status, e.headers)
         except Exception as e:  # a handler bug must answer 500, not drop the connection
             log(f"internal error in {self.command} {path}: {type(e).__name__}")
             response = Response({"error": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
-        self._send_json(response.status, response.body, response.headers)
+        if isinstance(response, Stream):
+            self._send_stream(response, path)
+        else:
+            self._send_json(response.status, response.body, response.headers)
 
     def _authorize(self) -> None:
         scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
@@ -343,6 +518,40 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_stream(self, stream: Stream, path: str) -> None:
+        """Send `stream` chunk by chunk; close it however sending ends, so its source learns
+        that nobody listens any more. A failure after the headers can only end the
+        connection: the missing last chunk tells the client the stream is incomplete."""
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", stream.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            for chunk in stream.chunks:
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                elif self._client_gone():
+                    raise ConnectionResetError("the client closed the connection")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+            log(f"{self.command} {path}: the client went away mid-stream")
+        except Exception as e:  # the source failed: end the connection, not the agent
+            self.close_connection = True
+            log(f"internal error streaming {self.command} {path}: {type(e).__name__}")
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _client_gone(self) -> bool:
+        """True when the client has closed its end (readable, and a peek finds EOF)."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors the standard library detects (bad request line, unknown method,

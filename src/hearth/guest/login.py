@@ -47,6 +47,7 @@ else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
 HOME_ENV = "HEARTH_LOGIN_HOME"
 RUN_DIR_ENV = "HEARTH_RUN_DIR"
 DEFAULT_HOME = "/root"
+
 DEFAULT_RUN_DIR = "/run/hearth"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERM = "xterm-256color"
@@ -85,6 +86,11 @@ ESCAPE = re.compile(
 # break, so words from different places on the screen are never glued together.
 CURSOR_FINALS = frozenset("ABCDEFGHJKSTdf")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def cli_home() -> Path:
+    """The CLI user's HOME: where logins run and where a CLI VM's credentials live."""
+    return Path(os.environ.get(HOME_ENV, DEFAULT_HOME))
 
 
 class SpecError(ValueError):
@@ -172,7 +178,7 @@ def _regex(pattern: str, name: str) -> re.Pattern[str]:
         raise SpecError(f'"{name}" holds a bad regular expression: {e}') from None
 
 
-def _relative(path: str, name: str) -> str:
+def relative_path(path: str, name: str) -> str:
     """A path under HOME: relative, normalised, no way out of HOME."""
     parts = PurePosixPath(path).parts
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -222,11 +228,11 @@ class LoginSpec:
             browser_url_preferred=_field(data, "browser_url_preferred", bool, False),
             prompts=tuple((_regex(p, "prompts"), keys) for p, keys in prompts),
             pre_login_files={
-                _relative(path, "pre_login_files"): content
+                relative_path(path, "pre_login_files"): content
                 for path, content in _string_map(data, "pre_login_files").items()
             },
             credential_files=tuple(
-                _relative(path, "credential_files")
+                relative_path(path, "credential_files")
                 for path in _strings(data, "credential_files", required=True)
             ),
             success_markers=tuple(
@@ -259,7 +265,7 @@ def write_private(home: Path, relative: str, content: bytes) -> None:
         raise
 
 
-def _kill_group(pid: int, sig: signal.Signals) -> None:
+def kill_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
 
@@ -383,7 +389,7 @@ class LoginSession:
             with self._lock:
                 self.error = "the agent's reader failed"
             assert self._process is not None
-            _kill_group(self._process.pid, signal.SIGKILL)
+            kill_group(self._process.pid, signal.SIGKILL)
             self._process.wait()
         finally:
             os.close(self._master)
@@ -398,7 +404,7 @@ class LoginSession:
             exited = process.poll() is not None
             if exited and not self._killed:
                 # Whatever the CLI left running in its process group goes with it.
-                _kill_group(process.pid, signal.SIGKILL)
+                kill_group(process.pid, signal.SIGKILL)
                 self._killed = True
             if readable:
                 ready, _, _ = select.select([self._master], [], [], 0 if exited else READ_POLL)
@@ -469,7 +475,7 @@ class LoginSession:
                     self._stop("timed out", now)
             elif now > self._stop_deadline and not self._killed:
                 assert self._process is not None
-                _kill_group(self._process.pid, signal.SIGKILL)
+                kill_group(self._process.pid, signal.SIGKILL)
                 self._killed = True
 
     def _read_browser_url(self, now: float) -> None:
@@ -507,7 +513,7 @@ class LoginSession:
         assert self._process is not None
         self._stopping = reason
         self._stop_deadline = now + STOP_WAIT
-        _kill_group(self._process.pid, signal.SIGTERM)
+        kill_group(self._process.pid, signal.SIGTERM)
         self.log(f"stopping the CLI ({reason})")
 
     def _credentials_present(self) -> bool:
@@ -589,7 +595,7 @@ class LoginManager:
     """The agent's one login at a time, and the Firefox that /open-url uses without one."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
-        self.home = Path(os.environ.get(HOME_ENV, DEFAULT_HOME))
+        self.home = cli_home()
         self.run_dir = Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
         self._log = log
         self._lock = threading.Lock()
