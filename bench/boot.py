@@ -36,12 +36,14 @@ def boot_series(vms, image: str, runs: int) -> dict:
         finally:
             for vm in vms.list():
                 vms.destroy(vm.id)
-    return {
-        "image": image, "runs": runs, "ok": len(seconds), "failures": failures,
-        "median_s": round(statistics.median(seconds), 2) if seconds else None,
-        "min_s": round(min(seconds), 2) if seconds else None,
-        "max_s": round(max(seconds), 2) if seconds else None,
-    }
+    return {"image": image, "runs": runs, "ok": len(seconds), "failures": failures,
+            **spread(seconds)}
+
+
+def spread(seconds: list[float], name: str = "") -> dict:
+    """Median, min and max of `seconds`, rounded (None when there are none)."""
+    return {f"{name}{stat}_s": round(f(seconds), 2) if seconds else None
+            for stat, f in (("median", statistics.median), ("min", min), ("max", max))}
 
 
 def run_inside(args: argparse.Namespace) -> list[dict]:
@@ -52,12 +54,31 @@ def run_inside(args: argparse.Namespace) -> list[dict]:
         vms.network.teardown()
 
 
-def main() -> None:
-    # Ending the bench by signal still runs its clean-up: VMs, namespaces, files. Only in this
-    # process: pyroute2 forks short-lived helpers and ends them with SIGTERM, and a helper
-    # that unwound this stack would run the clean-up under the bench's feet.
+def exit_on_sigterm() -> None:
+    """Ending a bench by signal still runs its clean-up: VMs, namespaces, files. Only in this
+    process: pyroute2 forks short-lived helpers and ends them with SIGTERM, and a helper
+    that unwound this stack would run the clean-up under the bench's feet."""
     main_pid = os.getpid()
     signal.signal(signal.SIGTERM, lambda *_: os.getpid() == main_pid and sys.exit(1))
+
+
+def inside_sandbox(images_dir: Path) -> object:
+    """Run this script again inside a fresh namespace and Hearth home; the JSON it printed.
+
+    The child finds INSIDE in its environment and runs the measurements.
+    """
+    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
+            sandbox("hearth-bench") as controller:
+        (Path(home) / "images").symlink_to(images_dir.resolve())
+        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
+               "HEARTH_NETNS": f"{controller}-vm"}
+        child = subprocess.run([*nsenter(controller), sys.executable, *sys.argv], env=env,
+                               stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(child.stdout)
+
+
+def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image", default="cli")
@@ -69,14 +90,7 @@ def main() -> None:
         print(json.dumps(run_inside(args)))
         return
 
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
-            sandbox("hearth-bench") as controller:
-        (Path(home) / "images").symlink_to(args.images_dir.resolve())
-        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
-               "HEARTH_NETNS": f"{controller}-vm"}
-        child = subprocess.run([*nsenter(controller), sys.executable, *sys.argv], env=env,
-                               stdout=subprocess.PIPE, text=True, check=True)
-    results = json.loads(child.stdout)
+    results = inside_sandbox(args.images_dir)
     hearth, baseline = results
     ratio = (round(hearth["median_s"] / baseline["median_s"], 3)
              if hearth["median_s"] and baseline["median_s"] else None)

@@ -83,6 +83,16 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
             _leave_nothing(h, home)
 
 
+def assert_nothing_left(hearth: Hearth) -> None:
+    """No TAP, lease, VMM process, VM directory or live VM record remains."""
+    vms = hearth.manager()
+    assert vms.network.taps() == []
+    assert vms.pool.leases() == {}
+    assert vmm_processes(vms.settings.vms_dir) == []
+    assert not vms.settings.vms_dir.exists() or list(vms.settings.vms_dir.iterdir()) == []
+    assert [vm.id for vm in vms.list()] == []
+
+
 def _leave_nothing(h: Hearth, home: Path) -> None:
     """Whatever a failed test left: its VMM processes (by PID), its VM network, its files."""
     for pid in vmm_processes(home / "vms"):

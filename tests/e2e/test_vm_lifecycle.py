@@ -19,7 +19,7 @@ from hearth.core.reconciler import vmm_processes
 from hearth.net.sandbox import inside
 from hearth.store.models import VmState
 from hearth.waiting import wait_for
-from tests.e2e.conftest import Hearth, needs_image
+from tests.e2e.conftest import Hearth, assert_nothing_left, needs_image
 
 pytestmark = pytest.mark.vm
 
@@ -58,7 +58,7 @@ def test_browser_vm_boots_with_network_agent_and_vnc_and_leaves_nothing(hearth: 
     assert vm.agent_token not in console
 
     hearth("vm", "rm", vm.id)
-    _assert_nothing_left(hearth)
+    assert_nothing_left(hearth)
     assert vms.get(vm.id).state == VmState.destroyed
 
 
@@ -75,17 +75,8 @@ def test_a_crash_while_booting_is_repaired_by_the_next_start(hearth: Hearth):
     assert vms.network.taps() == [vm.tap]
 
     hearth("reconcile")
-    _assert_nothing_left(hearth)
+    assert_nothing_left(hearth)
     assert vms.get(vm.id).state == VmState.destroyed
-
-
-def _assert_nothing_left(hearth: Hearth) -> None:
-    vms = hearth.manager()
-    assert vms.network.taps() == []
-    assert vms.pool.leases() == {}
-    assert vmm_processes(vms.settings.vms_dir) == []
-    assert not vms.settings.vms_dir.exists() or list(vms.settings.vms_dir.iterdir()) == []
-    assert [vm.id for vm in vms.list()] == []
 
 
 def _rfb_greeting(ip: str) -> bytes | None:
@@ -114,4 +105,4 @@ def test_vms_reach_only_the_gateway_and_survive_a_restart_of_hearth(hearth: Hear
         assert agent.health()["status"] == "ok"
 
     hearth("vm", "rm", first["id"], second["id"])
-    _assert_nothing_left(hearth)
+    assert_nothing_left(hearth)

@@ -252,16 +252,21 @@ def test_hibernate_and_restore_through_the_spec(
     driver = FirecrackerDriver(binary=str(fake_firecracker))
     booted = driver.start(spec)
     try:
+        assert not driver.has_snapshot(spec)
         driver.hibernate(spec)
         assert not pid_alive(booted)
         assert not (spec.workdir / "firecracker.sock").exists()
         state, mem = spec.workdir / "snapshot.vmstate", spec.workdir / "snapshot.mem"
-        assert state.exists() and mem.exists()
+        assert state.exists() and mem.exists() and driver.has_snapshot(spec)
         assert not list(spec.workdir.glob("*.next"))
 
         restored = driver.restore(spec)
         assert pid_alive(restored) and restored != booted
         assert spec.pid_file.read_text().strip() == str(restored)
+        # The guest runs on from it: the snapshot is consumed.
+        assert not driver.has_snapshot(spec)
+        with pytest.raises(VmmError, match="no snapshot to restore"):
+            driver.restore(spec)
     finally:
         driver.stop(spec)
     requests = journal(tmp_path / "journal.jsonl")
@@ -282,6 +287,30 @@ def test_hibernate_and_restore_through_the_spec(
         "network_overrides": [{"iface_id": "eth0", "host_dev_name": spec.tap}],
     }
     assert not pid_alive(restored)
+
+
+def test_failed_snapshot_resumes_the_vm_and_leaves_no_snapshot(
+    tmp_path: Path, fake_firecracker: Path, plain_clone: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPEC_SERVER_FAULTS", "PUT /snapshot/create=No space left on device")
+    spec = machine(tmp_path)
+    driver = FirecrackerDriver(binary=str(fake_firecracker))
+    pid = driver.start(spec)
+    try:
+        with pytest.raises(VmmError, match="No space left on device"):
+            driver.hibernate(spec)
+        assert pid_alive(pid)
+        assert not driver.has_snapshot(spec)
+        assert not list(spec.workdir.glob("snapshot.*"))
+    finally:
+        driver.stop(spec)
+    requests = journal(tmp_path / "journal.jsonl")
+    assert [r["fault"] for r in requests] == [None] * len(requests)
+    assert [(r["method"], r["path"], r["body"].get("state")) for r in requests[-3:]] == [
+        ("PATCH", "/vm", "Paused"),
+        ("PUT", "/snapshot/create", None),
+        ("PATCH", "/vm", "Resumed"),
+    ]
 
 
 def test_failed_boot_stops_the_vmm(

@@ -1,9 +1,11 @@
 """After a crash, make the world match the database: adopt what lives, remove what is orphaned.
 
-A ready VM whose VMM still runs is adopted. A VM whose creating process died mid-boot, or
-whose VMM is gone, is destroyed by its own (idempotent) destroy plan. Then anything with
-Hearth's marks that no live VM owns goes: TAPs with Hearth's prefix, VMM processes running
-from Hearth's VM directory, leases, directories.
+A ready VM whose VMM still runs is adopted, and so is a hibernated VM with its snapshot: it
+runs no VMM but keeps its TAP, lease and directory. A VM left hibernating or resuming is
+repaired to ready or hibernated where its own plans can get it there. A VM whose creating
+process died mid-boot, or whose VMM is gone, is destroyed by its own (idempotent) destroy plan.
+Then anything with Hearth's marks that no live VM owns goes: TAPs with Hearth's prefix, VMM
+processes running from Hearth's VM directory, leases, directories.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth.core.vms import LIVE_STATES, VmManager
-from hearth.store.models import VmState
+from hearth.core.vms import LIVE_STATES, VmError, VmManager, busy_elsewhere
+from hearth.store.models import Vm, VmState
 from hearth.vmm.base import kill_pid, pid_alive, references
 
 
 @dataclass
 class Report:
     adopted: list[str] = field(default_factory=list)
+    repaired: dict[str, str] = field(default_factory=dict)  # VM id -> the state it is now in
     destroyed: list[str] = field(default_factory=list)
     taps: list[str] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
@@ -28,7 +31,7 @@ class Report:
     directories: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not any((self.destroyed, self.taps, self.processes, self.leases,
+        return not any((self.repaired, self.destroyed, self.taps, self.processes, self.leases,
                         self.directories))
 
 
@@ -38,13 +41,16 @@ def reconcile(vms: VmManager) -> Report:
     for vm in vms.list():
         if vm.state not in LIVE_STATES:
             continue
-        creator_alive = vm.owner_pid is not None and vm.owner_pid != os.getpid() and \
-            pid_alive(vm.owner_pid)
-        if vm.state in (VmState.requested, VmState.booting) and creator_alive:
-            live.add(vm.id)  # still being created by another Hearth process
-        elif vm.state == VmState.ready and vms.vmm_alive(vm):
+        if busy_elsewhere(vm):
+            live.add(vm.id)  # another Hearth process is running its plan
+        elif (vm.state == VmState.ready and vms.vmm_alive(vm)) or \
+                (vm.state == VmState.hibernated and vms.has_snapshot(vm)):
             live.add(vm.id)
             report.adopted.append(vm.id)
+        elif vm.state in (VmState.hibernating, VmState.resuming) and \
+                (state := repair(vms, vm)) in (VmState.ready, VmState.hibernated):
+            live.add(vm.id)
+            report.repaired[vm.id] = state
         else:
             vms.destroy(vm.id)
             report.destroyed.append(vm.id)
@@ -71,6 +77,25 @@ def reconcile(vms: VmManager) -> Report:
                 shutil.rmtree(d, ignore_errors=True)
                 report.directories.append(d.name)
     return report
+
+
+def repair(vms: VmManager, vm: Vm) -> str:
+    """Finish a hibernate or resume whose process died; the state the VM ends in.
+
+    A hibernate is run again: it snapshots a VMM that still runs, or records the snapshot a
+    VMM left before it ended. A resume is run again while its VMM runs; without one, or when
+    the agent does not answer, the VM goes back to hibernated if its snapshot is whole.
+    """
+    try:
+        if vm.state == VmState.hibernating:
+            vms.hibernate(vm.id)
+        elif vms.vmm_alive(vm):
+            vms.resume(vm.id)
+        else:
+            vms.abandon_resume(vm.id)
+    except VmError:
+        pass  # the plan recorded its failure and the state it left
+    return vms.get(vm.id).state
 
 
 VMM_PROGRAMS = ("qemu-system-x86_64", "firecracker", "jailer")

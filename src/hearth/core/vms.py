@@ -1,6 +1,8 @@
 """VM lifecycle: every VM is a database record moved through its states by plans of steps.
 
 create: record -> lease an address -> lay out the VM's directory -> TAP -> boot -> agent ready.
+hibernate: mark hibernating -> snapshot (the VMM ends) -> record hibernated.
+resume: mark resuming -> TAP -> restore the snapshot -> agent ready.
 destroy: stop the VMM -> TAP -> lease -> directory -> record destroyed.
 Each step checks whether it still has work to do, so running a plan again after a crash
 finishes the job instead of repeating it.
@@ -30,10 +32,13 @@ from hearth.net.ippool import IpPool
 from hearth.net.topology import VmNetwork
 from hearth.store.db import Database
 from hearth.store.models import Vm, VmState
-from hearth.vmm.base import BootImage, Driver, MachineSpec, VmmError, running_pid
+from hearth.vmm.base import BootImage, Driver, MachineSpec, VmmError, pid_alive, running_pid
 from hearth.waiting import wait_for
 
-LIVE_STATES = (VmState.requested, VmState.booting, VmState.ready, VmState.stopping)
+LIVE_STATES = (VmState.requested, VmState.booting, VmState.ready, VmState.hibernating,
+               VmState.hibernated, VmState.resuming, VmState.stopping)
+# States a plan passes through: the process running it (owner_pid) is the only one to act.
+IN_PROGRESS = (VmState.requested, VmState.booting, VmState.hibernating, VmState.resuming)
 KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 loglevel=4"
 
 
@@ -94,8 +99,9 @@ class VmManager:
 
     # -- create ----------------------------------------------------------------------------
 
-    def create(self, image: str, on_step=lambda name: None) -> Vm:
-        """Boot a VM from `image` and return it once its agent answers."""
+    def create(self, image: str, on_step=lambda name: None, user_id: str | None = None) -> Vm:
+        """Boot a VM from `image` and return it once its agent answers; `user_id` marks a
+        user's CLI VM."""
         image_dir = self.settings.images_dir / image
         if read_manifest(image_dir) is None:
             raise VmError(f"image {image!r} is not built (run: hearth image build {image})")
@@ -103,7 +109,8 @@ class VmManager:
         with self.db.session() as s:
             s.add(Vm(id=vm_id, image=image, vmm=self.settings.vmm,
                      tap=tap_name(self.settings.tap_prefix, vm_id), netns=self.network.netns,
-                     agent_token=secrets.token_urlsafe(32), owner_pid=os.getpid()))
+                     agent_token=secrets.token_urlsafe(32), owner_pid=os.getpid(),
+                     user_id=user_id))
             s.commit()
         self.resume_create(vm_id, on_step)
         return self.get(vm_id)
@@ -115,8 +122,7 @@ class VmManager:
         except StepFailed as e:
             self._update(vm_id, state=VmState.failed, failed_step=e.step, error=str(e.cause))
             self._stop_vmm(self.get(vm_id))
-            raise VmError(f"VM {vm_id}: {e} (console: {self.workdir(vm_id) / 'console.log'})") \
-                from e
+            raise self._failure(vm_id, e) from e
 
     def _create_plan(self, vm_id: str) -> list[Step]:
         def vm() -> Vm:
@@ -126,12 +132,28 @@ class VmManager:
             Step("lease-address", lambda: vm().ip is None, lambda: self._lease(vm_id)),
             Step("lay-out-directory", lambda: not (self.workdir(vm_id) / "seed.img").exists(),
                  lambda: self._lay_out(vm())),
-            Step("network", lambda: self.network.tap_state(vm().tap) is None,
-                 lambda: self._plug(vm())),
+            self._network_step(vm_id),
             Step("boot", lambda: not self.vmm_alive(vm()), lambda: self._boot(vm())),
-            Step("wait-for-agent", lambda: vm().state != VmState.ready,
-                 lambda: self._wait_for_agent(vm())),
+            self._wait_for_agent_step(vm_id),
+            self._record_ready_step(vm_id),
         ]
+
+    def _network_step(self, vm_id: str) -> Step:
+        return Step("network", lambda: self.network.tap_state(self.get(vm_id).tap) is None,
+                    lambda: self._plug(self.get(vm_id)))
+
+    def _wait_for_agent_step(self, vm_id: str) -> Step:
+        return Step("wait-for-agent", lambda: self.get(vm_id).state != VmState.ready,
+                    lambda: self._wait_for_agent(self.get(vm_id)))
+
+    def _record_ready_step(self, vm_id: str) -> Step:
+        """Ready, with the seconds from the VMM's start (a boot or a restore) to the agent."""
+        def record() -> None:
+            started = self.get(vm_id).boot_started
+            self._update(vm_id, state=VmState.ready,
+                         boot_seconds=time.time() - started if started else None)
+
+        return Step("record-ready", lambda: self.get(vm_id).state != VmState.ready, record)
 
     def _lease(self, vm_id: str) -> None:
         ip = self.pool.lease(vm_id)
@@ -162,7 +184,7 @@ class VmManager:
         with self.agent(vm) as agent:
             def answered() -> bool:
                 if not self.vmm_alive(vm):
-                    raise VmmError("the VMM process exited during boot")
+                    raise VmmError("the VMM process exited before the agent answered")
                 try:
                     agent.health(timeout=2)
                 except httpx.HTTPError:
@@ -170,9 +192,118 @@ class VmManager:
                 return True
 
             wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.1)
-        fresh = self.get(vm.id)
-        boot_seconds = time.time() - fresh.boot_started if fresh.boot_started else None
-        self._update(vm.id, state=VmState.ready, boot_seconds=boot_seconds)
+
+    # -- hibernate and resume --------------------------------------------------------------
+
+    def hibernate(self, vm_id: str, on_step=lambda name: None) -> None:
+        """Snapshot a ready VM into its directory and end its VMM.
+
+        It keeps its TAP and address: the guest's network configuration is in the snapshot.
+        A VM left hibernating by a crash is finished the same way.
+        """
+        vm = self.get(vm_id)
+        if vm.state == VmState.hibernated:
+            return
+        self._require(vm, VmState.ready, VmState.hibernating)
+        try:
+            run_plan(self._hibernate_plan(vm_id), on_step)
+        except StepFailed as e:
+            # A snapshot that failed leaves the guest running: the VM is as ready as before.
+            alive = self.vmm_alive(vm)
+            self._update(vm_id, state=VmState.ready if alive else VmState.failed,
+                         failed_step=e.step, error=str(e.cause))
+            raise self._failure(vm_id, e) from e
+
+    def _hibernate_plan(self, vm_id: str) -> list[Step]:
+        def vm() -> Vm:
+            return self.get(vm_id)
+
+        return [
+            self._mark(vm_id, VmState.hibernating),
+            # A live VMM's guest is newer than any snapshot beside it, so it is always taken.
+            Step("snapshot", lambda: self.vmm_alive(vm()),
+                 lambda: self.drivers[vm().vmm].hibernate(self.spec(vm()))),
+            Step("record-hibernated", lambda: vm().state != VmState.hibernated,
+                 lambda: self._record_hibernated(vm())),
+        ]
+
+    def _record_hibernated(self, vm: Vm) -> None:
+        if not self.has_snapshot(vm):
+            raise VmmError("the VMM is gone and left no complete snapshot")
+        self._update(vm.id, state=VmState.hibernated, pid=None)
+
+    def resume(self, vm_id: str, on_step=lambda name: None) -> Vm:
+        """Restore a hibernated VM and return it once its agent answers.
+
+        Its `boot_seconds` are then the seconds from the restore's start to the agent's first
+        answer. A resume that fails goes back to hibernated while the snapshot is whole.
+        """
+        vm = self.get(vm_id)
+        if vm.state == VmState.ready:
+            return vm
+        self._require(vm, VmState.hibernated, VmState.resuming)
+        try:
+            run_plan(self._resume_plan(vm_id), on_step)
+        except StepFailed as e:
+            self.abandon_resume(vm_id)
+            self._update(vm_id, failed_step=e.step, error=str(e.cause))
+            raise self._failure(vm_id, e) from e
+        return self.get(vm_id)
+
+    def _resume_plan(self, vm_id: str) -> list[Step]:
+        def vm() -> Vm:
+            return self.get(vm_id)
+
+        return [
+            self._mark(vm_id, VmState.resuming),
+            # A host's restart takes the TAPs with it, and leaves hibernated VMs on disk.
+            self._network_step(vm_id),
+            # While the snapshot is there no guest runs on from it: a VMM beside it is one
+            # whose restore never finished, and is replaced.
+            Step("restore", lambda: self.has_snapshot(vm()) or not self.vmm_alive(vm()),
+                 lambda: self._restore(vm())),
+            self._wait_for_agent_step(vm_id),
+            # The guest's clock stood still while it slept (tokens' expiry is judged by it).
+            Step("set-clock", lambda: vm().state != VmState.ready,
+                 lambda: self._set_clock(vm())),
+            self._record_ready_step(vm_id),
+        ]
+
+    def _restore(self, vm: Vm) -> None:
+        self._stop_vmm(vm)
+        self._update(vm.id, boot_started=time.time())
+        pid = self.drivers[vm.vmm].restore(self.spec(vm))
+        self._update(vm.id, pid=pid)
+
+    def _set_clock(self, vm: Vm) -> None:
+        with self.agent(vm) as agent:
+            agent.set_clock(time.time())
+
+    def abandon_resume(self, vm_id: str) -> None:
+        """End a resume that did not reach the agent: stop any half-restored VMM, and go back
+        to hibernated if the snapshot is still whole (no guest ran on from it), else failed."""
+        vm = self.get(vm_id)
+        self._stop_vmm(vm)
+        self._update(vm_id, pid=None,
+                     state=VmState.hibernated if self.has_snapshot(vm) else VmState.failed)
+
+    def _require(self, vm: Vm, *states: VmState) -> None:
+        """Refuse a VM in another state, or one another live Hearth process is working on."""
+        if vm.state not in states:
+            raise VmError(f"VM {vm.id} is {vm.state}, not {' or '.join(states)}")
+        if busy_elsewhere(vm):
+            raise VmError(f"VM {vm.id} is {vm.state} in Hearth process {vm.owner_pid}")
+
+    def _mark(self, vm_id: str, state: VmState) -> Step:
+        """The step that puts the VM in `state`, owned by this process, forgetting the last
+        attempt's failure."""
+        def unmarked() -> bool:
+            vm = self.get(vm_id)
+            return (vm.state, vm.owner_pid) != (state, os.getpid())
+
+        return Step(f"mark-{state}", unmarked,
+                    lambda: self._update(vm_id, state=state, owner_pid=os.getpid(),
+                                         failed_step=None, error=None))
 
     # -- destroy ---------------------------------------------------------------------------
 
@@ -213,11 +344,23 @@ class VmManager:
     def vmm_alive(self, vm: Vm) -> bool:
         return running_pid(self.spec(vm)) is not None
 
+    def has_snapshot(self, vm: Vm) -> bool:
+        return self.drivers[vm.vmm].has_snapshot(self.spec(vm))
+
+    def _failure(self, vm_id: str, failed: StepFailed) -> VmError:
+        return VmError(f"VM {vm_id}: {failed} (console: {self.workdir(vm_id) / 'console.log'})")
+
     def _stop_vmm(self, vm: Vm) -> None:
         self.drivers[vm.vmm].stop(self.spec(vm))
 
     def _update(self, vm_id: str, **fields) -> None:
         self.db.update(Vm, vm_id, **fields)
+
+
+def busy_elsewhere(vm: Vm) -> bool:
+    """Whether another live Hearth process is running a plan on this VM (owner_pid)."""
+    return vm.state in IN_PROGRESS and vm.owner_pid is not None \
+        and vm.owner_pid != os.getpid() and pid_alive(vm.owner_pid)
 
 
 def _hostname(vm_id: str) -> str:

@@ -79,7 +79,8 @@ class Vm(Base):
     ip: Mapped[str | None] = mapped_column(String(15))
     netns: Mapped[str] = mapped_column(String(64), default="")
     pid: Mapped[int | None] = mapped_column(Integer)
-    # The Hearth process running the VM's create plan; if it dies mid-boot the VM is orphaned.
+    # The Hearth process running the VM's create, hibernate or resume plan: while it lives,
+    # no other process acts on the VM; if it dies mid-plan the reconciler repairs the VM.
     owner_pid: Mapped[int | None] = mapped_column(Integer)
     boot_started: Mapped[float | None] = mapped_column(Float)  # epoch seconds, VMM start
     # Per-VM bearer token of the guest agent; never logged, never returned by the API.

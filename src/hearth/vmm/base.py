@@ -70,6 +70,24 @@ class Driver(Protocol):
     def stop(self, spec: MachineSpec) -> None:
         """Stop the VMM process if it runs. Idempotent."""
 
+    def hibernate(self, spec: MachineSpec) -> None:
+        """Pause the guest, snapshot it into `spec.workdir`, then stop the VMM process.
+
+        The snapshot appears complete or not at all, before the process stops: a failure leaves
+        the VM running and no partial snapshot. The VM keeps its TAP and disk, which the
+        snapshot refers to.
+        """
+
+    def restore(self, spec: MachineSpec) -> int:
+        """Spawn a VMM from the snapshot, run the guest on, consume the snapshot; the pid.
+
+        Once the guest runs, its disk moves on from what the snapshot's memory knows, so the
+        snapshot is removed then. A restore that fails before keeps the snapshot.
+        """
+
+    def has_snapshot(self, spec: MachineSpec) -> bool:
+        """Whether a complete snapshot that no guest has run on from is in `spec.workdir`."""
+
 
 def netns_argv(netns: str) -> list[str]:
     """The argv prefix that runs a command inside `netns` (empty for the caller's)."""

@@ -28,6 +28,7 @@ API_SOCK = "firecracker.sock"
 DISK = "rootfs.ext4"  # the VM's copy-on-write clone of the golden rootfs
 SNAPSHOT_STATE = "snapshot.vmstate"
 SNAPSHOT_MEM = "snapshot.mem"
+SNAPSHOT_FILES = (SNAPSHOT_MEM, SNAPSHOT_STATE)
 IFACE = "eth0"
 
 API_TIMEOUT = 10.0
@@ -222,9 +223,9 @@ class FirecrackerDriver:
     def hibernate(self, spec: MachineSpec) -> None:
         """Pause, snapshot to workdir (state + memory), and stop the process.
 
-        The snapshot is written under new names and renamed into place once the process is
-        gone: a VM that was itself restored still maps the old memory file, which Firecracker
-        must not truncate under it, and a failed snapshot leaves the previous one intact.
+        The snapshot is written under new names and renamed into place before the process
+        stops: a complete snapshot is there once the VMM is gone, and a failed one never
+        appears under the snapshot's names.
         """
         layout = self._layout(spec)
         with FirecrackerApi(layout.host(API_SOCK)) as api:
@@ -236,17 +237,18 @@ class FirecrackerDriver:
             except VmmError:
                 api.resume()
                 raise
-        self.stop(spec)
-        for name in (SNAPSHOT_MEM, SNAPSHOT_STATE):
+        for name in SNAPSHOT_FILES:
             os.replace(layout.host(name + ".next"), layout.host(name))
+        self.stop(spec)
 
     def restore(self, spec: MachineSpec) -> int:
         """Spawn a fresh Firecracker that loads the hibernated snapshot and resumes; the pid.
 
-        The memory file must stay in place while the restored VM runs (it is mapped, not read).
+        The running guest maps the memory file, which keeps it as long as it needs it: the
+        snapshot's names are removed once it runs.
         """
         layout = self._layout(spec)
-        missing = [n for n in (SNAPSHOT_STATE, SNAPSHOT_MEM) if not layout.host(n).exists()]
+        missing = [n for n in SNAPSHOT_FILES if not layout.host(n).exists()]
         if missing:
             raise VmmError(f"VM {spec.vm_id} has no snapshot to restore ({', '.join(missing)})")
         self._give(layout, spec.seed, "seed")
@@ -262,7 +264,13 @@ class FirecrackerDriver:
         except VmmError:
             self.stop(spec)
             raise
+        for name in SNAPSHOT_FILES:
+            layout.host(name).unlink()
         return pid
+
+    def has_snapshot(self, spec: MachineSpec) -> bool:
+        layout = self._layout(spec)
+        return all(layout.host(name).exists() for name in SNAPSHOT_FILES)
 
     @cached_property
     def _exec_file(self) -> Path:

@@ -1,23 +1,32 @@
 """QEMU driver: KVM where a probe shows a guest really runs, else TCG; controlled over QMP.
 
 The disk is a qcow2 overlay over the golden rootfs (never a full copy); the serial console
-goes to the VM's console.log; the NIC is virtio-net on the VM's TAP.
+goes to the VM's console.log; the NIC is virtio-net on the VM's TAP. Hibernation is a
+migration of the stopped guest into a file, and restore an incoming migration from that file
+into a fresh process with the same command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, running_pid
 from hearth.waiting import Timeout, wait_for
 
 QEMU = "qemu-system-x86_64"
+SNAPSHOT = "snapshot.migration"
+QMP_TIMEOUT = 30.0
+MIGRATION_TIMEOUT = 120.0  # writing or reading guest memory scales with its size
+# Bytes per second: QEMU's default cap (128 MiB/s) would set the pace of a hibernation.
+UNCAPPED = 1 << 40
 # A boot sector that writes 0x31 to the isa-debug-exit port: QEMU then exits with 99.
 _PROBE_SECTOR = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
 _PROBE_EXIT = (0x31 << 1) | 1
@@ -96,9 +105,13 @@ class QemuDriver:
     def qmp_socket(spec: MachineSpec) -> Path:
         return spec.workdir / "qmp.sock"
 
+    @staticmethod
+    def snapshot(spec: MachineSpec) -> Path:
+        return spec.workdir / SNAPSHOT
+
     def start(self, spec: MachineSpec) -> int:
         self._make_disk(spec)
-        return self._spawn(spec, self.argv(spec), expect="running")
+        return self._spawn(spec, self.argv(spec), expect=("running",))
 
     def stop(self, spec: MachineSpec) -> None:
         pid = running_pid(spec)
@@ -107,19 +120,71 @@ class QemuDriver:
         spec.pid_file.unlink(missing_ok=True)
         self.qmp_socket(spec).unlink(missing_ok=True)
 
-    def qmp(self, spec: MachineSpec, command: str, **args) -> dict:
-        """One QMP command; a QMP error becomes VmmError."""
-        qmp = QEMUMonitorProtocol(str(self.qmp_socket(spec)))
+    def hibernate(self, spec: MachineSpec) -> None:
+        """Stop the guest, migrate it into the snapshot file, then end the process.
+
+        Stopping flushes the guest's disk, and a completed migration leaves the qcow2 overlay
+        inactive (flushed, not written again), so the restoring process is the next to write
+        it. QEMU writes into a file descriptor of ours, not an `exec:` pipe: it reports
+        "completed" before it closes a pipe, while the reader may still be writing the file's
+        tail. A failed migration lets the guest run on.
+        """
+        partial = self.snapshot(spec).with_name(SNAPSHOT + ".next")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            qmp.connect(negotiate=True)
-            reply = qmp.cmd_raw(command, args or None)
-        except OSError as e:
-            raise VmmError(f"QMP {command} on VM {spec.vm_id}: {e}") from None
+            with Monitor(spec) as qmp:
+                if qmp("query-status").get("status") == "postmigrate":
+                    # Saved already, and QEMU saves a guest once: it runs on past that snapshot.
+                    self.snapshot(spec).unlink(missing_ok=True)
+                    qmp("cont")
+                qmp("stop")
+                try:
+                    qmp.give_fd("snapshot", fd)
+                    qmp("migrate-set-parameters", **{"max-bandwidth": UNCAPPED})
+                    qmp("migrate", uri="fd:snapshot")
+                    wait_for(lambda: migration_completed(qmp("query-migrate")), MIGRATION_TIMEOUT,
+                             "QEMU's migration to file")
+                    os.fsync(fd)
+                except (Timeout, OSError, VmmError) as e:
+                    partial.unlink(missing_ok=True)
+                    with contextlib.suppress(VmmError):
+                        qmp("migrate_cancel")
+                    qmp("cont")
+                    raise VmmError(f"VM {spec.vm_id} was not hibernated and runs on: {e}") \
+                        from e
         finally:
-            qmp.close()
-        if "error" in reply:
-            raise VmmError(f"QMP {command} on VM {spec.vm_id}: {reply['error'].get('desc')}")
-        return reply.get("return", {})
+            os.close(fd)
+        os.replace(partial, self.snapshot(spec))
+        self.stop(spec)
+
+    def restore(self, spec: MachineSpec) -> int:
+        """A fresh QEMU with the VM's command line loads the snapshot; the guest then runs on."""
+        snapshot = self.snapshot(spec)
+        try:
+            fd = os.open(snapshot, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise VmmError(f"VM {spec.vm_id} has no snapshot to restore ({snapshot})") from None
+        try:
+            # The guest was stopped when it was saved, so it is loaded paused.
+            pid = self._spawn(spec, self.argv(spec, incoming=f"fd:{fd}"),
+                              expect=("paused",), timeout=MIGRATION_TIMEOUT, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+        try:
+            self.qmp(spec, "cont")
+        except VmmError:
+            self.stop(spec)
+            raise
+        snapshot.unlink()
+        return pid
+
+    def has_snapshot(self, spec: MachineSpec) -> bool:
+        return self.snapshot(spec).exists()
+
+    def qmp(self, spec: MachineSpec, command: str, **args) -> dict:
+        """One QMP command on a connection of its own."""
+        with Monitor(spec) as qmp:
+            return qmp(command, **args)
 
     def _make_disk(self, spec: MachineSpec) -> None:
         disk = self.disk(spec)
@@ -131,22 +196,29 @@ class QemuDriver:
             check=True, capture_output=True,
         )
 
-    def _spawn(self, spec: MachineSpec, argv: list[str], expect: str) -> int:
+    def _spawn(self, spec: MachineSpec, argv: list[str], expect: tuple[str, ...],
+               timeout: float = 30, pass_fds: tuple[int, ...] = ()) -> int:
+        """Start QEMU for the VM; its pid once QMP reports one of the `expect`ed states."""
         self.qmp_socket(spec).unlink(missing_ok=True)
         log = spec.workdir / "vmm.log"
         with log.open("ab") as out:
             # Its own session: the VM outlives a controller that dies, and the reconciler
             # adopts it or ends it by PID.
             proc = subprocess.Popen(netns_argv(spec.netns) + argv, stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    pass_fds=pass_fds)
         spec.pid_file.write_text(f"{proc.pid}\n")
-        try:
-            wait_for(lambda: proc.poll() is not None or self.qmp_socket(spec).exists(),
-                     timeout=30, what="QEMU's QMP socket")
+
+        def alive() -> bool:
             if proc.poll() is not None:
                 raise VmmError(f"QEMU exited with {proc.returncode}: {_tail(log)}")
-            wait_for(lambda: self._status(spec) == expect, timeout=30,
-                     what=f"QEMU to report {expect}")
+            return True
+
+        try:
+            wait_for(lambda: alive() and self.qmp_socket(spec).exists(), timeout=30,
+                     what="QEMU's QMP socket", interval=0.01)
+            wait_for(lambda: alive() and self._status(spec) in expect, timeout=timeout,
+                     what=f"QEMU to report {' or '.join(expect)}", interval=0.01)
         except (Timeout, VmmError):
             kill_pid(proc.pid)
             raise
@@ -157,6 +229,52 @@ class QemuDriver:
             return self.qmp(spec, "query-status").get("status", "")
         except VmmError:
             return ""
+
+
+class Monitor:
+    """One QMP connection to a VM's QEMU; a failure or an error answer raises VmmError."""
+
+    def __init__(self, spec: MachineSpec):
+        self.vm_id = spec.vm_id
+        self._qmp = QEMUMonitorProtocol(str(QemuDriver.qmp_socket(spec)))
+        self._qmp.settimeout(QMP_TIMEOUT)
+
+    def __enter__(self) -> Monitor:
+        try:
+            self._qmp.connect(negotiate=True)
+        except (OSError, QMPError) as e:
+            self._qmp.close()
+            raise VmmError(f"QMP on VM {self.vm_id}: {e}") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._qmp.close()
+
+    def __call__(self, command: str, **args) -> dict:
+        try:
+            reply = self._qmp.cmd_raw(command, args or None)
+        except (OSError, QMPError) as e:
+            raise VmmError(f"QMP {command} on VM {self.vm_id}: {e}") from None
+        if "error" in reply:
+            raise VmmError(f"QMP {command} on VM {self.vm_id}: {reply['error'].get('desc')}")
+        return reply.get("return", {})
+
+    def give_fd(self, name: str, fd: int) -> None:
+        """Pass QEMU a file descriptor, known as `name` to this connection's later commands."""
+        try:
+            self._qmp.send_fd_scm(fd)
+        except (OSError, QMPError) as e:
+            raise VmmError(f"QMP on VM {self.vm_id}: cannot pass a file descriptor: {e}") \
+                from None
+        self("getfd", fdname=name)
+
+
+def migration_completed(migration: dict) -> bool:
+    """Whether a query-migrate answer says the migration completed; VmmError if it cannot."""
+    status = migration.get("status")
+    if status in ("failed", "cancelled"):
+        raise VmmError(f"migration {status}: {migration.get('error-desc', 'QEMU gave no reason')}")
+    return status == "completed"
 
 
 def _read_json(path: Path) -> dict:
