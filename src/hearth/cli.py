@@ -138,12 +138,44 @@ def vm_ls(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("id", "image", "state", "ip", "tap", "boot s", "failed step")
+    # "start s": from the VMM's start, a boot's or a resume's, to the agent's first answer.
+    table = Table("id", "image", "state", "ip", "tap", "start s", "failed step")
     for r in rows:
         table.add_row(r["id"], r["image"], r["state"], r["ip"] or "", r["tap"],
                       f"{r['boot_seconds']:.1f}" if r["boot_seconds"] else "",
                       r["failed_step"] or "")
     out.print(table)
+
+
+@vm_app.command("hibernate")
+def vm_hibernate(vm_id: str) -> None:
+    """Snapshot a VM to disk and end its VMM; it keeps its address for `hearth vm resume`."""
+    vms = runtime.vm_manager(config.load())
+    try:
+        with err.status(f"hibernating VM {vm_id}") as status:
+            vms.hibernate(vm_id, on_step=lambda step: status.update(f"VM {vm_id}: {step}"))
+    except Exception as e:  # noqa: BLE001 - the message is the user's answer
+        raise fail(str(e)) from None
+    out.print(f"hibernated {vm_id}")
+
+
+@vm_app.command("resume")
+def vm_resume(
+    vm_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Restore a hibernated VM and wait for its agent; print the resume-to-agent seconds."""
+    vms = runtime.vm_manager(config.load())
+    try:
+        with err.status(f"resuming VM {vm_id}") as status:
+            vm = vms.resume(vm_id, on_step=lambda step: status.update(f"VM {vm_id}: {step}"))
+    except Exception as e:  # noqa: BLE001 - the message is the user's answer
+        raise fail(str(e)) from None
+    if as_json:
+        print(json.dumps({"id": vm.id, "ip": vm.ip, "state": vm.state,
+                          "resume_to_agent_seconds": round(vm.boot_seconds, 2)}))
+    else:
+        out.print(f"[green]VM {vm.id}[/green] resumed in {vm.boot_seconds:.2f}s: {vm.ip}")
 
 
 @vm_app.command("console")
@@ -194,12 +226,13 @@ def net_down() -> None:
 def demo(
     port: Annotated[int, typer.Option(help="loopback port for your browser")] = 8000,
 ) -> None:
-    """The whole sign-in demo: controller, demo identity provider, a browser VM; prints the
-    connect_url to open, then the stored credential status once you have signed in."""
+    """The whole demo: controller, demo identity provider, a browser VM; prints the
+    connect_url to open, the stored credential status once you have signed in, then runs a
+    prompt through the demo CLI in your CLI VM and shows its answer as it streams."""
     from hearth import demo as demo_stack
 
     settings = config.load()
-    image_build(["browser"])
+    image_build(["browser", "cli"])
     with demo_stack.stack(settings, port) as running:
         started = running.start_session("demo")
         out.print(f"[bold]Open[/bold] {started['connect_url']}")
@@ -209,9 +242,15 @@ def demo(
             f"session {e['status']}" + (f": {e['detail']}" if e.get("detail") else "")))
         status = running.api.get(
             f"/api/auth/session/{started['session_id']}/credentials/status").json()
-    out.print(f"credential status: {json.dumps(status)}")
-    if status.get("status") != "ready":
-        raise typer.Exit(1)
+        out.print(f"credential status: {json.dumps(status)}")
+        if status.get("status") != "ready":
+            raise typer.Exit(1)
+        out.print("[bold]Prompt[/bold] through the demo CLI in your CLI VM:")
+        for kind, data in running.prompt("demo", "Hello from Hearth"):
+            out.print(f"{kind}: {data.get('data', '').rstrip() or json.dumps(data)}",
+                      markup=False)
+            if kind == "error":
+                raise typer.Exit(1)
 
 
 @vm_app.command("demo")

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     session_ttl: float = 900.0  # seconds an auth session may take before it expires
     demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
 
+    # Users' CLI VMs
+    cli_image: str = "cli"
+    idle_hibernate: float = 30 * 60.0  # seconds unused before a CLI VM is snapshotted
+    idle_destroy: float = 14 * 86400.0  # seconds unused before it is destroyed
+    prompt_timeout: float = 3600.0  # seconds one prompt may run
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
         """The settings a Hearth process started with `environ` would have."""

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,21 @@ class Stack:
         response.raise_for_status()
         return response.json()
 
+    def prompt(self, user_id: str, text: str, provider: str = "demo"
+               ) -> Iterator[tuple[str, dict]]:
+        """Run a prompt through the user's CLI VM: its Server-Sent Events as they come."""
+        with self.api.stream("POST", "/api/prompts", timeout=None, json={
+                "user_id": user_id, "provider": provider, "prompt": text}) as response:
+            if response.is_error:
+                response.read()
+                response.raise_for_status()
+            kind = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    yield kind, json.loads(line[6:])
+
     def follow(self, session_id: str, say: Callable[[dict], None]) -> None:
         """Pass each step of the session to `say` as it happens, until the session ends."""
         path = f"/api/auth/session/{session_id}/events"
@@ -71,9 +86,14 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
+def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
+          token_ttl: float | None = None, controller_env: Mapping[str, str] | None = None
           ) -> Iterator[Stack]:
-    """Start the whole stack; on exit stop it and remove every VM and namespace it made."""
+    """Start the whole stack; on exit stop it and remove every VM and namespace it made.
+
+    `token_ttl` is the IdP's access-token lifetime (short ones make the demo CLI refresh);
+    `controller_env` adds HEARTH_* settings for the controller.
+    """
     with contextlib.ExitStack() as exits:
         controller_ns = exits.enter_context(sandbox("hearth-demo"))
         idp_ns = exits.enter_context(sandbox("hearth-demo-idp"))
@@ -90,7 +110,8 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
         idp_log, controller_log = logs / "demo-idp.log", logs / "demo-controller.log"
         exits.enter_context(_process(
             [*nsenter(idp_ns), sys.executable, "-m", "hearth.demo_idp", "--host", "0.0.0.0",
-             "--port", str(IDP_PORT), "--issuer", issuer, "--user", DEMO_USER],
+             "--port", str(IDP_PORT), "--issuer", issuer, "--user", DEMO_USER,
+             *(["--token-ttl", str(token_ttl)] if token_ttl else [])],
             {**os.environ, "HEARTH_DEMO_IDP_PASSWORD": password}, idp_log))
 
         port = port or _free_port()
@@ -102,7 +123,7 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None
                      "HEARTH_PUBLIC_URL": f"http://localhost:{port}"}
         if session_ttl is not None:
             overrides["HEARTH_SESSION_TTL"] = str(session_ttl)
-        env = {**os.environ, **overrides}
+        env = {**os.environ, **overrides, **(controller_env or {})}
         controller = exits.enter_context(_process(
             [*nsenter(controller_ns), sys.executable, "-m", "hearth", "serve",
              "--uds", str(socket_path)], env, controller_log))

@@ -2,13 +2,15 @@
 connect_url, watches the live view until the VM's Firefox shows the sign-in form, types the
 username and password through noVNC, submits, and waits for the page's end state.
 
-Run inside the controller's namespace:  python browser_user.py URL USER PASSWORD SHOTS_DIR
-Prints one JSON line: the final status text and the screenshots taken.
+Run as:  python browser_user.py URL USER PASSWORD SHOTS_DIR
+Prints one JSON line: the final status text and the screenshots taken. `sign_in` does a whole
+demo sign-in with it, for tests and benches that need a signed-in user.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,6 +61,21 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         text = f"{status.get_attribute('data-status')}: {status.inner_text()}"
         browser.close()
     print(json.dumps({"status": text, "screenshots": taken}))
+
+
+def sign_in(stack, user_id: str, shots: Path) -> dict:
+    """Sign `user_id` in to the demo provider on a running demo stack (hearth.demo.Stack),
+    as a person would, through the live view; returns the completed session."""
+    started = stack.start_session(user_id)
+    person = subprocess.run(
+        [sys.executable, __file__, started["connect_url"], stack.user, stack.password,
+         str(shots)], capture_output=True, text=True, timeout=1500)
+    if person.returncode != 0:
+        raise RuntimeError(f"the browser user failed: {person.stderr[-3000:]}")
+    session = stack.api.get(f"/api/auth/session/{started['session_id']}").json()
+    if session["status"] != "completed":
+        raise RuntimeError(f"the sign-in ended {session['status']}: {session['error']}")
+    return session
 
 
 if __name__ == "__main__":

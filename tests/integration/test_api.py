@@ -93,3 +93,74 @@ def test_api_keys_are_stored_hashed(tmp_path: Path):
 
 def test_openapi_is_served(client: TestClient):
     assert "/api/auth/start" in client.get("/openapi.json").json()["paths"]
+
+
+def store_demo_credentials(client: TestClient, user_id: str) -> None:
+    client.app.state.controller.credentials.put(user_id, "demo", {"f.json": b"{}"})
+
+
+@pytest.mark.parametrize("route", [("post", "/api/prompts"), ("get", f"/api/prompts/{'0' * 32}"),
+                                   ("get", "/api/users/ada/prompts"),
+                                   ("get", "/api/auth/validate/ada/demo"),
+                                   ("delete", "/api/users/ada/credentials/demo")])
+def test_prompt_and_user_routes_need_a_key(client: TestClient, route):
+    method, path = route
+    assert client.request(method, path, json={}).status_code == 401
+
+
+def test_a_prompt_for_an_unknown_user_is_404(client: TestClient, key):
+    response = client.post("/api/prompts", headers=key,
+                           json={"user_id": "nobody", "provider": "demo", "prompt": "hi"})
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown user 'nobody'"}
+    assert client.get("/api/auth/validate/nobody/demo", headers=key).status_code == 404
+    assert client.get("/api/users/nobody/credentials", headers=key).status_code == 404
+
+
+def test_a_prompt_without_credentials_for_the_provider_is_409_saying_why(client: TestClient, key):
+    store_demo_credentials(client, "ada")
+    response = client.post("/api/prompts", headers=key,
+                           json={"user_id": "ada", "provider": "codex", "prompt": "hi"})
+    assert response.status_code == 409
+    assert "no codex credentials" in response.json()["error"]
+    assert "sign in first" in response.json()["error"]
+    assert client.get("/api/auth/validate/ada/codex", headers=key).status_code == 409
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"user_id": "ada", "provider": "demo", "prompt": ""}, "prompt"),
+    ({"user_id": "ada", "provider": "demo", "prompt": "x" * 32_001}, "prompt"),
+    ({"user_id": "a/b", "provider": "demo", "prompt": "hi"}, "user_id"),
+    ({"user_id": "ada", "provider": "demo"}, "prompt"),
+])
+def test_malformed_and_oversize_prompts_are_422(client: TestClient, key, body, problem):
+    response = client.post("/api/prompts", headers=key, json=body)
+    assert response.status_code == 422
+    assert any(p.startswith(f"body.{problem}") for p in response.json()["problems"])
+
+
+def test_a_prompt_for_an_unknown_provider_is_400(client: TestClient, key):
+    store_demo_credentials(client, "ada")
+    response = client.post("/api/prompts", headers=key,
+                           json={"user_id": "ada", "provider": "nope", "prompt": "hi"})
+    assert response.status_code == 400 and "unknown provider" in response.json()["error"]
+    assert client.get("/api/auth/validate/ada/nope", headers=key).status_code == 400
+
+
+def test_unknown_prompts_are_404_and_history_starts_empty(client: TestClient, key):
+    assert client.get(f"/api/prompts/{'0' * 32}", headers=key).status_code == 404
+    assert client.post(f"/api/prompts/{'0' * 32}/cancel", headers=key).status_code == 404
+    assert client.get("/api/prompts/nothex", headers=key).status_code == 422
+    assert client.get("/api/users/ada/prompts", headers=key).json() == {
+        "user_id": "ada", "prompts": []}
+
+
+def test_credentials_list_shows_no_contents_and_removal_forgets_them(client: TestClient, key):
+    store_demo_credentials(client, "ada")
+    listed = client.get("/api/users/ada/credentials", headers=key).json()
+    assert [c["provider"] for c in listed["credentials"]] == ["demo"] and listed["vm"] is None
+    assert "f.json" not in str(listed)
+    removed = client.delete("/api/users/ada/credentials/demo", headers=key)
+    assert removed.json() == {"user_id": "ada", "provider": "demo", "removed": True,
+                              "wiped_files": []}
+    assert client.delete("/api/users/ada/credentials/demo", headers=key).status_code == 404

@@ -13,7 +13,13 @@ import pytest
 from sqlalchemy import select, text, update
 
 from hearth.config import Settings
-from hearth.store.credentials import CredentialNotFound, CredentialStore, record_aad
+from hearth.store.credentials import (
+    CredentialNotFound,
+    CredentialStale,
+    CredentialStore,
+    Lease,
+    record_aad,
+)
 from hearth.store.crypto import (
     CryptoError,
     DecryptionFailed,
@@ -335,3 +341,44 @@ def test_rotation_with_an_environment_key_needs_the_new_key(
 def test_aad_names_user_provider_and_version() -> None:
     assert record_aad("alice", "claude", 3) != record_aad("alice", "claude", 4)
     assert record_aad("a", "b,c", 1) != record_aad("a,b", "c", 1)
+
+
+def test_a_write_after_a_given_version_lands_only_on_that_version(store: CredentialStore) -> None:
+    store.put("alice", "claude", FILES)
+    refreshed = {**FILES, ".claude/.credentials.json": b'{"claudeAiOauth": {}}'}
+    assert store.put("alice", "claude", refreshed, after_version=1).version == 2
+    # A refresh of version 1 pulled late, after version 2 landed, must not undo it.
+    with pytest.raises(CredentialStale, match="no longer at version 1"):
+        store.put("alice", "claude", FILES, after_version=1)
+    assert store.files("alice", "claude") == refreshed
+    with pytest.raises(CredentialStale):
+        store.put("bob", "claude", FILES, after_version=1)  # nothing stored to follow
+
+
+def test_current_reads_files_and_their_version_together(store: CredentialStore) -> None:
+    store.put("alice", "claude", FILES, account_email="alice@example.com")
+    files, info = store.current("alice", "claude")
+    assert files == FILES and info.version == 1 and info.account_email == "alice@example.com"
+    with pytest.raises(CredentialNotFound):
+        store.current("alice", "codex")
+
+
+def test_the_lease_names_one_vm_and_survives_new_versions(store: CredentialStore) -> None:
+    store.put("alice", "claude", FILES)
+    assert store.lease("alice", "claude") is None
+    store.set_lease("alice", "claude", Lease("vm1", 1, "d1"))
+    updated_at = store.info("alice", "claude").updated_at
+    assert store.lease("alice", "claude") == Lease("vm1", 1, "d1")
+    assert store.info("alice", "claude").updated_at == updated_at  # a lease is no change
+    store.put("alice", "claude", FILES)
+    assert store.lease("alice", "claude") == Lease("vm1", 1, "d1")  # now behind: version 2
+    store.set_lease("alice", "claude", None)
+    assert store.lease("alice", "claude") is None
+
+
+def test_of_user_lists_each_provider_without_contents(store: CredentialStore) -> None:
+    store.put("alice", "codex", FILES)
+    store.put("alice", "claude", FILES)
+    store.put("bob", "claude", FILES)
+    assert [info.provider for info in store.of_user("alice")] == ["claude", "codex"]
+    assert store.of_user("carol") == []

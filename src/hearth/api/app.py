@@ -11,14 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hearth.api import auth_routes
+from hearth.api import auth_routes, prompt_routes, user_routes
 from hearth.api.live import live_router
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.core.auth_sessions import sweep_forever
 from hearth.core.reconciler import reconcile
+from hearth.core.scheduler import every
 
 MAX_BODY_BYTES = 64 * 1024
+SESSION_SWEEP_SECONDS = 5.0
+
+
+def idle_sweep_seconds(settings: Settings) -> float:
+    """Often enough that an idle VM hibernates within a tenth of its idle time of it."""
+    return min(30.0, max(0.5, settings.idle_hibernate / 10))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -28,9 +34,10 @@ def create_app(settings: Settings) -> FastAPI:
         ctl = await asyncio.to_thread(runtime.controller, settings)
         await asyncio.to_thread(reconcile, ctl.vms)
         await asyncio.to_thread(ctl.sessions.recover)
+        await asyncio.to_thread(ctl.prompts.recover)
         stop = threading.Event()
-        threading.Thread(target=sweep_forever, args=(ctl.sessions, stop), daemon=True,
-                         name="session-expiry").start()
+        every(SESSION_SWEEP_SECONDS, ctl.sessions.expire_due, stop)
+        every(idle_sweep_seconds(settings), ctl.cli_vms.sweep, stop)
         app.state.controller = ctl
         yield
         stop.set()
@@ -49,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
                                        session_id, token)
 
     app.include_router(auth_routes.router)
+    app.include_router(prompt_routes.router)
+    app.include_router(user_routes.router)
     app.include_router(live_router(resolve))
     return app
 

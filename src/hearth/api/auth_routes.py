@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hearth import providers
-from hearth.api.deps import controller, require_key
+from hearth.api.deps import USER_ID_PATTERN, controller, require_key
 from hearth.core.auth_sessions import TERMINAL, AuthSessions
 from hearth.store.models import AuthSession
 
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/auth", tags=["auth sessions"])
 
 
 class StartRequest(BaseModel):
-    user_id: str = Field(pattern=r"^[A-Za-z0-9._@+-]{1,128}$")
+    user_id: str = Field(pattern=USER_ID_PATTERN)
     provider: str = Field(max_length=64)
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Path, Request
 
 from hearth.api.keys import verify_key
 from hearth.core.runtime import Controller
 from hearth.store.models import ApiKey
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"  # the product's user ids, as given to Hearth
+UserId = Annotated[str, Path(pattern=USER_ID_PATTERN)]
 
 
 def controller(request: Request) -> Controller:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
 from hearth.guest.seed import read_seed
 from hearth.store.credentials import CredentialStore
@@ -87,11 +88,13 @@ def token_hash(token: str) -> str:
 
 class AuthSessions:
     def __init__(self, settings: Settings, db: Database, vms: VmManager,
-                 credentials: CredentialStore):
+                 credentials: CredentialStore,
+                 on_stored: Callable[[str, str], None] = lambda user_id, provider: None):
         self.settings = settings
         self.db = db
         self.vms = vms
         self.credentials = credentials
+        self.on_stored = on_stored  # new credentials of (user, provider) were stored
         self.notifier = Notifier()
 
     # -- API-facing --------------------------------------------------------------------------
@@ -197,10 +200,11 @@ class AuthSessions:
                                  else None)
             self._advance(session_id, "completed",
                           detail=f"credentials stored for {email or 'the account'}")
+            self.on_stored(session.user_id, session.provider)
         except _SessionEnded:
             pass
         except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
-            self._finish(session_id, "failed", _reason(e))
+            self._finish(session_id, "failed", failure_reason(e))
         finally:
             self._destroy_vm(vm_id)
 
@@ -281,15 +285,3 @@ def _authorize_page_shown(status: dict) -> bool:
 
 def _login_over(status: dict) -> bool:
     return bool(status.get("success") or status.get("exited"))
-
-
-def _reason(e: Exception) -> str:
-    """A failure's reason for the user: the message, never a traceback or a secret."""
-    return str(e).splitlines()[0][:500] if str(e) else type(e).__name__
-
-
-def sweep_forever(sessions: AuthSessions, stop: threading.Event, every: float = 5.0) -> None:
-    """The expiry scheduler: a periodic job, not a wait for something to happen."""
-    while not stop.wait(every):
-        sessions.expire_due()
-

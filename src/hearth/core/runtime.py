@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from hearth.config import Settings
 from hearth.core.auth_sessions import AuthSessions
+from hearth.core.cli_vms import CliVms
+from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
@@ -22,6 +24,8 @@ class Controller:
     vms: VmManager
     credentials: CredentialStore
     sessions: AuthSessions
+    cli_vms: CliVms
+    prompts: Prompts
 
 
 def open_database(settings: Settings) -> Database:
@@ -44,5 +48,7 @@ def controller(settings: Settings) -> Controller:
     db = open_database(settings)
     vms = vm_manager(settings, db)
     credentials = CredentialStore(db, Keyring.from_settings(settings))
-    return Controller(settings, db, vms, credentials,
-                      AuthSessions(settings, db, vms, credentials))
+    cli_vms = CliVms(settings, vms, credentials)
+    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
+    return Controller(settings, db, vms, credentials, sessions, cli_vms,
+                      Prompts(settings, db, cli_vms))

@@ -1,9 +1,10 @@
-"""What Hearth knows about one CLI's sign-in: data for the in-guest agent, plus one host hook.
+"""What Hearth knows about one CLI: how to sign it in, and how to run it in a user's CLI VM.
 
 A ProviderSpec is checked against one released version of its CLI (`cli_version`); each
-module says in a comment what was verified there. The agent gets `to_agent()`, plain JSON
-with no code in it; `account_info` runs on the host, on the fetched credential files, and
-returns only the account e-mail and the expiry, never a token.
+module says in a comment what was verified there. The agent gets plain JSON and argv lists,
+with no code in them; the hooks run on the host, on the stored credential files:
+`account_info` returns only the account e-mail and the expiry, never a token, and
+`setup_files` the files a CLI VM needs besides the tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ class UnknownProviderError(ValueError):
 
 def no_account_info(files: Mapping[str, bytes]) -> AccountInfo:
     return None, None
+
+
+def no_setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {}
+
+
+def exit_status(exit_code: int | None, output: str) -> tuple[bool, str | None]:
+    """A status check passes when it exits 0; otherwise its last line says why."""
+    if exit_code == 0:
+        return True, None
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return False, (lines[-1][:300] if lines else f"the status check exited with {exit_code}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,40 @@ class ProviderSpec:
     account_info: Callable[[Mapping[str, bytes]], AccountInfo] = field(
         default=no_account_info, repr=False, compare=False
     )
+
+    # -- the user's CLI VM --
+    # Runs one prompt non-interactively; the element "{prompt}" becomes the prompt, as one
+    # argument (never through a shell).
+    prompt_argv: tuple[str, ...] = ()
+    # The CLI's own check of its sign-in, judged by `status_check`.
+    status_argv: tuple[str, ...] = ()
+    status_check: Callable[[int | None, str], tuple[bool, str | None]] = field(
+        default=exit_status, repr=False, compare=False
+    )
+    # The credential files the CLI rewrites when it refreshes its tokens, pulled back after
+    # every run; empty: all of credential_files.
+    token_files: tuple[str, ...] = ()
+    # What else the CLI needs to start without asking questions, made from the stored files;
+    # a path here replaces the stored file of that path in the VM.
+    setup_files: Callable[[Mapping[str, bytes]], dict[str, bytes]] = field(
+        default=no_setup_files, repr=False, compare=False
+    )
+
+    @property
+    def rotating_files(self) -> tuple[str, ...]:
+        return self.token_files or self.credential_files
+
+    def prompt_command(self, prompt: str) -> list[str]:
+        if not self.prompt_argv:
+            raise ValueError(f"provider {self.name!r} has no prompt command")
+        return [prompt if arg == "{prompt}" else arg for arg in self.prompt_argv]
+
+    def vm_files(self, stored: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """The stored files split for a CLI VM: (token files, everything else it needs)."""
+        tokens = {path: data for path, data in stored.items() if path in self.rotating_files}
+        support = {path: data for path, data in stored.items() if path not in tokens}
+        support.update(self.setup_files(stored))
+        return tokens, support
 
     def placeholders(self) -> set[str]:
         """The names to_agent() needs in `params`."""

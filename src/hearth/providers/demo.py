@@ -5,6 +5,11 @@ demo_login.py prints "Open this URL to sign in: <url>", runs $BROWSER with the s
 waits for the redirect to its listener on 127.0.0.1, and writes ~/.hearth-demo/
 credentials.json (access_token, refresh_token, id_token, token_type, expires_at in Unix
 seconds, email, issuer) before printing "Login successful: <email>".
+
+Its prompt command, hearth/guest/demo_prompt.py, behaves like the real CLIs where it matters
+to Hearth: it refreshes the token near expiry (the IdP rotates refresh tokens, so the file
+changes and the old copy dies), and streams JSON lines over time, one of them carrying the
+account's e-mail from the IdP's userinfo, which only a valid credential yields.
 """
 
 from __future__ import annotations
@@ -30,4 +35,6 @@ SPEC = ProviderSpec(
     credential_files=(CREDENTIALS,),
     success_markers=(r"Login successful:",),
     account_info=account_info,
+    prompt_argv=("python3", "/usr/lib/hearth/demo_prompt.py", "--", "{prompt}"),
+    status_argv=("python3", "/usr/lib/hearth/demo_prompt.py", "--status"),
 )

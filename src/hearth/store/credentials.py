@@ -44,6 +44,20 @@ class CredentialConflict(RuntimeError):
     """Concurrent writers kept replacing the record under this one."""
 
 
+class CredentialStale(RuntimeError):
+    """A write meant to follow one version found another: say, a refresh pulled from a VM
+    after a new sign-in had already replaced the credentials it refreshed."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Which VM holds the live copy, of which version, and the digest of its files there."""
+
+    vm_id: str
+    version: int
+    digest: str
+
+
 @dataclass(frozen=True)
 class CredentialInfo:
     """What may be shown about stored credentials: never their contents."""
@@ -122,6 +136,7 @@ class CredentialStore:
         files: dict[str, bytes],
         account_email: str | None = None,
         expires_at: datetime | None = None,
+        after_version: int | None = None,
     ) -> CredentialInfo:
         """Replace the live copy with `files` (first version 1, then one more each time).
 
@@ -129,7 +144,8 @@ class CredentialStore:
         to keep them.
 
         Each write is conditional on the version it read, so two concurrent refreshes both
-        land, one after the other, instead of one silently undoing the other.
+        land, one after the other, instead of one silently undoing the other. With
+        `after_version`, the write lands only on top of that version (else CredentialStale).
         """
         if expires_at is not None and expires_at.utcoffset() is None:
             raise ValueError("expires_at is a naive datetime: give it a time zone")
@@ -141,6 +157,11 @@ class CredentialStore:
                         Credential.user_id == user_id, Credential.provider == provider
                     )
                 ).one_or_none()
+                if after_version is not None and (live and live.version) != after_version:
+                    raise CredentialStale(
+                        f"{provider!r} credentials of user {user_id!r} are no longer at "
+                        f"version {after_version}"
+                    )
                 version = live.version + 1 if live else 1
                 sealed = self.keyring.seal(document, record_aad(user_id, provider, version))
                 now = utcnow()
@@ -192,15 +213,48 @@ class CredentialStore:
 
     def files(self, user_id: str, provider: str) -> dict[str, bytes]:
         """The decrypted credential files, by path relative to the CLI user's home."""
+        return self.current(user_id, provider)[0]
+
+    def current(self, user_id: str, provider: str) -> tuple[dict[str, bytes], CredentialInfo]:
+        """The decrypted files and what may be shown about them, read together (one version)."""
         row = self._row(user_id, provider)
         if row is None:
             raise CredentialNotFound(user_id, provider)
         aad = record_aad(row.user_id, row.provider, row.version)
-        return _decode(self.keyring.open_sealed(_sealed(row), aad))
+        return _decode(self.keyring.open_sealed(_sealed(row), aad)), _info(row)
 
     def info(self, user_id: str, provider: str) -> CredentialInfo | None:
         row = self._row(user_id, provider)
         return None if row is None else _info(row)
+
+    def of_user(self, user_id: str) -> list[CredentialInfo]:
+        """Every provider the user has credentials for."""
+        with self.db.session() as s:
+            query = select(Credential).where(Credential.user_id == user_id)
+            rows = s.scalars(query.order_by(Credential.provider))
+            return [_info(row) for row in rows]
+
+    def lease(self, user_id: str, provider: str) -> Lease | None:
+        row = self._row(user_id, provider)
+        if row is None or row.leased_vm_id is None:
+            return None
+        return Lease(row.leased_vm_id, row.leased_version, row.leased_digest)
+
+    def set_lease(self, user_id: str, provider: str, lease: Lease | None) -> None:
+        """Record which VM now holds the live copy (None: no VM does)."""
+        with self.db.session() as s:
+            s.execute(
+                update(Credential)
+                .where(Credential.user_id == user_id, Credential.provider == provider)
+                # updated_at kept: it tells when the credentials changed, and they did not.
+                .values(
+                    leased_vm_id=lease and lease.vm_id,
+                    leased_version=lease and lease.version,
+                    leased_digest=lease and lease.digest,
+                    updated_at=Credential.updated_at,
+                )
+            )
+            s.commit()
 
     def delete(self, user_id: str, provider: str) -> bool:
         """Remove the live copy; False if there was none."""

@@ -1,0 +1,132 @@
+"""The prompt API: run a prompt through a user's CLI as Server-Sent Events, follow, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from hearth.api.deps import USER_ID_PATTERN, UserId, controller, require_key
+from hearth.core.cli_vms import UnknownUser
+from hearth.core.prompts import NoCredentials, Prompts
+from hearth.providers import UnknownProviderError
+from hearth.store.models import Prompt
+
+MAX_PROMPT_CHARS = 32_000
+KEEPALIVE_SECONDS = 15.0
+PromptId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
+
+router = APIRouter(prefix="/api", tags=["prompts"], dependencies=[Depends(require_key)])
+
+
+class PromptRequest(BaseModel):
+    user_id: str = Field(pattern=USER_ID_PATTERN)
+    provider: str = Field(max_length=64)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+
+
+def prompts(request: Request) -> Prompts:
+    return controller(request).prompts
+
+
+def _view(record: Prompt, with_output: bool = True) -> dict:
+    view = {
+        "prompt_id": record.id,
+        "user_id": record.user_id,
+        "provider": record.provider,
+        "status": record.status,
+        "exit_code": record.exit_code,
+        "error": record.error,
+        "vm_id": record.vm_id,
+        "first_output_seconds": record.first_output_seconds,
+        "duration_seconds": record.duration_seconds,
+        "created_at": record.created_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "prompt": record.prompt,
+    }
+    if with_output:
+        view["output"] = record.output
+    return view
+
+
+@router.post("/prompts", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def run(body: PromptRequest, request: Request) -> StreamingResponse:
+    """Run the prompt; events `connected`, `output` ({stream, data}) as the CLI prints, then
+    `done` ({exit_code, duration, credentials}) or `error` ({reason})."""
+    svc = prompts(request)
+    try:
+        record = await asyncio.to_thread(svc.create, body.user_id, body.provider, body.prompt)
+    except UnknownUser as e:
+        raise HTTPException(404, str(e)) from None
+    except NoCredentials as e:
+        raise HTTPException(409, str(e)) from None
+    except (UnknownProviderError, ValueError) as e:
+        raise HTTPException(400, str(e)) from None
+    return StreamingResponse(_events(svc, record.id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Prompt-Id": record.id})
+
+
+async def _events(svc: Prompts, prompt_id: str) -> AsyncIterator[str]:
+    """The run's events, from its thread (the work is blocking) to the client. A client that
+    goes away stops the CLI: the run is cancelled, and its record says why."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
+
+    def pump() -> None:
+        try:
+            for event in svc.stream(prompt_id):
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=pump, daemon=True, name=f"prompt-{prompt_id}").start()
+    finished = False
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if item is None:
+                finished = True
+                return
+            kind, data = item
+            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+    finally:
+        if not finished:  # no await here: the stream's task may be cancelled already
+            threading.Thread(target=svc.cancel, args=(prompt_id, "the client disconnected"),
+                             daemon=True).start()
+
+
+@router.get("/prompts/{prompt_id}")
+def status(prompt_id: PromptId, request: Request) -> dict:
+    record = prompts(request).get(prompt_id)
+    if record is None:
+        raise HTTPException(404, f"no prompt {prompt_id}")
+    return _view(record)
+
+
+@router.post("/prompts/{prompt_id}/cancel", status_code=202)
+def cancel(prompt_id: PromptId, request: Request) -> dict:
+    svc = prompts(request)
+    record = svc.get(prompt_id)
+    if record is None:
+        raise HTTPException(404, f"no prompt {prompt_id}")
+    if not svc.cancel(prompt_id):
+        raise HTTPException(409, f"prompt {prompt_id} is not running (status {record.status})")
+    return {"prompt_id": prompt_id, "status": "cancelling"}
+
+
+@router.get("/users/{user_id}/prompts")
+def history(user_id: UserId, request: Request,
+            limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+    records = prompts(request).history(user_id, limit)
+    return {"user_id": user_id, "prompts": [_view(r, with_output=False) for r in records]}

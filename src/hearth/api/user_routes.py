@@ -1,0 +1,65 @@
+"""A user's credentials as seen from the CLI VM: what is stored, whether the CLI accepts it,
+and removing it (from the store and from the VM)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from hearth import providers
+from hearth.api.deps import UserId, controller, require_key
+from hearth.core.cli_vms import CliVms
+from hearth.store.credentials import CredentialInfo, CredentialNotFound
+
+router = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(require_key)])
+
+
+def cli_vms(request: Request) -> CliVms:
+    return controller(request).cli_vms
+
+
+def _known_provider(provider: str) -> None:
+    if provider not in providers.names():
+        raise HTTPException(400, f"unknown provider {provider!r}; known: "
+                                 f"{', '.join(providers.names())}")
+
+
+def _info(info: CredentialInfo) -> dict:
+    return {"provider": info.provider, "account_email": info.account_email,
+            "expires_at": info.expires_at.isoformat() if info.expires_at else None,
+            "version": info.version, "updated_at": info.updated_at.isoformat()}
+
+
+@router.get("/users/{user_id}/credentials")
+def credentials(user_id: UserId, request: Request) -> dict:
+    svc = cli_vms(request)
+    if not svc.known(user_id):
+        raise HTTPException(404, f"unknown user {user_id!r}")
+    vm = svc.vm_of(user_id)
+    return {"user_id": user_id, "credentials": [_info(i) for i in svc.credentials.of_user(user_id)],
+            "vm": {"vm_id": vm.id, "state": vm.state} if vm else None}
+
+
+@router.delete("/users/{user_id}/credentials/{provider}")
+def remove(user_id: UserId, provider: str, request: Request) -> dict:
+    _known_provider(provider)
+    existed, wiped = cli_vms(request).remove(user_id, provider)
+    if not existed and not wiped:
+        raise HTTPException(404, f"user {user_id!r} has no {provider} credentials")
+    return {"user_id": user_id, "provider": provider, "removed": existed, "wiped_files": wiped}
+
+
+@router.get("/auth/validate/{user_id}/{provider}")
+def validate(user_id: UserId, provider: str, request: Request) -> dict:
+    """Run the CLI's own status check in the user's CLI VM."""
+    _known_provider(provider)
+    svc = cli_vms(request)
+    if not providers.get(provider).status_argv:
+        raise HTTPException(501, f"the {provider} CLI has no status check")
+    if not svc.known(user_id):
+        raise HTTPException(404, f"unknown user {user_id!r}")
+    try:
+        check = svc.check(user_id, provider)
+    except CredentialNotFound as e:
+        raise HTTPException(409, f"{e}: sign in first (POST /api/auth/start)") from None
+    return {"user_id": user_id, "provider": provider, "valid": check.valid,
+            "reason": check.reason}

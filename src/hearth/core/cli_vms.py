@@ -1,0 +1,215 @@
+"""Each user's CLI VM: made on demand, woken for use, holding the user's credential leases.
+
+A user has at most one CLI VM. Credentials reach it only through its agent. Refresh tokens
+rotate on use, so exactly one copy may be live: the stored version is leased to the VM that
+holds it, and after every run the agent's digest of the CLI's token files tells whether the
+CLI refreshed them; if it did, they are pulled back and stored as a new version, still
+leased to that VM. A VM unused for `idle_hibernate` seconds is snapshotted and stopped; one
+unused for `idle_destroy` seconds goes, files and all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from hearth import providers
+from hearth.config import Settings
+from hearth.core.vms import LIVE_STATES, VmManager
+from hearth.store.credentials import CredentialStale, CredentialStore, Lease
+from hearth.store.models import Vm, VmState, utcnow
+
+CHECK_TIMEOUT = 120.0  # seconds a CLI's own status check may take
+
+
+class UnknownUser(LookupError):
+    """Hearth holds nothing for this user: no credentials, no VM."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of a CLI's own status check of its sign-in."""
+
+    valid: bool
+    reason: str | None
+    exit_code: int | None
+
+
+class CliVms:
+    def __init__(self, settings: Settings, vms: VmManager, credentials: CredentialStore):
+        self.settings = settings
+        self.vms = vms
+        self.credentials = credentials
+        self._guard = threading.Lock()
+        self._user_locks: dict[str, threading.Lock] = {}
+        self._in_use: Counter[str] = Counter()  # VM id -> runs under way (memory: a cache)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def vm_of(self, user_id: str, states=LIVE_STATES) -> Vm | None:
+        """The user's newest CLI VM in one of `states` (by default: any alive or asleep)."""
+        with self.vms.db.session() as s:
+            return s.scalars(select(Vm).where(Vm.user_id == user_id, Vm.state.in_(states))
+                             .order_by(Vm.created_at.desc()).limit(1)).first()
+
+    def known(self, user_id: str) -> bool:
+        return bool(self.credentials.of_user(user_id)) or self.vm_of(user_id) is not None
+
+    # -- use ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def using(self, user_id: str, provider: str) -> Iterator[Vm]:
+        """The user's VM, awake and holding the provider's current credentials; it does not
+        hibernate while in use. CredentialNotFound if there are no credentials to hold."""
+        with self._lock(user_id):
+            vm = self._awake(user_id)
+            self._provision(vm, user_id, provider)
+            self._in_use[vm.id] += 1
+        try:
+            yield vm
+        finally:
+            with self._lock(user_id):
+                self._in_use[vm.id] -= 1
+                self._touch(vm.id)
+
+    def run(self, vm: Vm, user_id: str, provider: str, argv: list[str],
+            timeout: float) -> Iterator[dict]:
+        """Run `argv` in the VM, yielding the agent's events; the exit event gains
+        "credentials": "updated" when the run refreshed the tokens, which are then stored."""
+        with self.vms.agent(vm) as agent, agent.run(argv, provider=provider,
+                                                    timeout=timeout) as events:
+            for event in events:
+                if event.get("event") == "exit":
+                    updated = self.settle(vm, user_id, provider, event.get("credentials_digest"))
+                    event = {**event, "credentials": "updated" if updated else "unchanged"}
+                yield event
+
+    def settle(self, vm: Vm, user_id: str, provider: str, digest: str | None) -> bool:
+        """After a run: if the token files in the VM changed, store them as a new version."""
+        spec = providers.get(provider)
+        with self._lock(user_id):
+            lease = self.credentials.lease(user_id, provider)
+            if digest is None or lease is None or lease.vm_id != vm.id or digest == lease.digest:
+                return False
+            with self.vms.agent(vm) as agent:
+                pulled, digest = agent.read_credentials(provider)
+            stored, info = self.credentials.current(user_id, provider)
+            files = {**stored, **{path: data for path, data in pulled.items()
+                                  if path in spec.rotating_files}}
+            email, expires = spec.account_info(files)
+            try:
+                new = self.credentials.put(
+                    user_id, provider, files, account_email=email or info.account_email,
+                    expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+                    after_version=lease.version)
+            except CredentialStale:
+                return False  # a new sign-in replaced them meanwhile; it goes in next time
+            self.credentials.set_lease(user_id, provider, Lease(vm.id, new.version, digest))
+            return True
+
+    def check(self, user_id: str, provider: str) -> Check:
+        """The CLI's own verdict on its sign-in, run in the user's VM."""
+        spec = providers.get(provider)
+        if not spec.status_argv:
+            raise ValueError(f"provider {provider!r} has no status check")
+        output: list[str] = []
+        exit_code = None
+        with self.using(user_id, provider) as vm:
+            for event in self.run(vm, user_id, provider, list(spec.status_argv),
+                                  CHECK_TIMEOUT):
+                if event.get("event") == "output":
+                    output.append(event["data"])
+                elif event.get("event") == "exit":
+                    exit_code = event.get("exit_code")
+        valid, reason = spec.status_check(exit_code, "".join(output))
+        return Check(valid, reason, exit_code)
+
+    # -- custody -----------------------------------------------------------------------------
+
+    def signed_in(self, user_id: str, provider: str) -> None:
+        """A sign-in replaced the stored credentials: replace them in the user's VM now if it
+        is awake (a hibernated one gets them before its next run)."""
+        with self._lock(user_id):
+            vm = self.vm_of(user_id)
+            if vm is not None and vm.state == VmState.ready and self.vms.vmm_alive(vm):
+                self._provision(vm, user_id, provider)
+
+    def remove(self, user_id: str, provider: str) -> tuple[bool, list[str]]:
+        """Forget a provider's credentials: the stored copy, and the files in the user's VM.
+        Returns whether a stored copy existed and the paths wiped in the VM."""
+        existed = self.credentials.delete(user_id, provider)
+        with self._lock(user_id):
+            if self.vm_of(user_id) is None:
+                return existed, []
+            vm = self._awake(user_id)
+            with self.vms.agent(vm) as agent:
+                return existed, agent.wipe_credentials(provider)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Hibernate VMs idle past `idle_hibernate`, destroy those idle past `idle_destroy`."""
+        now = utcnow()
+        with self.vms.db.session() as s:
+            candidates = list(s.scalars(select(Vm).where(
+                Vm.user_id.is_not(None), Vm.state.in_((VmState.ready, VmState.hibernated)))))
+        for vm in candidates:
+            with self._lock(vm.user_id):
+                vm = self.vms.get(vm.id)
+                if self._in_use[vm.id] or vm.state not in (VmState.ready, VmState.hibernated):
+                    continue
+                idle = now - (vm.last_active_at or vm.created_at)
+                if idle > timedelta(seconds=self.settings.idle_destroy):
+                    self.vms.destroy(vm.id)
+                elif vm.state == VmState.ready and \
+                        idle > timedelta(seconds=self.settings.idle_hibernate):
+                    self.vms.hibernate(vm.id)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _lock(self, user_id: str) -> threading.Lock:
+        with self._guard:
+            return self._user_locks.setdefault(user_id, threading.Lock())
+
+    def _awake(self, user_id: str) -> Vm:
+        """The user's VM, ready: resumed if it hibernates, replaced if its VMM died, created
+        if there is none. Call with the user's lock held."""
+        vm = self.vm_of(user_id)
+        if vm is not None and vm.state in (VmState.hibernated, VmState.resuming):
+            self.vms.resume(vm.id)
+        elif vm is not None and not (vm.state == VmState.ready and self.vms.vmm_alive(vm)):
+            self.vms.destroy(vm.id)  # half made, or its VMM died: its tokens were settled
+            vm = None
+        if vm is None:
+            vm = self._create(user_id)
+        self._touch(vm.id)
+        return self.vms.get(vm.id)
+
+    def _create(self, user_id: str) -> Vm:
+        try:
+            return self.vms.create(self.settings.cli_image, user_id=user_id)
+        except Exception:
+            failed = self.vm_of(user_id, states=(VmState.failed,))
+            if failed is not None:
+                self.vms.destroy(failed.id)
+            raise
+
+    def _provision(self, vm: Vm, user_id: str, provider: str) -> None:
+        """Put the stored version into the VM unless the VM already holds it."""
+        files, info = self.credentials.current(user_id, provider)
+        lease = self.credentials.lease(user_id, provider)
+        if lease is not None and (lease.vm_id, lease.version) == (vm.id, info.version):
+            return
+        tokens, support = providers.get(provider).vm_files(files)
+        with self.vms.agent(vm) as agent:
+            digest = agent.put_credentials(provider, tokens, support)
+        self.credentials.set_lease(user_id, provider, Lease(vm.id, info.version, digest))
+
+    def _touch(self, vm_id: str) -> None:
+        self.vms.db.update(Vm, vm_id, last_active_at=utcnow())

@@ -1,0 +1,206 @@
+"""Prompts: one run of a user's CLI in their CLI VM, streamed as it happens and kept as history.
+
+`stream` is a blocking generator of (event, data) pairs, in the order the API sends them as
+Server-Sent Events: `connected`, then `output` chunks as the CLI prints them, then `done` or
+`error`. The record in the database follows along (output flushed as it grows), so
+`GET /api/prompts/{id}` and the history see the same run. A cancel, through the API or
+because the client went away, stops the CLI in the VM and says why in the record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from hearth import providers
+from hearth.config import Settings
+from hearth.core.cli_vms import CliVms, UnknownUser
+from hearth.core.failures import reason as failure_reason
+from hearth.store.db import Database
+from hearth.store.models import Prompt, PromptStatus, utcnow
+
+MAX_STORED_OUTPUT = 1_000_000  # characters of output kept in the record
+FLUSH_EVERY = 1.0  # seconds between writes of a running prompt's output to its record
+
+
+class NoCredentials(LookupError):
+    """The user has no credentials for that provider: they must sign in first."""
+
+
+@dataclass
+class _Live:
+    """A prompt running in this process: where, and whether it was asked to stop."""
+
+    vm_id: str | None = None
+    run_id: str | None = None
+    cancel_reason: str | None = None
+
+
+class Prompts:
+    def __init__(self, settings: Settings, db: Database, cli_vms: CliVms):
+        self.settings = settings
+        self.db = db
+        self.cli_vms = cli_vms
+        self._guard = threading.Lock()
+        self._live: dict[str, _Live] = {}
+
+    # -- API-facing --------------------------------------------------------------------------
+
+    def create(self, user_id: str, provider: str, prompt: str) -> Prompt:
+        """Record a prompt to run; refuses unknown providers, users and missing credentials."""
+        spec = providers.get(provider)
+        if not spec.prompt_argv:
+            raise ValueError(f"provider {provider!r} has no prompt command")
+        if self.cli_vms.credentials.info(user_id, provider) is None:
+            if not self.cli_vms.known(user_id):
+                raise UnknownUser(f"unknown user {user_id!r}")
+            raise NoCredentials(f"user {user_id!r} has no {provider} credentials: sign in "
+                                "first (POST /api/auth/start)")
+        record = Prompt(id=uuid.uuid4().hex, user_id=user_id, provider=provider, prompt=prompt,
+                        status=PromptStatus.running, output="")
+        with self.db.session() as s:
+            s.add(record)
+            s.commit()
+        with self._guard:
+            self._live[record.id] = _Live()
+        return record
+
+    def get(self, prompt_id: str) -> Prompt | None:
+        with self.db.session() as s:
+            return s.get(Prompt, prompt_id)
+
+    def history(self, user_id: str, limit: int = 50) -> list[Prompt]:
+        with self.db.session() as s:
+            return list(s.scalars(select(Prompt).where(Prompt.user_id == user_id)
+                                  .order_by(Prompt.created_at.desc()).limit(limit)))
+
+    def cancel(self, prompt_id: str, reason: str = "cancelled through the API") -> bool:
+        """Stop a running prompt; False if it is not running here."""
+        with self._guard:
+            live = self._live.get(prompt_id)
+            if live is None:
+                return False
+            live.cancel_reason = live.cancel_reason or reason
+            vm_id, run_id = live.vm_id, live.run_id
+        if run_id is not None:  # not started yet: the run is stopped as soon as it starts
+            with self.cli_vms.vms.agent(self.cli_vms.vms.get(vm_id)) as agent:
+                agent.cancel_run(run_id)
+        return True
+
+    def recover(self) -> list[str]:
+        """At start-up: prompts that were running under the last controller ended with it
+        (their CLI stopped when its stream to that controller broke)."""
+        with self.db.session() as s:
+            stale = list(s.scalars(select(Prompt.id).where(
+                Prompt.status == PromptStatus.running)))
+        for prompt_id in stale:
+            self._finish(prompt_id, PromptStatus.failed, error="the controller restarted "
+                         "while the prompt ran")
+        return stale
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def stream(self, prompt_id: str) -> Iterator[tuple[str, dict]]:
+        """Run a created prompt, yielding its events. Close it early to cancel the run."""
+        record = self.get(prompt_id)
+        spec = providers.get(record.provider)
+        started = time.monotonic()
+        output = _Output()
+        yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
+        try:
+            with self.cli_vms.using(record.user_id, record.provider) as vm:
+                self.db.update(Prompt, prompt_id, vm_id=vm.id)
+                self._live_of(prompt_id).vm_id = vm.id
+                for event in self.cli_vms.run(vm, record.user_id, record.provider,
+                                              spec.prompt_command(record.prompt),
+                                              self.settings.prompt_timeout):
+                    kind = event.get("event")
+                    if kind == "started":
+                        self._started(prompt_id, event["run_id"])
+                    elif kind == "output":
+                        if output.add(event["data"], time.monotonic() - started):
+                            self.db.update(Prompt, prompt_id, output=output.text,
+                                           first_output_seconds=output.first_at)
+                        yield "output", {"stream": event["stream"], "data": event["data"]}
+                    elif kind == "exit":
+                        done = self._ended(prompt_id, event, output, time.monotonic() - started)
+                        yield "done", done
+                        return
+            raise RuntimeError("the agent's stream ended before the CLI exited")
+        except GeneratorExit:  # closed by its reader: nobody is left to read the output
+            self.cancel(prompt_id, "the client disconnected")
+            self._finish(prompt_id, PromptStatus.cancelled, error="the client disconnected",
+                         output=output)
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure ends the prompt, with its reason
+            reason = failure_reason(e)
+            self._finish(prompt_id, PromptStatus.failed, error=reason, output=output)
+            yield "error", {"reason": reason}
+        finally:
+            with self._guard:
+                self._live.pop(prompt_id, None)
+
+    def _live_of(self, prompt_id: str) -> _Live:
+        with self._guard:
+            return self._live.setdefault(prompt_id, _Live())
+
+    def _started(self, prompt_id: str, run_id: str) -> None:
+        live = self._live_of(prompt_id)
+        live.run_id = run_id
+        if live.cancel_reason:  # asked to stop before the run existed
+            self.cancel(prompt_id)
+
+    def _ended(self, prompt_id: str, exit_event: dict, output: _Output, seconds: float) -> dict:
+        reason = self._live_of(prompt_id).cancel_reason
+        cancelled = bool(exit_event.get("cancelled"))
+        if exit_event.get("timed_out"):
+            reason = f"the CLI ran longer than {self.settings.prompt_timeout:.0f} s"
+        status = PromptStatus.cancelled if cancelled or exit_event.get("timed_out") \
+            else PromptStatus.completed
+        self._finish(prompt_id, status, output=output, exit_code=exit_event.get("exit_code"),
+                     error=reason if status == PromptStatus.cancelled else None,
+                     duration=seconds)
+        return {"prompt_id": prompt_id, "status": status, "exit_code": exit_event.get("exit_code"),
+                "duration": round(seconds, 3), "credentials": exit_event.get("credentials"),
+                **({"reason": reason} if status == PromptStatus.cancelled else {})}
+
+    def _finish(self, prompt_id: str, status: PromptStatus, error: str | None = None,
+                output: _Output | None = None, exit_code: int | None = None,
+                duration: float | None = None) -> None:
+        fields = {"status": status, "error": error, "exit_code": exit_code,
+                  "duration_seconds": duration, "finished_at": utcnow()}
+        if output is not None:
+            fields.update(output=output.text, first_output_seconds=output.first_at)
+        self.db.update(Prompt, prompt_id, **fields)
+
+
+class _Output:
+    """A prompt's output as it grows, capped, and whether it is time to write it down."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self.first_at: float | None = None
+        self._flushed_at = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def add(self, data: str, at: float) -> bool:
+        """Keep `data` (within the cap); True when the record is due an update."""
+        if self.first_at is None:
+            self.first_at = at
+        room = MAX_STORED_OUTPUT - self._size
+        if room > 0:
+            self._parts.append(data[:room])
+            self._size += min(len(data), room)
+        if at - self._flushed_at >= FLUSH_EVERY or self.first_at == at:
+            self._flushed_at = at
+            return True
+        return False
