@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
 from hearth.demo import Stack, stack
 from hearth.net.sandbox import inside
+from hearth.store.models import Vm, utcnow
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import sign_in
 from tests.e2e.conftest import IMAGES, needs_image
@@ -165,6 +167,19 @@ def test_a_client_that_goes_away_stops_the_cli_and_the_record_says_so(signed_in:
     assert record["status"] == "cancelled" and record["error"] == "the client disconnected"
 
 
+def test_a_new_sign_in_replaces_the_credentials_in_the_vm(signed_in: Stack):
+    s = signed_in
+    before = user_view(s)["credentials"][0]["version"]
+    sign_in(s, USER, s.settings.home / "shots-again")
+    assert user_view(s)["credentials"][0]["version"] == before + 1
+    # The VM now holds the new sign-in's tokens (pushed at once if it was awake, else before
+    # this run): the CLI refreshes those, and its refresh lands on the new version. Had the
+    # VM kept the old tokens, their refresh would be refused as stale and stored nowhere.
+    events = run_prompt(s, "New account?")
+    assert events[-1][1]["exit_code"] == 0 and events[-1][1]["credentials"] == "updated"
+    assert user_view(s)["credentials"][0]["version"] == before + 2
+
+
 def test_removing_the_provider_wipes_the_files_in_the_vm(signed_in: Stack):
     s = signed_in
     removed = s.api.delete(f"/api/users/{USER}/credentials/demo").json()
@@ -179,3 +194,17 @@ def test_removing_the_provider_wipes_the_files_in_the_vm(signed_in: Stack):
     response = s.api.post("/api/prompts",
                           json={"user_id": USER, "provider": "demo", "prompt": "hi"})
     assert response.status_code == 409
+
+
+def test_a_vm_unused_for_long_is_destroyed_with_everything_it_held(signed_in: Stack):
+    s = signed_in
+    controller, vm = cli_vm(s)
+    # Fourteen days pass, as far as the controller's idle sweep can tell.
+    controller.db.update(Vm, vm.id, last_active_at=utcnow() - timedelta(days=15))
+    wait_for(lambda: controller.vms.get(vm.id).state == "destroyed", 60,
+             "the long-idle CLI VM to be destroyed", interval=1)
+    # No credentials (removed above) and no VM: Hearth holds nothing for this user now.
+    assert s.api.get(f"/api/users/{USER}/credentials").status_code == 404
+    assert controller.vms.network.tap_state(vm.tap) is None
+    assert vm.id not in controller.vms.pool.leases()
+    assert not controller.vms.workdir(vm.id).exists()
