@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tomllib
 
 import pytest
 
@@ -273,3 +274,219 @@ def test_account_info_never_fails_on_odd_files(name: str, content: bytes) -> Non
     files = dict.fromkeys(spec.credential_files, content)
     assert spec.account_info(files) == (None, None)
     assert spec.account_info({}) == (None, None)
+
+
+# -- running prompts in the CLI VM ---------------------------------------------------------
+#
+# The outputs below were recorded from the pinned releases run with fake credential files,
+# with no network or against local stand-ins for the providers' endpoints.
+
+REAL_CLIS = ["claude_code", "codex", "gemini_cli"]
+ODD_PROMPTS = ["-x --help", "--version", "say {prompt} twice", "{prompt}", "line one\n- two", ""]
+
+
+def test_prompt_commands() -> None:
+    prompt = "hello"
+    assert claude_code.SPEC.prompt_command(prompt) == [
+        "claude", "-p", "--verbose", "--output-format", "stream-json",
+        "--permission-prompts", "none", "--", "hello"]
+    assert codex.SPEC.prompt_command(prompt) == [
+        "codex", "exec", "--json", "--skip-git-repo-check",
+        "-c", 'cli_auth_credentials_store="file"', "--", "hello"]
+    assert gemini_cli.SPEC.prompt_command(prompt) == [
+        "gemini", "--skip-trust", "--output-format", "stream-json", "--prompt=hello"]
+
+
+@pytest.mark.parametrize("name", REAL_CLIS)
+@pytest.mark.parametrize("prompt", ODD_PROMPTS)
+def test_a_prompt_is_never_an_option(name: str, prompt: str) -> None:
+    """The prompt lands in one argument, whole, after "--" or as an option's inline value."""
+    spec = providers.get(name)
+    argv = spec.prompt_command(prompt)
+    assert len(argv) == len(spec.prompt_argv)
+    changed = [i for i, (arg, template) in enumerate(zip(argv, spec.prompt_argv, strict=True))
+               if arg != template or "{prompt}" in template]
+    assert len(changed) == 1
+    i = changed[0]
+    if spec.prompt_argv[i] == "{prompt}":
+        assert argv[i] == prompt and argv[i - 1] == "--"
+        assert "--" not in argv[:i - 1]
+    else:  # gemini: --prompt=<prompt>, since its -p takes no value starting with "-"
+        assert spec.prompt_argv[i] == "--prompt={prompt}"
+        assert argv[i] == "--prompt=" + prompt
+
+
+def test_the_prompt_placeholder_is_not_filled_twice() -> None:
+    for name in REAL_CLIS:
+        spec = providers.get(name)
+        argv = spec.prompt_command("{prompt}")
+        assert argv.count("{prompt}") + argv.count("--prompt={prompt}") == 1
+    assert demo.SPEC.prompt_command("-v {prompt}")[-2:] == ["--", "-v {prompt}"]
+
+
+@pytest.mark.parametrize("name", providers.names())
+def test_every_provider_runs_prompts_and_checks_its_sign_in(name: str) -> None:
+    spec = providers.get(name)
+    assert spec.prompt_argv and spec.status_argv
+    assert set(spec.rotating_files) <= set(spec.credential_files)
+    assert "{prompt}" not in " ".join(spec.status_argv)
+
+
+def test_token_files_are_the_files_a_refresh_rewrites() -> None:
+    assert claude_code.SPEC.rotating_files == (".claude/.credentials.json",)
+    assert codex.SPEC.rotating_files == (".codex/auth.json",)
+    assert gemini_cli.SPEC.rotating_files == (".gemini/oauth_creds.json",)
+
+
+CLAUDE_CREDS = json.dumps({"claudeAiOauth": {
+    "accessToken": "sk-ant-oat01-fake", "refreshToken": "sk-ant-ort01-fake",
+    "expiresAt": 1795826956849, "scopes": ["user:inference"], "subscriptionType": "max",
+}}).encode()
+CLAUDE_ACCOUNT = json.dumps({
+    "userID": "u1", "firstStartTime": "2026-11-27T18:33:08.054Z",
+    "oauthAccount": {"accountUuid": "11111111-1111-4111-8111-111111111111",
+                     "emailAddress": "ada@example.com",
+                     "organizationUuid": "22222222-2222-4222-8222-222222222222"},
+    "hasCompletedOnboarding": False,
+}).encode()
+
+
+def test_claude_code_vm_files() -> None:
+    stored = {".claude/.credentials.json": CLAUDE_CREDS, ".claude.json": CLAUDE_ACCOUNT}
+    tokens, support = claude_code.SPEC.vm_files(stored)
+    assert tokens == {".claude/.credentials.json": CLAUDE_CREDS}
+    assert list(support) == [".claude.json"]  # the setup file replaced the stored one
+    config = json.loads(support[".claude.json"])
+    assert config["hasCompletedOnboarding"] is True and config["autoUpdates"] is False
+    assert config["oauthAccount"] == json.loads(CLAUDE_ACCOUNT)["oauthAccount"]
+    assert config["userID"] == "u1"
+    assert claude_code.account_info({**tokens, **support})[0] == "ada@example.com"
+
+
+def test_codex_vm_files() -> None:
+    auth = json.dumps({"auth_mode": "chatgpt", "tokens": {"refresh_token": "rt"}}).encode()
+    tokens, support = codex.SPEC.vm_files({".codex/auth.json": auth})
+    assert tokens == {".codex/auth.json": auth}
+    config = tomllib.loads(support.pop(".codex/config.toml").decode())
+    assert support == {}
+    assert config == {"cli_auth_credentials_store": "file", "forced_login_method": "chatgpt",
+                      "check_for_update_on_startup": False}
+
+
+def test_gemini_cli_vm_files() -> None:
+    creds = b'{"access_token": "ya29.fake", "refresh_token": "1//fake"}'
+    accounts = b'{"active": "ada@example.com", "old": []}'
+    tokens, support = gemini_cli.SPEC.vm_files(
+        {".gemini/oauth_creds.json": creds, ".gemini/google_accounts.json": accounts})
+    assert tokens == {".gemini/oauth_creds.json": creds}
+    assert support[".gemini/google_accounts.json"] == accounts
+    assert json.loads(support[".gemini/settings.json"]) == gemini_cli.SETTINGS
+    assert set(support) == {".gemini/google_accounts.json", ".gemini/settings.json"}
+
+
+def test_the_demo_has_no_setup_files() -> None:
+    creds = b'{"access_token": "a"}'
+    assert demo.SPEC.vm_files({demo.CREDENTIALS: creds}) == ({demo.CREDENTIALS: creds}, {})
+
+
+@pytest.mark.parametrize("name", providers.names())
+@pytest.mark.parametrize("content", [None, b"", b"not json", b"[1, 2]", b'"x"', b"\xff\xfe"])
+def test_setup_files_never_fail_on_odd_files(name: str, content: bytes | None) -> None:
+    spec = providers.get(name)
+    stored = {} if content is None else dict.fromkeys(spec.credential_files, content)
+    tokens, support = spec.vm_files(stored)
+    assert set(tokens) | set(support) >= set(stored)
+    for path, data in spec.setup_files(stored).items():
+        if path.endswith(".json"):
+            assert isinstance(json.loads(data), dict)
+        elif path.endswith(".toml"):
+            tomllib.loads(data.decode())
+    if name == "claude_code":
+        assert json.loads(support[".claude.json"]) == {
+            "hasCompletedOnboarding": True, "autoUpdates": False}
+
+
+# `claude auth status --json` (stdout), signed out (exit 1) and with the files (exit 0)
+CLAUDE_SIGNED_OUT = """{
+  "loggedIn": false,
+  "authMethod": "none",
+  "apiProvider": "firstParty",
+  "analyticsDisabled": false,
+  "projectsDirectory": "/root/.claude/projects",
+  "configDirectory": "/root/.claude",
+  "loginExpiresAt": null,
+  "consoleProfileSignInOffered": true
+}
+"""
+CLAUDE_SIGNED_IN = """{
+  "loggedIn": true,
+  "authMethod": "claude.ai",
+  "apiProvider": "firstParty",
+  "analyticsDisabled": false,
+  "projectsDirectory": "/root/.claude/projects",
+  "configDirectory": "/root/.claude",
+  "loginExpiresAt": null,
+  "consoleProfileSignInOffered": true,
+  "email": "ada@example.com",
+  "orgId": "22222222-2222-4222-8222-222222222222",
+  "orgName": "Ada",
+  "subscriptionType": "max",
+  "storedClaudeAiLogin": true,
+  "planTier": "max_20x"
+}
+"""
+
+
+def test_claude_code_status_check() -> None:
+    check = claude_code.SPEC.status_check
+    assert check(0, CLAUDE_SIGNED_IN) == (True, None)
+    valid, reason = check(1, CLAUDE_SIGNED_OUT)
+    assert not valid and "not signed in" in reason
+    api_key = CLAUDE_SIGNED_IN.replace('"claude.ai"', '"api_key"')
+    assert check(0, api_key) == (False, "signed in with 'api_key', not a Claude subscription")
+    # Whatever else comes: the exit code and the last line.
+    assert check(1, "Error: something broke\n") == (False, "Error: something broke")
+    assert check(0, "{not json") == (True, None)
+    assert check(None, "") == (False, "the status check exited with None")
+    assert check(137, CLAUDE_SIGNED_IN) == (False, "the status check exited with 137")
+
+
+def test_codex_status_check() -> None:
+    check = codex.SPEC.status_check
+    assert check(0, "Logged in using ChatGPT\n") == (True, None)
+    assert check(1, "Not logged in\n") == (False, "Not logged in")
+    broken = ("Error checking login status: failed to deserialize CLI auth from file: key "
+              "must be a string at line 1 column 2\n")
+    assert check(1, broken) == (False, broken.strip())
+    api_key = "API key configured - ***\nAuthentication is checked when you send a request.\n"
+    assert check(0, api_key) == (False, "signed in, but not with ChatGPT: API key configured - ***")
+
+
+GEMINI_QUIT = (
+    "Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited.\n"
+    "Ripgrep is not available. Falling back to GrepTool.\n"
+    "\x1b[31mExiting due to command result that is not supported in non-interactive mode."
+    "\x1b[0m\n"
+)
+GEMINI_NO_AUTH_MESSAGE = (
+    "Manual authorization is required but the current session is non-interactive. Please run "
+    "the Gemini CLI in an interactive terminal to log in, provide a GEMINI_API_KEY, or ensure "
+    "Application Default Credentials are configured."
+)
+GEMINI_NO_AUTH = (
+    f"Error authenticating: FatalAuthenticationError: {GEMINI_NO_AUTH_MESSAGE}\n"
+    "    at initOauthClient (file:///usr/local/lib/node_modules/@google/gemini-cli/bundle/"
+    "chunk-JDPZ4CE3.js:279252:13)\n  exitCode: 41\n}\n"
+    f"\x1b[31m{GEMINI_NO_AUTH_MESSAGE}\x1b[0m\n"
+)
+
+
+def test_gemini_cli_status_check() -> None:
+    check = gemini_cli.SPEC.status_check
+    assert gemini_cli.SPEC.status_argv == ("gemini", "--skip-trust", "--prompt=/quit")
+    assert check(42, GEMINI_QUIT) == (True, None)
+    assert check(41, GEMINI_NO_AUTH) == (False, GEMINI_NO_AUTH_MESSAGE[:300])
+    # Exit 42 is any input error: only /quit's own message means the sign-in check passed.
+    no_input = "No input provided via stdin. Input can be provided by piping data into gemini."
+    assert check(42, no_input) == (False, no_input)
+    assert check(0, "") == (False, "the status check exited with 0")

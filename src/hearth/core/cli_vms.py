@@ -22,7 +22,7 @@ from sqlalchemy import select
 from hearth import providers
 from hearth.config import Settings
 from hearth.core.vms import LIVE_STATES, VmManager
-from hearth.store.credentials import CredentialStale, CredentialStore, Lease
+from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
 from hearth.store.models import Vm, VmState, utcnow
 
 CHECK_TIMEOUT = 120.0  # seconds a CLI's own status check may take
@@ -67,6 +67,8 @@ class CliVms:
     def using(self, user_id: str, provider: str) -> Iterator[Vm]:
         """The user's VM, awake and holding the provider's current credentials; it does not
         hibernate while in use. CredentialNotFound if there are no credentials to hold."""
+        if self.credentials.info(user_id, provider) is None:  # before waking anything
+            raise CredentialNotFound(user_id, provider)
         with self._lock(user_id):
             vm = self._awake(user_id)
             self._provision(vm, user_id, provider)

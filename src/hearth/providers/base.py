@@ -70,8 +70,8 @@ class ProviderSpec:
     )
 
     # -- the user's CLI VM --
-    # Runs one prompt non-interactively; the element "{prompt}" becomes the prompt, as one
-    # argument (never through a shell).
+    # Runs one prompt non-interactively; "{prompt}" in an argument becomes the prompt (within
+    # that one argument, e.g. "--prompt={prompt}"; never through a shell).
     prompt_argv: tuple[str, ...] = ()
     # The CLI's own check of its sign-in, judged by `status_check`.
     status_argv: tuple[str, ...] = ()
@@ -94,7 +94,8 @@ class ProviderSpec:
     def prompt_command(self, prompt: str) -> list[str]:
         if not self.prompt_argv:
             raise ValueError(f"provider {self.name!r} has no prompt command")
-        return [prompt if arg == "{prompt}" else arg for arg in self.prompt_argv]
+        # Once per argument: a "{prompt}" inside the prompt itself stays as typed.
+        return [arg.replace("{prompt}", prompt) for arg in self.prompt_argv]
 
     def vm_files(self, stored: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """The stored files split for a CLI VM: (token files, everything else it needs)."""

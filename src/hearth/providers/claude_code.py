@@ -19,13 +19,34 @@ reading its bundled code and running it with no network in a namespace of its ow
 - Tokens go to ~/.claude/.credentials.json as {"claudeAiOauth": {"accessToken",
   "refreshToken", "expiresAt" (Unix ms), "scopes", "subscriptionType", ...}}; the account
   (oauthAccount: emailAddress, accountUuid, organizationUuid) to ~/.claude.json.
+
+Prompt runs, checked the same way with fake credential files, offline and against local
+stand-ins for api.anthropic.com and platform.claude.com:
+- `-p --output-format stream-json` needs --verbose ("Error: When using --print,
+  --output-format=stream-json requires --verbose"); stdout is then JSON lines ("system"
+  init, "assistant", a final "result"). After "--" a prompt like "-x {prompt}" arrives
+  verbatim (without it: "error: unknown option"). stdin must be /dev/null, or it waits 3 s
+  for it and appends it to the prompt.
+- -p skips onboarding and the trust dialog (HOME's trust "is never recorded" anyway);
+  hasCompletedOnboarding and autoUpdates false only keep first-run screens and updates away.
+  A tool call that needs approval is denied, never waited on (--permission-prompts none
+  tells the model nobody can approve).
+- Signed out the result is "Not logged in · Please run /login"; with the files it sends
+  Bearer <accessToken> to /v1/messages, and offline it ends, after ten retries, with "API
+  Error: Can't reach the API server — check your internet or DNS (EAI_AGAIN)". An expired
+  token is refreshed first, rewriting .credentials.json (new refresh token); .claude.json
+  changes on every start (caches, counters), so it is not a token file.
+- `claude auth status --json` reads the files only, no network or expiry check: signed out
+  {"loggedIn": false, "authMethod": "none", ...} and exit 1; signed in {"loggedIn": true,
+  "authMethod": "claude.ai", "email", "subscriptionType", ...} and exit 0.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
-from .base import AccountInfo, ProviderSpec, email, epoch_seconds, json_file
+from .base import AccountInfo, ProviderSpec, email, epoch_seconds, exit_status, json_file
 
 CREDENTIALS = ".claude/.credentials.json"
 ACCOUNT = ".claude.json"
@@ -40,6 +61,30 @@ def account_info(files: Mapping[str, bytes]) -> AccountInfo:
     )
 
 
+def setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """~/.claude.json as stored (the account), marked as past onboarding."""
+    config = {**json_file(files, ACCOUNT), "hasCompletedOnboarding": True, "autoUpdates": False}
+    return {ACCOUNT: (json.dumps(config, indent=2) + "\n").encode()}
+
+
+def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
+    """`claude auth status --json`: signed in to a Claude subscription (claude.ai)."""
+    start = output.find("{")
+    try:
+        status, _ = json.JSONDecoder().raw_decode(output, start) if start >= 0 else (None, 0)
+    except json.JSONDecodeError:
+        status = None
+    if not isinstance(status, dict):
+        return exit_status(exit_code, output)
+    if status.get("loggedIn") is not True:
+        return False, "not signed in (claude auth status: loggedIn false)"
+    if status.get("authMethod") != "claude.ai":
+        return False, f"signed in with {status.get('authMethod')!r}, not a Claude subscription"
+    if exit_code != 0:
+        return False, f"the status check exited with {exit_code}"
+    return True, None
+
+
 SPEC = ProviderSpec(
     name="claude_code",
     cli_version="2.1.332",
@@ -50,4 +95,12 @@ SPEC = ProviderSpec(
     credential_files=(CREDENTIALS, ACCOUNT),
     success_markers=(r"Login successful\.",),
     account_info=account_info,
+    prompt_argv=(
+        "claude", "-p", "--verbose", "--output-format", "stream-json",
+        "--permission-prompts", "none", "--", "{prompt}",
+    ),
+    status_argv=("claude", "auth", "status", "--json"),
+    status_check=status_check,
+    token_files=(CREDENTIALS,),
+    setup_files=setup_files,
 )

@@ -17,15 +17,51 @@ namespace of its own:
   "id_token" (a JWT with the "email" claim), "access_token" (a JWT with "exp"),
   "refresh_token", "account_id", and "last_refresh".
 - Success prints "Successfully logged in" and exits 0.
+
+Prompt runs, checked the same way with a fake auth.json, offline and against a local
+stand-in for chatgpt.com and api.openai.com:
+- `exec --json` prints JSON lines on stdout (thread.started, turn.started, items,
+  turn.completed or turn.failed), logs on stderr. Outside a git repository it needs
+  --skip-git-repo-check ("Not inside a trusted directory and --skip-git-repo-check was not
+  specified."). It asks nothing: exec runs with approval policy "never" and the read-only
+  sandbox (its session log says so). After "--" a prompt like "-x {prompt}" arrives
+  verbatim; only "-" alone cannot be a prompt (it means stdin: "No prompt provided via
+  stdin.").
+- With the ChatGPT tokens it calls https://chatgpt.com/backend-api/... with Bearer
+  <access_token>; offline it ends with "turn.failed": "workspace routing discovery failed".
+- auth.json without "auth_mode" but with "OPENAI_API_KEY" means the API key (api.openai.com,
+  billed apart from the subscription); `codex login` writes "auth_mode": "chatgpt".
+  forced_login_method = "chatgpt" turns the API key case into a failure: "ChatGPT login is
+  required, but an API key is currently being used. Logging out." (auth.json is deleted in
+  the VM; the stored copy stays) and "Not logged in" from the status check.
+- `codex login status` reads auth.json only, no network or expiry check, on stderr: "Logged
+  in using ChatGPT" (exit 0), "Not logged in" (exit 1), "Error checking login status: ..."
+  (exit 1). A refresh rewrites auth.json. config.toml passes --strict-config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .base import AccountInfo, ProviderSpec, email, epoch_seconds, json_file, jwt_claims
+from .base import (
+    AccountInfo,
+    ProviderSpec,
+    email,
+    epoch_seconds,
+    exit_status,
+    json_file,
+    jwt_claims,
+)
 
 AUTH = ".codex/auth.json"
+CONFIG = ".codex/config.toml"
+FILE_STORE = 'cli_auth_credentials_store="file"'
+# The file store, the ChatGPT sign-in only, and no update checks: the version is pinned.
+CONFIG_TOML = (
+    'cli_auth_credentials_store = "file"\n'
+    'forced_login_method = "chatgpt"\n'
+    "check_for_update_on_startup = false\n"
+)
 
 
 def account_info(files: Mapping[str, bytes]) -> AccountInfo:
@@ -38,13 +74,33 @@ def account_info(files: Mapping[str, bytes]) -> AccountInfo:
     )
 
 
+def setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {CONFIG: CONFIG_TOML.encode()}
+
+
+def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
+    """`codex login status`: signed in with ChatGPT, not an API key."""
+    if exit_code == 0 and "Logged in using ChatGPT" not in output:
+        lines = [line.strip() for line in output.splitlines()
+                 if line.strip() and not line.startswith("WARNING")]
+        return False, f"signed in, but not with ChatGPT: {lines[0] if lines else 'no output'}"
+    return exit_status(exit_code, output)
+
+
 SPEC = ProviderSpec(
     name="codex",
     cli_version="0.171.0",
-    login_argv=("codex", "login", "-c", 'cli_auth_credentials_store="file"'),
+    login_argv=("codex", "login", "-c", FILE_STORE),
     clean_env=True,
     url_pattern=r"https://auth\.openai\.com/oauth/authorize\?\S+",
     credential_files=(AUTH,),
     success_markers=(r"Successfully logged in",),
     account_info=account_info,
+    prompt_argv=(
+        "codex", "exec", "--json", "--skip-git-repo-check", "-c", FILE_STORE, "--", "{prompt}",
+    ),
+    status_argv=("codex", "login", "status", "-c", FILE_STORE),
+    status_check=status_check,
+    token_files=(AUTH,),
+    setup_files=setup_files,
 )

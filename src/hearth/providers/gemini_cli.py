@@ -23,17 +23,37 @@ with no network in a namespace of its own. It has no login subcommand:
   the e-mail into ~/.gemini/google_accounts.json ({"active": e-mail, "old": [...]}; the file
   exists from the start with "active": null), then says "Authentication succeeded" and
   stays open: the agent ends it. Its own wait for the browser gives up after 5 minutes.
+
+Prompt runs, checked headless (stdin /dev/null, output to pipes) with fake files, offline
+and against local stand-ins for oauth2.googleapis.com and cloudcode-pa.googleapis.com (it
+checks the cached token online before anything else):
+- `--output-format stream-json` prints JSON lines: "init", "message" (role user, then
+  assistant), "result" with "status": "success".
+- The prompt must be the value of --prompt: -p takes no value starting with "-" ("Not
+  enough arguments following: p") and arguments after "--" are dropped ("No input provided
+  via stdin."). "--prompt=<prompt>" arrives verbatim: quotes, newlines, "--yolo" and
+  "{prompt}" included. In -p mode "/..." is a slash command and "@path" includes a file.
+- Without --skip-trust it exits 55: "Gemini CLI is not running in a trusted directory. ...".
+- At start it POSTs the token to oauth2.googleapis.com/tokeninfo (refreshing an expired one
+  first, which rewrites oauth_creds.json), then sets up Code Assist (loadCodeAssist). Any
+  failure, offline, signed out or revoked, ends in exit 41: "Manual authorization is
+  required but the current session is non-interactive. ...".
+- No status command exists; `--prompt=/quit` runs that start-up check and then /quit, which
+  -p refuses, with no model request: exit 42, "Exiting due to command result that is not
+  supported in non-interactive mode.". Tools that would ask are denied in -p mode.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from .base import AccountInfo, ProviderSpec, email, epoch_seconds, json_file
 
 CREDS = ".gemini/oauth_creds.json"
 ACCOUNTS = ".gemini/google_accounts.json"
+SETTINGS_FILE = ".gemini/settings.json"
 SETTINGS = {
     "security": {"auth": {"selectedType": "oauth-personal"}},
     # The version is pinned in the image; an update must not start mid-login.
@@ -41,11 +61,31 @@ SETTINGS = {
 }
 
 
+def settings_json() -> str:
+    return json.dumps(SETTINGS, indent=2) + "\n"
+
+
 def account_info(files: Mapping[str, bytes]) -> AccountInfo:
     return (
         email(json_file(files, ACCOUNTS).get("active")),
         epoch_seconds(json_file(files, CREDS).get("expiry_date"), millis=True),
     )
+
+
+QUIT_MARKER = "Exiting due to command result that is not supported in non-interactive mode"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {SETTINGS_FILE: settings_json().encode()}
+
+
+def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
+    """`gemini --prompt=/quit`: past the sign-in check when /quit is what stops it."""
+    if exit_code == 42 and QUIT_MARKER in output:
+        return True, None
+    lines = [line.strip() for line in ANSI.sub("", output).splitlines() if line.strip()]
+    return False, (lines[-1][:300] if lines else f"the status check exited with {exit_code}")
 
 
 SPEC = ProviderSpec(
@@ -61,10 +101,15 @@ SPEC = ProviderSpec(
         (r"How would you like to authenticate", "\r"),
         (r"Do you want to continue\?", "\r"),
     ),
-    pre_login_files={".gemini/settings.json": json.dumps(SETTINGS, indent=2) + "\n"},
+    pre_login_files={SETTINGS_FILE: settings_json()},
     credential_files=(CREDS, ACCOUNTS),
     success_markers=(r"Authentication succeeded",),
     stop_on_success=True,
     login_timeout=330.0,
     account_info=account_info,
+    prompt_argv=("gemini", "--skip-trust", "--output-format", "stream-json", "--prompt={prompt}"),
+    status_argv=("gemini", "--skip-trust", "--prompt=/quit"),
+    status_check=status_check,
+    token_files=(CREDS,),
+    setup_files=setup_files,
 )
