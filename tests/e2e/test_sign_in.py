@@ -71,7 +71,8 @@ def test_demo_sign_in_through_the_live_view(running: Stack):
     controller = runtime.controller(running.settings)
     files = controller.credentials.files("ada", "demo")
     stored = json.loads(files[".hearth-demo/credentials.json"])
-    secrets = [stored["access_token"], stored["refresh_token"], running.password]
+    live_token = connect_url.split("token=", 1)[1]
+    secrets = [stored["access_token"], stored["refresh_token"], running.password, live_token]
     home = running.settings.home
     for db_file in home.glob("hearth.db*"):
         assert stored["access_token"].encode() not in db_file.read_bytes()

@@ -3,6 +3,7 @@ keys, bad input and the shape of every error."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +165,11 @@ def test_credentials_list_shows_no_contents_and_removal_forgets_them(client: Tes
     assert removed.json() == {"user_id": "ada", "provider": "demo", "removed": True,
                               "wiped_files": []}
     assert client.delete("/api/users/ada/credentials/demo", headers=key).status_code == 404
+
+
+def test_logged_websocket_lines_keep_the_path_but_not_the_token(client: TestClient):
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               '%s - "WebSocket %s" %d', ("1.2.3.4:5", "/connect/ab/vnc"
+                                                          "?token=s3cr3t-live-token", 403), None)
+    assert logging.getLogger("uvicorn.error").filter(record)
+    assert record.getMessage() == '1.2.3.4:5 - "WebSocket /connect/ab/vnc?…" 403'

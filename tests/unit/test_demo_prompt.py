@@ -22,6 +22,7 @@ import pytest
 
 import hearth.guest
 from hearth.demo_idp import CLIENT_ID
+from hearth.guest.demo_prompt import INIT
 from tests.integration import test_demo_idp
 from tests.integration.test_demo_idp import USER, Idp, assert_hidden, run_demo_login, userinfo
 from tests.unit.test_custody import CliAgent, running_cli_agent
@@ -82,15 +83,13 @@ def test_a_prompt_streams_its_answer_in_json_lines(
     proc = start_prompt(home, "--", PROMPT)
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
-    assert first == {
-        "type": "system", "subtype": "init", "model": "hearth-demo", "refreshed": False
-    }
+    assert first == {"type": "system", "subtype": "init", "model": "hearth-demo"}
     assert proc.poll() is None  # the rest of the answer is still to come
     rest, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     assert (proc.returncode, stderr) == (0, "")
     lines = [json.loads(line) for line in rest.splitlines()]
     sub = userinfo(http, idp, creds["access_token"]).json()["sub"]
-    assert lines[0] == {"type": "account", "email": USER, "sub": sub}
+    assert lines[0] == {"type": "account", "email": USER, "sub": sub, "refreshed": False}
     assert lines[1]["type"] == "assistant" and lines[1]["prompt_chars"] == len(PROMPT)
     assert all(line["type"] == "assistant" and line["text"] for line in lines[1:-1])
     assert lines[-1] == {"type": "result", "ok": True}
@@ -107,7 +106,7 @@ def test_near_expiry_the_token_is_refreshed_and_the_file_rewritten(
     old = rewrite(home, expires_at=int(time.time()) + 60)
     code, lines, stderr = run_prompt(home, PROMPT)
     assert (code, stderr) == (0, ""), lines
-    assert lines[0]["refreshed"] is True
+    assert lines[1]["refreshed"] is True
     assert lines[1]["email"] == USER and lines[-1] == {"type": "result", "ok": True}
 
     path = home / CREDENTIALS
@@ -147,7 +146,7 @@ def test_a_refused_access_token_is_reported_without_a_token(idp: Idp, tmp_path: 
     assert status["reason"].startswith(f"{idp.issuer}/userinfo answered 401: invalid_token")
     code, lines, stderr = run_prompt(home, PROMPT)
     assert (code, stderr) == (1, "")
-    assert lines == [{"type": "error", "reason": status["reason"]}]
+    assert lines == [INIT, {"type": "error", "reason": status["reason"]}]
     assert_hidden(status["reason"], *tokens(creds))
 
 
@@ -157,8 +156,8 @@ def test_a_refused_refresh_is_an_error_and_the_file_is_kept(idp: Idp, tmp_path: 
     before = (home / CREDENTIALS).read_bytes()
     code, lines, _ = run_prompt(home, PROMPT)
     assert code == 1
-    [error] = lines
-    assert error["type"] == "error"
+    init, error = lines
+    assert init == INIT and error["type"] == "error"
     assert error["reason"].startswith(f"the refresh was refused: {idp.issuer}/token answered 400")
     assert (home / CREDENTIALS).read_bytes() == before
     code, [status], _ = run_prompt(home, "--status")
@@ -167,7 +166,7 @@ def test_a_refused_refresh_is_an_error_and_the_file_is_kept(idp: Idp, tmp_path: 
 
 def test_without_a_credential_file_it_says_so(tmp_path: Path) -> None:
     reason = "not signed in: no credential file (run the demo login)"
-    assert run_prompt(tmp_path, PROMPT) == (1, [{"type": "error", "reason": reason}], "")
+    assert run_prompt(tmp_path, PROMPT) == (1, [INIT, {"type": "error", "reason": reason}], "")
     assert run_prompt(tmp_path, "--status") == (1, [{"valid": False, "reason": reason}], "")
 
 

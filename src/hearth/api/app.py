@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 from contextlib import asynccontextmanager
 
@@ -31,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Blocking work stays off the event loop (pyroute2's sync API runs a loop of its own).
+        logging.getLogger("uvicorn.error").addFilter(no_query_strings)
         ctl = await asyncio.to_thread(runtime.controller, settings)
         await asyncio.to_thread(reconcile, ctl.vms)
         await asyncio.to_thread(ctl.sessions.recover)
@@ -60,6 +63,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(user_routes.router)
     app.include_router(live_router(resolve))
     return app
+
+
+def no_query_strings(record: logging.LogRecord) -> bool:
+    """Uvicorn logs each WebSocket request line, query string and all, even with no access
+    log; live-view URLs carry their session's token there. Keep the path, drop the query."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(_QUERY.sub("?…", arg) if isinstance(arg, str) else arg
+                            for arg in record.args)
+    return True
+
+
+_QUERY = re.compile(r"\?[^\s\"]*")
 
 
 async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:

@@ -30,6 +30,7 @@ else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
 
 REFRESH_MARGIN = 300  # seconds before expires_at from which the token is refreshed first
 PACE = 0.3  # seconds between output lines: the demo's reply arrives in pieces
+INIT = {"type": "system", "subtype": "init", "model": "hearth-demo"}
 REPLY = "This is the Hearth demo CLI. Your credential works, and this reply came from your VM."
 
 
@@ -107,20 +108,21 @@ def emit(line: dict[str, Any]) -> None:
 
 
 def answer(prompt: str, path: Path) -> None:
-    """The reply, as a stream of JSON lines a PACE apart: the account, a greeting, then the
+    """The reply, as a stream of JSON lines a PACE apart. Like Claude Code's stream-json it
+    opens with an init line before any network call; then the account, a greeting, and the
     prompt echoed back a word per line (so a long prompt makes a long run, as a real CLI
     working on a big task would be, for cancels to stop)."""
+    emit(INIT)
     info, refreshed = signed_in(path)
     lines = [
-        {"type": "system", "subtype": "init", "model": "hearth-demo", "refreshed": refreshed},
-        {"type": "account", "email": info["email"], "sub": info.get("sub")},
+        {"type": "account", "email": info["email"], "sub": info.get("sub"),
+         "refreshed": refreshed},
         {"type": "assistant", "prompt_chars": len(prompt), "text": REPLY},
         *({"type": "assistant", "text": word} for word in prompt.split()),
         {"type": "result", "ok": True},
     ]
-    for number, line in enumerate(lines):
-        if number:
-            time.sleep(PACE)  # the demo's pacing, not a wait for anything
+    for line in lines:
+        time.sleep(PACE)  # the demo's pacing, not a wait for anything
         emit(line)
 
 
