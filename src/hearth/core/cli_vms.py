@@ -38,7 +38,6 @@ class Check:
 
     valid: bool
     reason: str | None
-    exit_code: int | None
 
 
 class CliVms:
@@ -129,8 +128,7 @@ class CliVms:
                     output.append(event["data"])
                 elif event.get("event") == "exit":
                     exit_code = event.get("exit_code")
-        valid, reason = spec.status_check(exit_code, "".join(output))
-        return Check(valid, reason, exit_code)
+        return Check(*spec.status_check(exit_code, "".join(output)))
 
     # -- custody -----------------------------------------------------------------------------
 
