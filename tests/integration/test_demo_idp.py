@@ -260,6 +260,13 @@ def userinfo(http: httpx.Client, idp: Idp, access_token: str) -> httpx.Response:
     return http.get(idp.url("/userinfo"), headers={"Authorization": f"Bearer {access_token}"})
 
 
+def refresh(
+    http: httpx.Client, idp: Idp, refresh_token: str, client_id: str = CLIENT_ID
+) -> httpx.Response:
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return http.post(idp.url("/token"), data=data)
+
+
 # --- the provider ---------------------------------------------------------------------------
 
 
@@ -422,14 +429,7 @@ def test_userinfo_needs_a_valid_access_token(idp: Idp, http: httpx.Client) -> No
 
 def test_refresh_token_grant_rotates_the_tokens(idp: Idp, http: httpx.Client) -> None:
     first = fresh_tokens(http, idp)
-    answer = http.post(
-        idp.url("/token"),
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": first["refresh_token"],
-            "client_id": CLIENT_ID,
-        },
-    )
+    answer = refresh(http, idp, first["refresh_token"])
     assert answer.status_code == 200, answer.text
     second = answer.json()
     assert second["token_type"] == "Bearer" and second["expires_in"] == 3600
@@ -438,14 +438,7 @@ def test_refresh_token_grant_rotates_the_tokens(idp: Idp, http: httpx.Client) ->
     assert userinfo(http, idp, second["access_token"]).json()["email"] == USER
     # The old pair is gone: one live copy of a credential.
     assert userinfo(http, idp, first["access_token"]).status_code == 401
-    reuse = http.post(
-        idp.url("/token"),
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": first["refresh_token"],
-            "client_id": CLIENT_ID,
-        },
-    )
+    reuse = refresh(http, idp, first["refresh_token"])
     assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
     assert "POST /token 200" in idp.log.text
     tokens = ("access_token", "refresh_token", "id_token")
@@ -460,14 +453,7 @@ def test_the_access_token_lifetime_is_configurable(http: httpx.Client) -> None:
         short = Idp(running, LogCapture())
         first = fresh_tokens(http, short)
         assert first["expires_in"] == 90
-        refreshed = http.post(
-            short.url("/token"),
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": first["refresh_token"],
-                "client_id": CLIENT_ID,
-            },
-        )
+        refreshed = refresh(http, short, first["refresh_token"])
         assert refreshed.json()["expires_in"] == 90
     finally:
         running.stop()
@@ -486,14 +472,7 @@ def test_the_module_refuses_a_lifetime_that_is_not_positive_seconds(value: str) 
 
 def test_a_refresh_for_another_client_is_refused(idp: Idp, http: httpx.Client) -> None:
     tokens = fresh_tokens(http, idp)
-    answer = http.post(
-        idp.url("/token"),
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": "someone-else",
-        },
-    )
+    answer = refresh(http, idp, tokens["refresh_token"], client_id="someone-else")
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_client"
 
 

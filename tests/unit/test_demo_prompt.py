@@ -21,10 +21,16 @@ import httpx
 import pytest
 
 import hearth.guest
-from hearth.demo_idp import CLIENT_ID
 from hearth.guest.demo_prompt import INIT
 from tests.integration import test_demo_idp
-from tests.integration.test_demo_idp import USER, Idp, assert_hidden, run_demo_login, userinfo
+from tests.integration.test_demo_idp import (
+    USER,
+    Idp,
+    assert_hidden,
+    refresh,
+    run_demo_login,
+    userinfo,
+)
 from tests.unit.test_custody import CliAgent, running_cli_agent
 
 DEMO_PROMPT = Path(hearth.guest.__file__).parent / "demo_prompt.py"
@@ -120,14 +126,7 @@ def test_near_expiry_the_token_is_refreshed_and_the_file_rewritten(
     assert [p.name for p in path.parent.iterdir()] == ["credentials.json"]
     # Rotation: the old pair is dead, the new one works.
     assert userinfo(http, idp, old["access_token"]).status_code == 401
-    reuse = http.post(
-        idp.url("/token"),
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": old["refresh_token"],
-            "client_id": CLIENT_ID,
-        },
-    )
+    reuse = refresh(http, idp, old["refresh_token"])
     assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
     assert userinfo(http, idp, new["access_token"]).json()["email"] == USER
     assert_hidden(json.dumps(lines), *tokens(old), *tokens(new))
