@@ -13,6 +13,7 @@ import base64
 import json
 import re
 import tomllib
+from datetime import UTC, datetime
 
 import pytest
 
@@ -262,6 +263,12 @@ def test_demo_account_info() -> None:
              "expires_at": 1795801749, "email": "ada@example.com"}
     assert demo.account_info({demo.CREDENTIALS: json.dumps(creds).encode()}) == (
         "ada@example.com", 1795801749)
+
+
+def test_account_gives_the_expiry_as_the_store_keeps_it() -> None:
+    files = {demo.CREDENTIALS: json.dumps({"expires_at": 1795801749, "email": "a@b.c"}).encode()}
+    assert demo.SPEC.account(files) == ("a@b.c", datetime(2026, 11, 27, 17, 49, 9, tzinfo=UTC))
+    assert demo.SPEC.account({}) == (None, None)
 
 
 # -- account_info on files that are not what it expects ----------------------------------

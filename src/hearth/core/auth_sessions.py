@@ -194,10 +194,9 @@ class AuthSessions:
                     raise SessionError(f"the {spec.name} login ended (exit code "
                                        f"{status['exit_code']}) without signing in")
                 files = agent.credentials()
-            email, expires = spec.account_info(files)
+            email, expires_at = spec.account(files)
             self.credentials.put(session.user_id, session.provider, files, account_email=email,
-                                 expires_at=datetime.fromtimestamp(expires, UTC) if expires
-                                 else None)
+                                 expires_at=expires_at)
             self._advance(session_id, "completed",
                           detail=f"credentials stored for {email or 'the account'}")
             self.on_stored(session.user_id, session.provider)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -103,12 +103,11 @@ class CliVms:
             stored, info = self.credentials.current(user_id, provider)
             files = {**stored, **{path: data for path, data in pulled.items()
                                   if path in spec.rotating_files}}
-            email, expires = spec.account_info(files)
+            email, expires_at = spec.account(files)
             try:
                 new = self.credentials.put(
                     user_id, provider, files, account_email=email or info.account_email,
-                    expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
-                    after_version=lease.version)
+                    expires_at=expires_at, after_version=lease.version)
             except CredentialStale:
                 return False  # a new sign-in replaced them meanwhile; it goes in next time
             self.credentials.set_lease(user_id, provider, Lease(vm.id, new.version, digest))

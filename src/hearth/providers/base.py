@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 AccountInfo = tuple[str | None, int | None]  # (e-mail, expiry as Unix seconds)
@@ -86,6 +87,11 @@ class ProviderSpec:
     setup_files: Callable[[Mapping[str, bytes]], dict[str, bytes]] = field(
         default=no_setup_files, repr=False, compare=False
     )
+
+    def account(self, files: Mapping[str, bytes]) -> tuple[str | None, datetime | None]:
+        """account_info as the credential store keeps it: the expiry an aware datetime."""
+        email, expires = self.account_info(files)
+        return email, datetime.fromtimestamp(expires, UTC) if expires else None
 
     @property
     def rotating_files(self) -> tuple[str, ...]:
