@@ -174,6 +174,12 @@ def test_health(agent: RunningAgent) -> None:
     assert all(isinstance(server, str) for server in network["dns"])
 
 
+def test_ready_answers_cheaply_and_needs_the_token(agent: RunningAgent) -> None:
+    status, _, body = agent.request("GET", "/ready")
+    assert status == 200 and set(body) == {"status", "uptime"} and body["status"] == "ok"
+    assert agent.request("GET", "/ready", token="wrong")[0] == 401
+
+
 def test_uptime_advances_but_started_at_does_not(agent: RunningAgent) -> None:
     first = agent.request("GET", "/health")[2]
     second = agent.request("GET", "/health")[2]

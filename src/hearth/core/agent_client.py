@@ -57,6 +57,13 @@ class AgentClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def ready(self, timeout: float | None = None) -> dict:
+        """The agent's cheap readiness answer (it runs nothing in the guest)."""
+        kwargs = {"timeout": timeout} if timeout else {}
+        response = self._client.get("/ready", **kwargs)
+        response.raise_for_status()
+        return response.json()
+
     def health(self, timeout: float | None = None) -> dict:
         kwargs = {"timeout": timeout} if timeout else {}
         response = self._client.get("/health", **kwargs)

@@ -147,13 +147,8 @@ class VmManager:
                     lambda: self._wait_for_agent(self.get(vm_id)))
 
     def _record_ready_step(self, vm_id: str) -> Step:
-        """Ready, with the seconds from the VMM's start (a boot or a restore) to the agent."""
-        def record() -> None:
-            started = self.get(vm_id).boot_started
-            self._update(vm_id, state=VmState.ready,
-                         boot_seconds=time.time() - started if started else None)
-
-        return Step("record-ready", lambda: self.get(vm_id).state != VmState.ready, record)
+        return Step("record-ready", lambda: self.get(vm_id).state != VmState.ready,
+                    lambda: self._update(vm_id, state=VmState.ready))
 
     def _lease(self, vm_id: str) -> None:
         ip = self.pool.lease(vm_id)
@@ -180,18 +175,21 @@ class VmManager:
         self._update(vm.id, pid=pid)
 
     def _wait_for_agent(self, vm: Vm) -> None:
-        """Poll the agent's /health until it answers, the VMM dies, or the deadline passes."""
+        """Poll the agent's readiness until it answers, the VMM dies, or the deadline passes;
+        record the seconds from the VMM's start (a boot or a restore) to that first answer."""
         with self.agent(vm) as agent:
             def answered() -> bool:
                 if not self.vmm_alive(vm):
                     raise VmmError("the VMM process exited before the agent answered")
                 try:
-                    agent.health(timeout=2)
+                    agent.ready(timeout=2)
                 except httpx.HTTPError:
                     return False
                 return True
 
             wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.1)
+        started = self.get(vm.id).boot_started
+        self._update(vm.id, boot_seconds=time.time() - started if started else None)
 
     # -- hibernate and resume --------------------------------------------------------------
 

@@ -207,6 +207,14 @@ def network_state() -> dict[str, Any]:
     return state
 
 
+@route("GET", "/ready")
+def ready(agent: Agent, request: Request) -> Response:
+    """The readiness probe: it starts no process, so a guest just restored from a snapshot
+    (which under emulation must translate its code afresh) answers at once. /health, which
+    runs `ip` twice, is the report."""
+    return Response({"status": "ok", "uptime": uptime()})
+
+
 @route("GET", "/health")
 def health(agent: Agent, request: Request) -> Response:
     return Response(
