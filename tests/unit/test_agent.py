@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -27,24 +28,34 @@ from hearth.guest.agent import MAX_BODY
 from hearth.guest.seed import write_seed
 
 GUEST_DIR = Path(hearth.guest.__file__).parent
-AGENT_PY = GUEST_DIR / "agent.py"
+AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.service"
 START_TIMEOUT = 20.0
+
+
+def agent_command() -> list[str]:
+    """The unit's own ExecStart, with this Python and this checkout's guest directory."""
+    line = next(
+        line for line in AGENT_UNIT.read_text().splitlines() if line.startswith("ExecStart=")
+    )
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/bin/python3"
+    return [sys.executable] + [arg.replace("/usr/lib/hearth", str(GUEST_DIR)) for arg in argv[1:]]
 
 
 class RunningAgent:
     """The agent process, its port, and everything it printed (stdout and stderr)."""
 
-    def __init__(self, seed_path: Path, token: str) -> None:
+    def __init__(self, seed_path: Path, token: str, env: dict[str, str] | None = None) -> None:
         self.token = token
         env = {
             **os.environ,
             "HEARTH_SEED": str(seed_path),
             "HEARTH_AGENT_PORT": "0",
             "HEARTH_AGENT_ADDR": "127.0.0.1",
-            "PYTHONDONTWRITEBYTECODE": "1",
+            **(env or {}),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, str(AGENT_PY)],
+            agent_command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -113,15 +124,43 @@ class RunningAgent:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[RunningAgent]:
-    token = secrets.token_urlsafe(32)
-    seed_path = tmp_path / "seed.img"
-    write_seed(seed_path, {"agent_token": token})
+def token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+def seed_path(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "seed.img"
+    write_seed(path, {"agent_token": token})
+    return path
+
+
+@pytest.fixture
+def agent(seed_path: Path, token: str) -> Iterator[RunningAgent]:
     running = RunningAgent(seed_path, token)
     try:
         yield running
     finally:
         running.stop()
+
+
+# --- start-up ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_the_agent_tells_systemd_when_it_listens(
+    seed_path: Path, tmp_path: Path, abstract: bool
+) -> None:
+    """hearth-agent.service is Type=notify: units ordered after it wait for READY=1."""
+    name = f"@hearth-test-{secrets.token_hex(8)}" if abstract else str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name[1:] if abstract else name)
+        listener.settimeout(START_TIMEOUT)
+        running = RunningAgent(seed_path, "unused", env={"NOTIFY_SOCKET": name})
+        try:
+            assert listener.recv(64) == b"READY=1"
+        finally:
+            running.stop()
 
 
 # --- authentication ----------------------------------------------------------------------
@@ -339,11 +378,13 @@ def test_the_token_never_appears_in_the_output(agent: RunningAgent) -> None:
 
 
 def test_a_missing_seed_is_reported_and_the_agent_exits(tmp_path: Path) -> None:
-    env = {**os.environ, "HEARTH_SEED": str(tmp_path / "vdb"), "HEARTH_AGENT_PORT": "0",
-           "HEARTH_SEED_WAIT": "0.2"}
-    done = subprocess.run(
-        [sys.executable, str(AGENT_PY)], capture_output=True, text=True, env=env, timeout=30
-    )
+    env = {
+        **os.environ,
+        "HEARTH_SEED": str(tmp_path / "vdb"),
+        "HEARTH_AGENT_PORT": "0",
+        "HEARTH_SEED_WAIT": "0.2",
+    }
+    done = subprocess.run(agent_command(), capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 1
     assert done.stdout.startswith("hearth-agent: error: cannot read the seed: ")
     assert "No such file or directory" in done.stdout and done.stderr == ""

@@ -17,6 +17,7 @@ from hearth.guest.ipconfig import (
     main,
     parse,
     parse_ip_value,
+    run_ip_batch,
 )
 
 BASE = "console=ttyS0 net.ifnames=0 root=/dev/vda rw"
@@ -30,10 +31,13 @@ class Recorder:
         self.commands: list[list[str]] = []
         self.fail_on = fail_on
 
-    def __call__(self, argv: Sequence[str]) -> None:
-        self.commands.append(list(argv))
-        if self.fail_on and self.fail_on in argv:
-            raise ApplyError(f"{' '.join(argv)} failed (exit 2): RTNETLINK answers: boom")
+    def __call__(self, commands: Sequence[Sequence[str]]) -> None:
+        self.commands += [list(argv) for argv in commands]
+        for number, argv in enumerate(commands, 1):
+            if self.fail_on and self.fail_on in argv:
+                raise ApplyError(
+                    f"ip -batch failed (exit 1): RTNETLINK answers: boom; Command failed -:{number}"
+                )
 
 
 @pytest.fixture
@@ -431,5 +435,23 @@ def test_main_reports_a_failed_command(root: Path, capsys: pytest.CaptureFixture
     run = Recorder(fail_on="route")
     code, out = run_main(root, f"{BASE} ip=10.0.0.2::10.0.0.1:24:vm:eth0:off", run, capsys)
     assert code == 1
-    assert "hearth-net: error: ip route replace default via 10.0.0.1 dev eth0 failed" in out
-    assert "RTNETLINK answers: boom" in out
+    assert (
+        "hearth-net: error: ip -batch failed (exit 1): RTNETLINK answers: boom; Command failed -:3"
+    ) in out
+
+
+# --- run_ip_batch, with the real ip (read-only commands) ----------------------------------
+
+
+def test_ip_batch_runs_every_command() -> None:
+    run_ip_batch([["ip", "link", "show", "dev", "lo"], ["ip", "addr", "show", "dev", "lo"]])
+
+
+def test_ip_batch_failure_carries_what_ip_said() -> None:
+    with pytest.raises(ApplyError) as failed:
+        run_ip_batch(
+            [["ip", "link", "show", "dev", "lo"], ["ip", "link", "show", "dev", "hearth-absent0"]]
+        )
+    message = str(failed.value)
+    assert message.startswith("ip -batch failed (exit 1):")
+    assert "hearth-absent0" in message and "-:2" in message

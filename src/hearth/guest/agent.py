@@ -594,6 +594,21 @@ class AgentServer(ThreadingHTTPServer):
         log(f"connection from {client_address[0]} failed: {type(sys.exc_info()[1]).__name__}")
 
 
+def notify_ready() -> None:
+    """Tell systemd the agent listens (Type=notify), so that the units ordered after it
+    start only now and leave the CPU to the agent while it starts."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(b"READY=1", address)
+    except OSError as e:
+        log(f"error: cannot notify systemd that the agent is ready: {e}")
+
+
 def main() -> int:
     try:
         token = seed.read_guest_seed()["agent_token"]
@@ -613,6 +628,7 @@ def main() -> int:
         return 1
     agent.started_at_uptime = uptime()
     log(f"listening on :{server.server_address[1]}")
+    notify_ready()
     server.serve_forever()
     return 0
 

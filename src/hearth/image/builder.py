@@ -22,7 +22,7 @@ import httpx
 from hearth.config import Settings
 from hearth.image import recipes
 from hearth.image.chroot import BuildError, chroot, run
-from hearth.image.initrd import build_initrd
+from hearth.image.initrd import ROOT_OPTIONS, build_initrd
 from hearth.image.kernel import extract_vmlinux
 from hearth.image.layers import LayerStore, key_of, tree_digest
 
@@ -30,12 +30,13 @@ GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
 IMAGE_CODE_DIR = Path(__file__).resolve().parent
 REQUIRED_TOOLS = ("debootstrap", "mkfs.ext4", "chroot", "mount", "umount")
 ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
-ROOTFS_HEADROOM_MIB = 1024
+ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and logs
 # Units a Hearth VM never needs, each costing a process start (much under emulation):
 # hearth-net configures eth0 (nothing generates .network files from ip= or waits for
 # "online"); nobody logs in (root is locked; the serial console is a log, not a terminal);
-# the initrd already loaded the modules and mounted the root read-write, and the kernel's
-# devtmpfs has every node the VM uses, so udev has nothing to do; the CPU's and virtio-rng's
+# the initrd already loaded the modules and mounted the root read-write with fstab's
+# options, and the kernel's devtmpfs has every node the VM uses, so neither udev nor the
+# remount, module-loading and static-node services have anything to do; the CPU's and virtio-rng's
 # entropy make a stored random seed moot; the journal stays in memory; a disposable VM runs
 # no package maintenance, debug filesystems or binfmt handlers, and rebuilds no caches.
 HEARTH_BOOT_MASKED = [
@@ -53,15 +54,18 @@ HEARTH_BOOT_MASKED = [
     "dev-mqueue.mount", "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
     "ldconfig.service", "systemd-journal-catalog-update.service",
     "systemd-update-done.service", "systemd-hwdb-update.service",
+    "systemd-remount-fs.service", "systemd-modules-load.service", "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev-early.service", "systemd-tmpfiles-setup-dev.service",
 ]
-# systemd runs every generator before it starts anything; a Hearth VM needs only fstab's.
-# (No TPM, GPT auto-mounts, hibernation, SysV scripts, rc.local, gettys or SSH sockets.)
+# systemd runs every generator before it starts anything; a Hearth VM needs none. (No TPM,
+# GPT auto-mounts, hibernation, SysV scripts, rc.local, gettys or SSH sockets; the initrd
+# mounts the root, the only file system in fstab.)
 HEARTH_BOOT_MASKED_GENERATORS = [
-    "systemd-debug-generator", "systemd-getty-generator", "systemd-gpt-auto-generator",
-    "systemd-hibernate-resume-generator", "systemd-rc-local-generator",
-    "systemd-run-generator", "systemd-ssh-generator", "systemd-system-update-generator",
-    "systemd-sysv-generator", "systemd-tpm2-generator",
-]  # room for the CLIs' state, browser profiles and logs
+    "systemd-debug-generator", "systemd-fstab-generator", "systemd-getty-generator",
+    "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+    "systemd-rc-local-generator", "systemd-run-generator", "systemd-ssh-generator",
+    "systemd-system-update-generator", "systemd-sysv-generator", "systemd-tpm2-generator",
+]
 
 Progress = Callable[[str], None]
 
@@ -201,7 +205,7 @@ class ImageBuilder:
                 shutil.copy2(module, lib / module.name)
         for name in recipe.guest_trees:
             shutil.copytree(self.guest_dir / "files" / name, tree, dirs_exist_ok=True)
-        (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,noatime,errors=remount-ro 0 1\n")
+        (tree / "etc/fstab").write_text(f"/dev/vda / ext4 {ROOT_OPTIONS} 0 1\n")
         (tree / "etc/hostname").write_text("hearth\n")
         units = [u for group, u in _unit_lines(self.guest_dir) if group in recipe.guest_trees]
         if recipe.boot == "stock":

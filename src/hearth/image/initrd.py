@@ -22,6 +22,10 @@ WANTED_MODULES = (
     "ext4",
 )
 
+# The root's mount options, applied here: the image masks systemd-remount-fs, which would
+# otherwise start a process at boot to apply /etc/fstab's copy of them.
+ROOT_OPTIONS = "rw,noatime,errors=remount-ro"
+
 INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -42,12 +46,13 @@ while [ ! -b "$root" ]; do
   usleep 10000
 done
 mkdir -p /newroot
-mount -t ext4 -o rw "$root" /newroot || { echo "hearth-initrd: cannot mount $root"; exec sh; }
+mount -t ext4 -o @ROOT_OPTIONS@ "$root" /newroot ||
+  { echo "hearth-initrd: cannot mount $root"; exec sh; }
 umount /proc /sys
 mount --move /dev /newroot/dev
 echo "hearth-initrd: switching to $root"
 exec switch_root /newroot /sbin/init
-"""
+""".replace("@ROOT_OPTIONS@", ROOT_OPTIONS)
 
 
 def _module_index(moddir: Path) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:

@@ -23,8 +23,8 @@ class VmmError(RuntimeError):
 class BootImage:
     """The artefacts of a golden image that a VM boots from."""
 
-    vmlinux: Path  # uncompressed ELF kernel (Firecracker)
-    vmlinuz: Path  # compressed bzImage (QEMU)
+    vmlinux: Path  # uncompressed ELF kernel, booted through its PVH entry
+    vmlinuz: Path  # the distribution's compressed bzImage, for other loaders
     initrd: Path
     rootfs: Path  # golden ext4, never written to
 
