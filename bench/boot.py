@@ -22,6 +22,7 @@ from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmError
 from hearth.net.sandbox import nsenter, sandbox
+from hearth.store.models import VmState
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
 
@@ -36,8 +37,19 @@ def boot_series(vms, image: str, runs: int) -> dict:
         finally:
             for vm in vms.list():
                 vms.destroy(vm.id)
+                if vm.state == VmState.failed:  # its console goes with the bench's home
+                    failures.append(console_tail(vms.console_archive(vm.id)))
     return {"image": image, "runs": runs, "ok": len(seconds), "failures": failures,
             **spread(seconds)}
+
+
+def console_tail(path: Path, lines: int = 25) -> str:
+    """The end of a failed VM's console, indented under its failure."""
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as e:
+        return f"    (no console: {e})"
+    return "\n".join(f"    | {line}" for line in tail)
 
 
 def spread(seconds: list[float], name: str = "") -> dict:
@@ -72,9 +84,19 @@ def inside_sandbox(images_dir: Path) -> object:
         (Path(home) / "images").symlink_to(images_dir.resolve())
         env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
                "HEARTH_NETNS": f"{controller}-vm"}
-        child = subprocess.run([*nsenter(controller), sys.executable, *sys.argv], env=env,
-                               stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(child.stdout)
+        child = subprocess.Popen([*nsenter(controller), sys.executable, *sys.argv], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            out, _ = child.communicate()
+        except BaseException:
+            # Ended by a signal: the child, ended the same way, destroys its VMs and their
+            # namespace first (a child killed outright would leave both behind).
+            child.terminate()
+            child.wait()
+            raise
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return json.loads(out)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -347,6 +348,17 @@ def test_apply_replaces_a_resolv_conf_symlink(root: Path) -> None:
     apply(config, run=Recorder(), root=root, timeout=5)
     assert not (root / "etc/resolv.conf").is_symlink()
     assert "nameserver 10.0.0.53\n" in (root / "etc/resolv.conf").read_text()
+
+
+def test_resolv_conf_is_readable_by_everyone_whatever_the_umask(root: Path) -> None:
+    config = parse_ip_value("10.0.0.2::10.0.0.1:24::eth0:off:10.0.0.53")
+    assert config is not None
+    umask = os.umask(0o077)
+    try:
+        apply(config, run=Recorder(), root=root, timeout=5)
+    finally:
+        os.umask(umask)
+    assert (root / "etc/resolv.conf").stat().st_mode & 0o777 == 0o644
 
 
 def test_apply_waits_for_the_device_with_a_deadline(root: Path) -> None:

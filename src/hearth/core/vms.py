@@ -193,7 +193,7 @@ class VmManager:
                     return False
                 return True
 
-            wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.1)
+            wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.02)
         started = self.get(vm.id).boot_started
         self._update(vm.id, boot_seconds=time.time() - started if started else None)
 

@@ -253,7 +253,8 @@ def _write_atomically(path: str, text: str) -> None:
     # Replacing (rather than writing through) also replaces a dangling resolv.conf symlink.
     tmp = f"{path}.hearth-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW)
+        os.fchmod(fd, 0o644)  # whatever the umask: every user resolves names
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
