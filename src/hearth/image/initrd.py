@@ -13,14 +13,14 @@ from pathlib import Path
 
 import zstandard
 
-# What a VM needs before its root filesystem: the disk, virtio-mmio for Firecracker, ext4
-# and its checksum. Then, loaded while the root is mounted: the NIC (early, so the network
-# bootstrap never waits on udev) and virtio-rng: without the host's entropy the kernel's
-# random pool takes seconds to initialise under emulation, and every early Python that
-# imports `random` blocks on it.
-ROOT_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "crc32c_generic", "ext4")
-LATER_MODULES = ("virtio_net", "virtio_rng")
-WANTED_MODULES = ROOT_MODULES + LATER_MODULES
+# What a VM needs before its root filesystem: the disk, the NIC (loaded early so the
+# network bootstrap never waits on udev), virtio-mmio for Firecracker, ext4 and its checksum,
+# and virtio-rng: without the host's entropy the kernel's random pool takes seconds to
+# initialise under emulation, and every early Python that imports `random` blocks on it.
+WANTED_MODULES = (
+    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "crc32c_generic",
+    "ext4",
+)
 
 # The root's mount options, applied here: the image masks systemd-remount-fs, which would
 # otherwise start a process at boot to apply /etc/fstab's copy of them.
@@ -31,14 +31,10 @@ INIT_SCRIPT = r"""#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-load() {
-  for m in $(cat "$1"); do
-    insmod "/lib/modules/$m" || echo "hearth-initrd: $m failed"
-  done
-}
 echo "hearth-initrd: loading modules"
-load /etc/modules.root
-load /etc/modules.later &  # on the other vCPU, while the root is mounted
+for m in $(cat /etc/modules.order); do
+  insmod "/lib/modules/$m" || echo "hearth-initrd: $m failed"
+done
 root=/dev/vda
 for arg in $(cat /proc/cmdline); do
   case "$arg" in root=/dev/*) root="${arg#root=}" ;; esac
@@ -52,7 +48,6 @@ done
 mkdir -p /newroot
 mount -t ext4 -o @ROOT_OPTIONS@ "$root" /newroot ||
   { echo "hearth-initrd: cannot mount $root"; exec sh; }
-wait
 umount /proc /sys
 mount --move /dev /newroot/dev
 echo "hearth-initrd: switching to $root"
@@ -98,26 +93,21 @@ def resolve_modules(moddir: Path, wanted=WANTED_MODULES) -> list[str]:
 
 
 def build_initrd(root: Path, kernel_version: str, out: Path) -> list[str]:
-    """Write an uncompressed newc cpio initrd from the image tree `root`; return the modules
-    in the order init loads them."""
+    """Write an uncompressed newc cpio initrd from the image tree `root`; return the modules."""
     moddir = root / "lib/modules" / kernel_version
-    first = resolve_modules(moddir, ROOT_MODULES)
-    later = [path for path in resolve_modules(moddir, LATER_MODULES) if path not in first]
+    modules = resolve_modules(moddir)
     archive = _Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "sys"):
         archive.add_dir(d)
     archive.add_file("bin/busybox", (root / "bin/busybox").read_bytes(), 0o755)
     archive.add_file("init", INIT_SCRIPT.encode(), 0o755)
     loaded = []
-    for order, paths in (("root", first), ("later", later)):
-        names = []
-        for path in paths:
-            data = _decompress(path, (moddir / path).read_bytes())
-            name = os.path.basename(path).removesuffix(".xz").removesuffix(".zst")
-            archive.add_file(f"lib/modules/{name}", data, 0o644)
-            names.append(name)
-        archive.add_file(f"etc/modules.{order}", "".join(f"{n}\n" for n in names).encode(), 0o644)
-        loaded += names
+    for path in modules:
+        data = _decompress(path, (moddir / path).read_bytes())
+        name = os.path.basename(path).removesuffix(".xz").removesuffix(".zst")
+        archive.add_file(f"lib/modules/{name}", data, 0o644)
+        loaded.append(name)
+    archive.add_file("etc/modules.order", ("\n".join(loaded) + "\n").encode(), 0o644)
     out.write_bytes(archive.finish())
     return loaded
 
