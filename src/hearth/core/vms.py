@@ -42,8 +42,12 @@ IN_PROGRESS = (VmState.requested, VmState.booting, VmState.hibernating, VmState.
 # lsm=: the distribution kernel's security modules less "bpf". With the BPF LSM present,
 # systemd loads a BPF program at every start (for RestrictFileSystems=, which no unit in
 # Hearth's images uses): a third of a second under emulation.
+# tsc=noirqtime: interrupts do not read sched_clock for time accounting. The kernel patches
+# sched_clock_cpu when it marks the clock stable at its late initcalls; under QEMU 7.2's
+# multi-threaded TCG, an interrupt on the other vCPU running that code mid-patch once killed
+# a guest ("Oops: int3" in sched_clock_cpu, in interrupt). This narrows that window.
 KERNEL_ARGS = (
-    "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 loglevel=4"
+    "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 loglevel=4 tsc=noirqtime"
     " lsm=lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"
 )
 

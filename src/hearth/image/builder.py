@@ -36,9 +36,10 @@ ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and log
 # "online"); nobody logs in (root is locked; the serial console is a log, not a terminal);
 # the initrd already loaded the modules and mounted the root read-write with fstab's
 # options, and the kernel's devtmpfs has every node the VM uses, so neither udev nor the
-# remount, module-loading and static-node services have anything to do; the CPU's and virtio-rng's
-# entropy make a stored random seed moot; the journal stays in memory; a disposable VM runs
-# no package maintenance, debug filesystems or binfmt handlers, and rebuilds no caches.
+# remount, module-loading and static-node services have anything to do; the CPU's and
+# virtio-rng's entropy make a stored random seed moot; the journal stays in memory; a
+# disposable VM runs no package maintenance, debug filesystems or binfmt handlers, and
+# rebuilds no caches.
 HEARTH_BOOT_MASKED = [
     "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udev-settle.service",
     "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
