@@ -79,6 +79,48 @@ def test_a_crash_while_booting_is_repaired_by_the_next_start(hearth: Hearth):
     assert vms.get(vm.id).state == VmState.destroyed
 
 
+def _kill_the_vmm_while_booting(vms, spared: set[int]) -> int:
+    """End the VM's QEMU (started by the hearth command this test started) once it runs and
+    before the agent answers, as a guest kernel dying while it boots would; its pid."""
+
+    def started() -> list[int]:  # QEMU reported "running" and the VM recorded its pid
+        running = set(vmm_processes(vms.settings.vms_dir)) - spared
+        return [vm.pid for vm in vms.list() if vm.pid in running]
+
+    [pid] = wait_for(started, timeout=120, what="a new QEMU process", interval=0.01)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_guest_that_dies_while_booting_is_booted_again_once(hearth: Hearth, tmp_path):
+    needs_image("cli")
+    vms = hearth.manager()
+    log = tmp_path / "boot.log"
+    booting = hearth.popen("vm", "boot", "--image", "cli", "--json", log=log)
+    killed = _kill_the_vmm_while_booting(vms, set())
+    assert booting.wait(timeout=300) == 0, log.read_text()
+    [vm] = vms.list()
+    assert vm.state == VmState.ready and vm.pid != killed
+    console = (vms.workdir(vm.id) / "console.log").read_text(errors="replace")
+    marker = "hearth: the VMM exited before the agent answered; booting again"
+    assert console.count(marker) == 1
+    assert "hearth-agent: listening on :8080" in console.split(marker)[1]
+    with inside(hearth.namespace), vms.agent(vm) as agent:
+        assert agent.health()["status"] == "ok"
+
+    # Dying twice fails the create, and leaves nothing once the VM is removed.
+    booting = hearth.popen("vm", "boot", "--image", "cli", log=log)
+    first = _kill_the_vmm_while_booting(vms, {vm.pid})
+    _kill_the_vmm_while_booting(vms, {vm.pid, first})
+    assert booting.wait(timeout=300) != 0
+    [failed] = [v for v in vms.list() if v.id != vm.id]
+    assert failed.state == VmState.failed and failed.failed_step == "wait-for-agent"
+    assert "exited before the agent answered" in failed.error
+    hearth("vm", "rm", failed.id)
+    hearth("vm", "rm", vm.id)
+    assert_nothing_left(hearth)
+
+
 def _rfb_greeting(ip: str) -> bytes | None:
     try:
         with socket.create_connection((ip, 5901), timeout=5) as s:
