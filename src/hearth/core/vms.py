@@ -49,9 +49,9 @@ KERNEL_ARGS = (
 
 
 # Boots of one VM before its create fails: a guest kernel that dies while it boots gets one
-# more. Under QEMU 7.2's multi-threaded TCG about one boot in fifty died so ("Oops: int3"
-# in sched_clock_cpu: the kernel patches that function while it boots, and the other vCPU
-# sometimes ran the code mid-patch).
+# more. Under QEMU 7.2's multi-threaded TCG, boots died so about once in a hundred ("Oops:
+# int3" in sched_clock_cpu: the kernel patches that function while it boots, and the other
+# vCPU sometimes ran the code mid-patch).
 BOOT_ATTEMPTS = 2
 
 
