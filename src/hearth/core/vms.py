@@ -48,13 +48,6 @@ KERNEL_ARGS = (
 )
 
 
-# Boots of one VM before its create fails: a guest kernel that dies while it boots gets one
-# more. Under QEMU 7.2's multi-threaded TCG, boots died so about once in a hundred ("Oops:
-# int3" in sched_clock_cpu: the kernel patches that function while it boots, and the other
-# vCPU sometimes ran the code mid-patch).
-BOOT_ATTEMPTS = 2
-
-
 class VmError(RuntimeError):
     pass
 
@@ -195,19 +188,20 @@ class VmManager:
         self._update(vm.id, pid=self.drivers[vm.vmm].start(self.spec(vm)))
 
     def _wait_for_boot(self, vm_id: str) -> None:
-        """Wait for a booting guest's agent; a guest that dies first is booted again on the
-        same disk and address (see BOOT_ATTEMPTS), and its boot seconds count every boot."""
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
-            try:
-                return self._wait_for_agent(self.get(vm_id))
-            except VmmExited:
-                if attempt == BOOT_ATTEMPTS:
-                    raise
+        """Wait for a booting guest's agent. A guest that dies first is booted once more on
+        the same disk and address, and its boot seconds count both boots: under QEMU 7.2's
+        multi-threaded TCG, boots died so about once in a hundred ("Oops: int3" in
+        sched_clock_cpu: the kernel patches that function while it boots, and the other vCPU
+        sometimes ran the code mid-patch)."""
+        try:
+            self._wait_for_agent(self.get(vm_id))
+        except VmmExited:
             vm = self.get(vm_id)
             self._stop_vmm(vm)  # the dead VMM's pid file and QMP socket
             with open(self.workdir(vm_id) / "console.log", "a") as console:
                 console.write("hearth: the VMM exited before the agent answered; booting again\n")
             self._start_vmm(vm)
+            self._wait_for_agent(self.get(vm_id))
 
     def _wait_for_agent(self, vm: Vm) -> None:
         """Poll the agent's readiness until it answers, the VMM dies, or the deadline passes;
