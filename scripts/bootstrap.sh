@@ -12,6 +12,8 @@ packages=(
   postgresql                                # the PostgreSQL the tests start themselves
   novnc                                     # the live view's viewer, served by the controller
   chromium tigervnc-standalone-server tigervnc-tools  # tests: a real browser, a real VNC server
+  dnsmasq-base nginx-light tinyproxy microsocks      # tests: the fake internet's resolver, web
+                                                     # servers and upstream proxies
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,6 @@ keys, bad input and the shape of every error."""
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,21 @@ from hearth.api.app import MAX_BODY_BYTES, create_app
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.net.sandbox import sandbox
+from hearth.net.topology import VmNetwork
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    # A namespace name nobody has: start-up reconciliation looks there and finds nothing.
-    settings = Settings(home=tmp_path, netns=f"hearth-absent-{secrets.token_hex(3)}")
-    with TestClient(create_app(settings)) as c:
-        yield c
+    # The controller makes its VM network (for the egress listeners) at start: in namespaces
+    # of the test's own, removed afterwards.
+    with sandbox() as controller:
+        settings = Settings(home=tmp_path, netns=f"{controller}-vm", controller_netns=controller)
+        try:
+            with TestClient(create_app(settings)) as c:
+                yield c
+        finally:
+            VmNetwork.from_settings(settings).teardown()
 
 
 @pytest.fixture

@@ -38,12 +38,15 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(reconcile, ctl.vms)
         await asyncio.to_thread(ctl.sessions.recover)
         await asyncio.to_thread(ctl.prompts.recover)
+        egress = runtime.egress(ctl)
+        await egress.start()
         stop = threading.Event()
         every(SESSION_SWEEP_SECONDS, ctl.sessions.expire_due, stop)
         every(idle_sweep_seconds(settings), ctl.cli_vms.sweep, stop)
         app.state.controller = ctl
         yield
         stop.set()
+        await egress.stop()
 
     app = FastAPI(title="Hearth", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

@@ -149,6 +149,11 @@ class AuthSessions:
         password = read_seed(self.vms.workdir(vm.id) / "seed.img")["vnc_password"]
         return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password))
 
+    def egress_failed(self, session_id: str, reason: str) -> None:
+        """The session's VM cannot reach its provider (its upstream proxy refused us, say):
+        end the sign-in with the reason now rather than leave the user at a broken page."""
+        self._finish(session_id, "failed", reason)
+
     # -- housekeeping ------------------------------------------------------------------------
 
     def expire_due(self) -> list[str]:

@@ -83,7 +83,8 @@ class CliVms:
             timeout: float) -> Iterator[dict]:
         """Run `argv` in the VM, yielding the agent's events; the exit event gains
         "credentials": "updated" when the run refreshed the tokens, which are then stored."""
-        with self.vms.agent(vm) as agent, agent.run(argv, provider=provider,
+        env = dict(providers.get(provider).quiet_env)
+        with self.vms.agent(vm) as agent, agent.run(argv, env=env, provider=provider,
                                                     timeout=timeout) as events:
             for event in events:
                 if event.get("event") == "exit":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from hearth.config import Settings
 from hearth.core.auth_sessions import AuthSessions
 from hearth.core.cli_vms import CliVms
+from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
 from hearth.net.topology import VmNetwork
@@ -52,3 +53,8 @@ def controller(settings: Settings) -> Controller:
     sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
     return Controller(settings, db, vms, credentials, sessions, cli_vms,
                       Prompts(settings, db, cli_vms))
+
+
+def egress(ctl: Controller) -> Egress:
+    """The VMs' DNS responder and egress proxy, for the controller that serves the API."""
+    return Egress(ctl.settings, ctl.db, ctl.vms.network, ctl.sessions.egress_failed)

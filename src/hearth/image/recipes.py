@@ -19,7 +19,8 @@ CLI_PACKAGES = (
     "@google/gemini-cli@0.61.0",
 )
 
-NODE_PACKAGES = ("nodejs", "npm", "git")
+# curl: the egress tests (and an operator) check what a VM reaches with it.
+NODE_PACKAGES = ("nodejs", "npm", "git", "curl")
 
 # dbus-daemon: Firefox hands a URL to its running instance over a session bus.
 BROWSER_PACKAGES = (

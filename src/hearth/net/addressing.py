@@ -19,6 +19,7 @@ def tap_name(prefix: str, vm_id: str) -> str:
 
 
 def kernel_ip_arg(ip: str, gateway: ipaddress.IPv4Interface, hostname: str) -> str:
-    """The kernel's ip= argument in its full form, read inside the guest by hearth-net."""
+    """The kernel's ip= argument in its full form, read inside the guest by hearth-net; the
+    gateway is also the guest's DNS server (hearth.net.egress.dns)."""
     mask = gateway.network.netmask
-    return f"ip={ip}::{gateway.ip}:{mask}:{hostname}:eth0:off"
+    return f"ip={ip}::{gateway.ip}:{mask}:{hostname}:eth0:off:{gateway.ip}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ class VmNetwork:
     link: ipaddress.IPv4Network  # the veth pair's /30
     tap_prefix: str
     guest_ports: tuple[int, ...]  # what the controller may reach on a guest
-    egress: tuple[tuple[str, int], ...] = ()  # host:port destinations VMs may reach
     # The controller's namespace, where the veth's other end and the route live: "" is this
     # process's own. Naming it lets a process elsewhere (a test, the demo) manage the network.
     controller_netns: str = ""
@@ -40,7 +40,7 @@ class VmNetwork:
     @classmethod
     def from_settings(cls, s: Settings) -> VmNetwork:
         return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
-                   s.tap_prefix, (s.agent_port, 5901), s.egress_rules, s.controller_netns)
+                   s.tap_prefix, (s.agent_port, 5901), s.controller_netns)
 
     @property
     def vm_netns(self) -> str:
@@ -120,6 +120,40 @@ class VmNetwork:
             ip.link("set", index=index, state="up")
             ip.route("replace", dst="default", gateway=vm_side)
         return host_side
+
+    # -- the gateway's services (hearth.net.egress) ------------------------------------------
+
+    def gateway_sockets(self, wanted: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+        """Sockets bound to the gateway address in the VMs' namespace, one per (kind, port),
+        TCP ones listening; usable from any namespace once made (a socket stays where it
+        was made). setns is per thread, so call this from a thread of its own."""
+        made: list[socket.socket] = []
+        with contextlib.ExitStack() as stack:
+            if self.vm_netns:
+                netns.pushns(self.vm_netns)
+                stack.callback(netns.popns)
+            try:
+                for kind, port in wanted:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp"
+                                         else socket.SOCK_DGRAM)
+                    made.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((str(self.gateway.ip), port))
+                    if kind == "tcp":
+                        sock.listen(1024)
+                    sock.setblocking(False)
+            except OSError as e:
+                for sock in made:
+                    sock.close()
+                raise NetworkError(f"cannot listen on the gateway {self.gateway.ip}: {e}") from e
+        return made
+
+    def controller_addresses(self) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Every address of the controller's namespace: the host itself, which no VM may
+        reach through egress whatever the name it uses."""
+        with self._controller_side() as ip:
+            return frozenset(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+                             for a in ip.get_addr())
 
     # -- TAPs --------------------------------------------------------------------------------
 

@@ -42,6 +42,25 @@ def exit_status(exit_code: int | None, output: str) -> tuple[bool, str | None]:
 
 
 @dataclass(frozen=True)
+class EgressHosts:
+    """The names (or `*.suffix` patterns) a provider's VMs reach, each checked against the
+    pinned CLI or the sign-in pages as the provider's module says. A browser VM gets sign_in
+    and token, a CLI VM api and token (hearth.core.egress)."""
+
+    sign_in: tuple[str, ...] = ()  # the authorize page and what it loads
+    token: tuple[str, ...] = ()  # where the CLI exchanges its code and refreshes its tokens
+    api: tuple[str, ...] = ()  # what the CLI calls to run a prompt
+
+    def for_purpose(self, browser: bool) -> tuple[str, ...]:
+        return (*(self.sign_in if browser else self.api), *self.token)
+
+
+# Google's sign-in, for providers that offer "sign in with Google" (settings.google_sso).
+GOOGLE_SIGN_IN = ("accounts.google.com", "ssl.gstatic.com", "www.gstatic.com",
+                  "fonts.gstatic.com", "fonts.googleapis.com", "play.google.com")
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     """How to sign one CLI in, for the agent (see hearth/guest/login.py) and the host.
 
@@ -66,6 +85,10 @@ class ProviderSpec:
     # credential files are there.
     stop_on_success: bool = False
     login_timeout: float = 900.0  # seconds before the agent gives up on the user
+    egress: EgressHosts = EgressHosts()
+    # Environment for every run of the CLI (login and prompts): its own switches for
+    # telemetry, error reports and update checks, so nothing leaves but to the provider.
+    quiet_env: Mapping[str, str] = field(default_factory=dict)
     account_info: Callable[[Mapping[str, bytes]], AccountInfo] = field(
         default=no_account_info, repr=False, compare=False
     )
@@ -131,7 +154,8 @@ class ProviderSpec:
             "name": self.name,
             "cli_version": self.cli_version,
             "login_argv": [fill(arg) for arg in self.login_argv],
-            "login_env": {key: fill(value) for key, value in self.login_env.items()},
+            "login_env": {**self.quiet_env,
+                          **{key: fill(value) for key, value in self.login_env.items()}},
             "clean_env": self.clean_env,
             "url_pattern": self.url_pattern,
             "browser_url_preferred": self.browser_url_preferred,

@@ -46,7 +46,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from .base import AccountInfo, ProviderSpec, email, epoch_seconds, exit_status, json_file
+from .base import (
+    AccountInfo,
+    EgressHosts,
+    ProviderSpec,
+    email,
+    epoch_seconds,
+    exit_status,
+    json_file,
+)
 
 CREDENTIALS = ".claude/.credentials.json"
 ACCOUNT = ".claude.json"
@@ -103,4 +111,6 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(CREDENTIALS,),
     setup_files=setup_files,
+    egress=EgressHosts(sign_in=("claude.com", "claude.ai"), token=("platform.claude.com",),
+                       api=("api.anthropic.com",)),
 )

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 
 from .base import (
     AccountInfo,
+    EgressHosts,
     ProviderSpec,
     email,
     epoch_seconds,
@@ -103,4 +104,6 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(AUTH,),
     setup_files=setup_files,
+    egress=EgressHosts(sign_in=("auth.openai.com",), token=("auth.openai.com",),
+                       api=("chatgpt.com",)),
 )

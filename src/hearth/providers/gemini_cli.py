@@ -49,7 +49,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from .base import AccountInfo, ProviderSpec, email, epoch_seconds, json_file
+from .base import AccountInfo, EgressHosts, ProviderSpec, email, epoch_seconds, json_file
 
 CREDS = ".gemini/oauth_creds.json"
 ACCOUNTS = ".gemini/google_accounts.json"
@@ -112,4 +112,6 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(CREDS,),
     setup_files=setup_files,
+    egress=EgressHosts(sign_in=("accounts.google.com",), token=("oauth2.googleapis.com",),
+                       api=("cloudcode-pa.googleapis.com", "www.googleapis.com")),
 )

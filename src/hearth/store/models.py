@@ -6,6 +6,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -205,3 +206,27 @@ class Prompt(Base):
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class EgressConnection(Base):
+    """One attempt of a VM to reach a name (hearth.net.egress): who, what, the verdict and
+    why, how many bytes each way and how long. Never any content."""
+
+    __tablename__ = "egress_connections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    vm_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    provider: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(45))
+    protocol: Mapped[str] = mapped_column(String(8))  # tls, http, dns
+    name: Mapped[str | None] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(8))  # allowed, refused, failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    upstream: Mapped[str | None] = mapped_column(String(300))  # "direct" or scheme://host:port
+    address: Mapped[str | None] = mapped_column(String(45))
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)

@@ -1,0 +1,176 @@
+"""Egress for Hearth's VMs (hearth.net.egress), wired to the controller: each VM's policy
+from what the database says it is for, the audit written to the database, and an upstream
+proxy's refusal told to the sign-in it breaks.
+
+A browser VM signing in to provider P may reach P's sign-in and token hosts (and Google's
+sign-in where the operator enables it for P); a user's CLI VM the API and token hosts of
+the providers that user has connected; the operator adds and removes names per provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from hearth import providers
+from hearth.config import Settings
+from hearth.net.egress.dialer import Dialer
+from hearth.net.egress.dns import DnsResponder
+from hearth.net.egress.names import normalize_pattern
+from hearth.net.egress.policy import EgressPolicy, EgressRecord
+from hearth.net.egress.proxy import EgressProxy
+from hearth.net.egress.upstream import Upstream
+from hearth.net.topology import VmNetwork
+from hearth.providers.base import GOOGLE_SIGN_IN
+from hearth.store.db import Database
+from hearth.store.models import AuthSession, Credential, EgressConnection, IpLease, Vm
+
+POLICY_CACHE_SECONDS = 1.0  # a VM's policy is read again this often at most
+AUDIT_FLUSH_SECONDS = 0.5  # the audit is written in batches at least this often
+TERMINAL_SESSIONS = ("completed", "failed", "cancelled", "expired")
+
+log = logging.getLogger(__name__)
+
+
+def allowed_names(settings: Settings, provider: str, browser: bool) -> tuple[str, ...]:
+    """The patterns a VM of `provider` may reach: a browser VM's or a CLI VM's."""
+    spec = providers.get(provider)
+    names = [*spec.egress.for_purpose(browser), *settings.egress_allow.get(provider, ())]
+    if browser and provider in settings.google_sso:
+        names += GOOGLE_SIGN_IN
+    denied = {normalize_pattern(n) for n in settings.egress_deny.get(provider, ())}
+    return tuple(dict.fromkeys(p for p in map(normalize_pattern, names) if p not in denied))
+
+
+class Policies:
+    """VM address -> its policy, read from the database, cached for a second."""
+
+    def __init__(self, settings: Settings, db: Database):
+        self.settings = settings
+        self.db = db
+        self._cache: dict[str, tuple[float, EgressPolicy | None]] = {}
+
+    async def __call__(self, address: str) -> EgressPolicy | None:
+        cached = self._cache.get(address)
+        if cached and time.monotonic() < cached[0]:
+            return cached[1]
+        policy = await asyncio.to_thread(self.lookup, address)
+        if policy is None:  # not cached: the address may be leased to a new VM any moment
+            self._cache.pop(address, None)
+        else:
+            self._cache[address] = (time.monotonic() + POLICY_CACHE_SECONDS, policy)
+        return policy
+
+    def lookup(self, address: str) -> EgressPolicy | None:
+        with self.db.session() as s:
+            vm = s.scalar(select(Vm).join(IpLease, IpLease.vm_id == Vm.id)
+                          .where(IpLease.ip == address))
+            if vm is None:
+                return None
+            if vm.user_id is not None:  # a user's CLI VM: the providers they connected
+                connected = s.scalars(select(Credential.provider)
+                                      .where(Credential.user_id == vm.user_id))
+                rules = tuple((name, provider) for provider in sorted(set(connected))
+                              for name in allowed_names(self.settings, provider, False))
+                return EgressPolicy(vm.id, vm.user_id, rules)
+            session = s.scalar(select(AuthSession).where(
+                AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL_SESSIONS)))
+            if session is None:  # a browser VM serving no sign-in reaches nothing
+                return EgressPolicy(vm.id, None, ())
+            rules = tuple((name, session.provider)
+                          for name in allowed_names(self.settings, session.provider, True))
+            return EgressPolicy(vm.id, session.user_id, rules, session_id=session.id)
+
+
+class Audit:
+    """Egress records queued by the proxy and responder, written by one thread in batches."""
+
+    def __init__(self, db: Database,
+                 on_upstream_error: Callable[[str, str], None] = lambda session, why: None):
+        self.db = db
+        self.on_upstream_error = on_upstream_error
+        self._queue: queue.SimpleQueue[EgressRecord | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, name="egress-audit", daemon=True)
+        self._thread.start()
+
+    def __call__(self, record: EgressRecord) -> None:
+        self._queue.put(record)
+
+    def close(self) -> None:
+        """Write what is queued and stop."""
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _write(self) -> None:
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + AUDIT_FLUSH_SECONDS
+            while batch[-1] is not None and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            records = [r for r in batch if r is not None]
+            try:
+                self._store(records)
+            except Exception:  # noqa: BLE001 - the audit must outlive a database hiccup
+                log.exception("could not write %d egress records", len(records))
+            for record in records:
+                if record.upstream_error and record.session_id:
+                    self.on_upstream_error(record.session_id, f"egress: {record.reason}")
+
+    def _store(self, records: list[EgressRecord]) -> None:
+        if not records:
+            return
+        with self.db.session() as s:
+            s.add_all(EgressConnection(
+                started_at=r.started_at, vm_id=r.vm_id, user_id=r.user_id,
+                provider=r.provider, source=r.source, protocol=r.protocol, name=r.name,
+                port=r.port, verdict=str(r.verdict), reason=r.reason, upstream=r.upstream,
+                address=r.address, bytes_up=r.bytes_up, bytes_down=r.bytes_down,
+                duration_seconds=round(r.duration, 6)) for r in records)
+            s.commit()
+
+
+class Egress:
+    """The DNS responder and the proxy, listening on the VMs' gateway for the controller."""
+
+    def __init__(self, settings: Settings, db: Database, network: VmNetwork,
+                 on_upstream_error: Callable[[str, str], None] = lambda session, why: None):
+        self.network = network
+        self.audit = Audit(db, on_upstream_error)
+        policies = Policies(settings, db)
+        upstreams = {provider: Upstream.parse(url)
+                     for provider, url in settings.upstream_proxies.items()}
+        default = Upstream.parse(settings.upstream_proxy) if settings.upstream_proxy else None
+        dialer = Dialer(settings.egress_resolver, settings.egress_hosts,
+                        network.controller_addresses)
+        self.proxy = EgressProxy(policies, dialer, self.audit,
+                                 lambda provider: upstreams.get(provider, default))
+        self.dns = DnsResponder(str(settings.gateway.ip), policies, self.audit)
+        self._closers: list[Callable[[], object]] = []
+
+    async def start(self) -> None:
+        """Listen on the gateway (making the VM network if it is not there yet)."""
+        await asyncio.to_thread(self.network.ensure)
+        tls, http, dns_tcp, dns_udp = await asyncio.to_thread(
+            self.network.gateway_sockets, (("tcp", 443), ("tcp", 80), ("tcp", 53),
+                                           ("udp", 53)))
+        servers = [await self.proxy.serve(tls, tls=True),
+                   await self.proxy.serve(http, tls=False)]
+        transport, dns_server = await self.dns.serve(dns_udp, dns_tcp)
+        servers.append(dns_server)
+        self._closers = [transport.close, *(server.close for server in servers)]
+
+    async def stop(self) -> None:
+        for close in self._closers:
+            close()
+        await asyncio.to_thread(self.audit.close)

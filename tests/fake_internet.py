@@ -1,0 +1,171 @@
+"""A "fake internet" for the egress tests: a namespace of its own, joined to the controller's
+namespace as its only way out, holding documentation addresses (192.0.2.0/24, 198.51.100.0/24,
+203.0.113.0/24) and real servers from Debian: nginx serving HTTPS (certificates from a test
+CA) and HTTP for a few names, dnsmasq as the resolver the controller uses, tinyproxy (HTTP
+CONNECT, with a password) and microsocks (SOCKS5, with a password) as upstream proxies that
+leave from addresses of their own. No packet of it can reach the real network: the namespace
+has no link but the one to the controller's namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearth.net.sandbox import nsenter, sandbox
+from hearth.waiting import wait_for
+from tests.certificates import CertAuthority
+
+CONTROLLER_SIDE, INTERNET_SIDE = "192.0.2.1", "192.0.2.2"
+WEB = "198.51.100.10"
+RESOLVER = "198.51.100.53"
+HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
+HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
+# The names the web server answers for (each with its own certificate).
+SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "example.org",
+         "example.net")
+# Names that resolve where no VM may go: a private address, cloud metadata, the controller.
+TRAPS = {"internal.example.org": "10.20.30.40", "metadata.example.org": "169.254.169.254",
+         "controller.example.org": CONTROLLER_SIDE}
+
+
+@dataclass
+class FakeInternet:
+    namespace: str
+    directory: Path
+    ca: CertAuthority
+    proxy_user: str
+    proxy_password: str = field(repr=False)
+
+    @property
+    def http_proxy(self) -> str:
+        return f"http://{self.proxy_user}:{self.proxy_password}@{HTTP_PROXY}:{HTTP_PROXY_PORT}"
+
+    @property
+    def socks_proxy(self) -> str:
+        return f"socks5://{self.proxy_user}:{self.proxy_password}@{SOCKS_PROXY}:{SOCKS_PROXY_PORT}"
+
+    def web_log(self) -> str:
+        """nginx's access log: `<client address> <host> <scheme>` per request."""
+        return (self.directory / "access.log").read_text()
+
+    def proxy_log(self) -> str:
+        return (self.directory / "tinyproxy.log").read_text()
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.directory.glob("*.log")))
+
+
+@contextlib.contextmanager
+def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]:
+    """The fake internet behind `controller_ns` (which gets a default route into it)."""
+    with sandbox("hearth-test-inet") as ns, contextlib.ExitStack() as stack:
+        _link(controller_ns, ns)
+        for address in (WEB, RESOLVER, HTTP_PROXY, SOCKS_PROXY):
+            _ip(ns, "addr", "add", f"{address}/32", "dev", "lo")
+        ca = CertAuthority.create()
+        inet = FakeInternet(ns, directory, ca, "hearth", secrets.token_urlsafe(12))
+        directory.mkdir(parents=True, exist_ok=True)
+        run = _starter(ns, directory, stack)
+        run("dnsmasq", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                        "--bind-interfaces", f"--listen-address={RESOLVER}", "--port=53",
+                        f"--pid-file={directory / 'dnsmasq.pid'}", "--log-queries",
+                        f"--log-facility={directory / 'dnsmasq.log'}",
+                        *[f"--address=/{name}/{WEB}" for name in SITES],
+                        *[f"--host-record={name},{address}" for name, address in TRAPS.items()]],
+            ready=(RESOLVER, 53))
+        _nginx(inet, run)
+        (directory / "tinyproxy.conf").write_text(
+            f"Port {HTTP_PROXY_PORT}\nListen {HTTP_PROXY}\nBind {HTTP_PROXY}\nTimeout 60\n"
+            f"LogFile \"{directory / 'tinyproxy.log'}\"\nLogLevel Connect\nMaxClients 200\n"
+            f"BasicAuth {inet.proxy_user} {inet.proxy_password}\nConnectPort 443\n"
+            "ConnectPort 80\nUser root\nGroup root\n")
+        run("tinyproxy", ["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")],
+            ready=(HTTP_PROXY, HTTP_PROXY_PORT))
+        run("microsocks", ["microsocks", "-i", SOCKS_PROXY, "-p", str(SOCKS_PROXY_PORT),
+                           "-b", SOCKS_PROXY, "-u", inet.proxy_user, "-P", inet.proxy_password],
+            ready=(SOCKS_PROXY, SOCKS_PROXY_PORT))
+        yield inet
+
+
+def _nginx(inet: FakeInternet, run) -> None:
+    d = inet.directory
+    servers = []
+    for name in SITES:
+        cert, key = inet.ca.issue([name], d / "certs")
+        servers.append(f"""
+    server {{
+        listen {WEB}:443 ssl; listen {WEB}:80; server_name {name};
+        ssl_certificate {cert}; ssl_certificate_key {key};
+        location / {{ return 200 "hello from {name}\\n"; }}
+    }}""")
+    (d / "nginx.conf").write_text(f"""
+user root; worker_processes 1; daemon off; pid {d / 'nginx.pid'};
+error_log {d / 'nginx-error.log'};
+events {{ worker_connections 4096; }}
+http {{
+    log_format hearth '$remote_addr $host $scheme';
+    access_log {d / 'access.log'} hearth;
+    client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+    default_type text/plain;
+    server {{ listen {WEB}:80 default_server; return 421 "no such site\\n"; }}
+    {''.join(servers)}
+}}
+""")
+    (d / "tmp").mkdir(exist_ok=True)
+    run("nginx", ["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], ready=(WEB, 443))
+
+
+def _starter(ns: str, directory: Path, stack: contextlib.ExitStack):
+    def run(name: str, argv: list[str], ready: tuple[str, int]) -> None:
+        out = (directory / f"{name}.out").open("ab")
+        proc = subprocess.Popen([*nsenter(ns), *argv], stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        stack.callback(_end, proc)
+        wait_for(lambda: proc.poll() is not None or _listening(ns, *ready), 20,
+                 f"{name} in the fake internet")
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: "
+                               f"{(directory / f'{name}.out').read_text()[-2000:]}")
+    return run
+
+
+def _listening(ns: str, host: str, port: int) -> bool:
+    """Whether something listens on host:port (TCP; for the resolver, UDP is what counts,
+    and dnsmasq opens both)."""
+    probe = subprocess.run([*nsenter(ns), "ss", "-Hltun", f"src {host}:{port}"],
+                           capture_output=True, text=True)
+    return bool(probe.stdout.strip())
+
+
+def _end(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True)
+
+
+def _link(controller_ns: str, inet_ns: str) -> None:
+    """A veth from the controller's namespace to the fake internet, the controller's default
+    route through it, and the internet's route back."""
+    a, b = f"inet{secrets.token_hex(2)}", "uplink"
+    subprocess.run(["ip", "link", "add", a, "netns", controller_ns, "type", "veth", "peer",
+                    "name", b, "netns", inet_ns], check=True)
+    _ip(controller_ns, "addr", "add", f"{CONTROLLER_SIDE}/24", "dev", a)
+    _ip(controller_ns, "link", "set", a, "up")
+    _ip(controller_ns, "route", "replace", "default", "via", INTERNET_SIDE)
+    _ip(inet_ns, "addr", "add", f"{INTERNET_SIDE}/24", "dev", b)
+    _ip(inet_ns, "link", "set", b, "up")
+
+

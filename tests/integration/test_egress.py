@@ -1,0 +1,146 @@
+"""Egress without booting a VM: the real controller, the fake internet behind it, and
+namespaces on the VM bridge holding VMs' addresses (tests/egress_rig.py). What a real guest
+sees is tested in tests/e2e/test_egress_vm.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hearth.net.ippool import IpPool
+from hearth.waiting import wait_for
+from tests.egress_rig import HTTP_GET, HTTPS_GET, RESOLVE, rig, run_json
+from tests.fake_internet import CONTROLLER_SIDE, WEB
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root (network namespaces)")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("egress")
+    with rig(tmp, HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}') as r:
+        ca = tmp / "ca.pem"
+        ca.write_bytes(r.inet.ca.pem)
+        yield r, str(ca)
+
+
+def test_an_allowed_name_resolves_to_the_gateway_and_answers_over_https(setup):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    assert run_json(vm, RESOLVE, name="claude.com") == {
+        "ok": True, "addresses": [str(r.settings.gateway.ip)]}
+    got = run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=ca)
+    assert got["ok"], got
+    assert "hello from claude.com" in got["body"]
+    assert got["issuer"]["commonName"] == "Hearth test CA"
+    # The web server saw the controller's side, not the VM.
+    assert f"{CONTROLLER_SIDE} claude.com https" in r.inet.web_log()
+
+
+def test_a_refused_name_does_not_resolve_and_by_address_its_sni_is_refused(setup):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    assert run_json(vm, RESOLVE, name="example.net")["ok"] is False
+    # Straight to the web server's address, naming a host outside the policy.
+    got = run_json(vm, HTTPS_GET, address=WEB, name="example.net", ca=ca)
+    assert not got["ok"]
+    # And straight to that address naming an allowed host: the proxy dials the name itself.
+    got = run_json(vm, HTTPS_GET, address=WEB, name="claude.com", ca=ca)
+    assert got["ok"] and "hello from claude.com" in got["body"], got
+    wanted = {("dns", "example.net", "refused"), ("tls", "example.net", "refused"),
+              ("tls", "claude.com", "allowed")}
+    wait_for(lambda: wanted <= {(c.protocol, c.name, c.verdict) for c in r.audit(vm)}, 10,
+             f"the audit to hold {wanted}")
+
+
+def test_plain_http_is_judged_by_its_host_header(setup):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+    got = run_json(vm, HTTP_GET, address="example.org", port=80, name="example.org")
+    assert got["ok"] and "hello from example.org" in got["body"], got
+    got = run_json(vm, HTTP_GET, address=WEB, port=80, name="example.net")
+    assert "403 Forbidden" in got["body"] and "example.net is not allowed" in got["body"]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("internal.example.org", "10.20.30.40 is a private or reserved address"),
+    ("metadata.example.org", "169.254.169.254 is a link-local address"),
+    ("controller.example.org", f"{CONTROLLER_SIDE} is the controller's own address"),
+])
+def test_allowed_names_that_resolve_where_no_vm_may_go_are_refused(setup, name, why):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    assert run_json(vm, RESOLVE, name=name)["ok"]  # the policy allows it: *.example.org
+    assert not run_json(vm, HTTPS_GET, address=name, name=name, ca=ca)["ok"]
+    got = run_json(vm, HTTP_GET, address=name, port=80, name=name)
+    assert "502 Bad Gateway" in got["body"] and why in got["body"], got
+    refused = wait_for(lambda: [c for c in r.audit(vm) if c.name == name
+                                and c.protocol != "dns"][1:], 10, "the audit")
+    assert all(c.verdict == "refused" and why in c.reason for c in refused)
+
+
+@pytest.mark.parametrize("address, port", [
+    (CONTROLLER_SIDE, 443), (CONTROLLER_SIDE, 80), ("169.254.169.254", 80),
+    ("169.254.100.1", 8000), ("192.168.100.1", 8080), (WEB, 8443), (WEB, 22),
+])
+def test_addresses_and_ports_beyond_80_and_443_are_unreachable(setup, address, port):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+    got = run_json(vm, HTTP_GET, address=address, port=port, name=address)
+    if port == 80:  # every address's port 80 is the proxy, which wants a name
+        assert "403 Forbidden" in got["body"] and "is an address, not a host name" in got["body"]
+    else:  # every other port is dropped; 443 is the proxy, which closes on a non-TLS start
+        assert not got["ok"] or got["body"] == "", got
+
+
+def test_udp_beyond_dns_and_another_vm_are_unreachable(setup):
+    r, _ = setup
+    vm, other = r.browser_vm("claude_code"), r.browser_vm("claude_code")
+    got = run_json(vm, HTTP_GET, address=other.ip, port=8080, name="x")
+    assert not got["ok"]
+    code = """
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b"hello", (%(address)r, 443))
+try:
+    s.recv(100); print(json.dumps({"ok": True}))
+except OSError as e:
+    print(json.dumps({"ok": False, "error": str(e)}))
+"""
+    assert not run_json(vm, code, address=WEB)["ok"]
+
+
+def test_a_cli_vm_reaches_its_users_providers_api_and_token_hosts_only(setup):
+    r, ca = setup
+    vm = r.cli_vm("bob", ("claude_code",))
+    got = run_json(vm, HTTPS_GET, address="api.anthropic.com", name="api.anthropic.com", ca=ca)
+    assert got["ok"] and "hello from api.anthropic.com" in got["body"], got
+    # claude.com is where a browser VM signs in; a CLI VM has no business there.
+    assert not run_json(vm, RESOLVE, name="claude.com")["ok"]
+    # A user with no provider connected reaches nothing.
+    nobody = r.cli_vm("carol", ())
+    assert not run_json(nobody, RESOLVE, name="api.anthropic.com")["ok"]
+
+
+def test_an_address_no_vm_holds_gets_nothing(setup):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+    assert run_json(vm, RESOLVE, name="claude.com")["ok"]
+    IpPool(r.db, r.settings.gateway).release(vm.vm_id)  # the namespace keeps the address
+    wait_for(lambda: not run_json(vm, RESOLVE, name="claude.com")["ok"], 10,
+             "the released address to lose its policy")
+    got = run_json(vm, HTTP_GET, address="claude.com", port=80, name="claude.com")
+    assert not got["ok"] or got["body"] == "", got
+
+
+def test_the_audit_shows_bytes_and_durations_and_no_content(setup):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    assert run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=ca)["ok"]
+    rows = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10,
+                    "the audit to be written")
+    assert rows[0].bytes_up > 200 and rows[0].bytes_down > 200
+    assert rows[0].upstream == "direct" and rows[0].address == WEB
+    assert rows[0].provider == "claude_code" and rows[0].user_id == "alice"
