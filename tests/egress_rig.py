@@ -57,6 +57,19 @@ class Rig:
     api: httpx.Client
     log: Path
     stack: contextlib.ExitStack
+    env: dict[str, str]
+    controller_pid: int
+
+    def hearth(self, *args: str, timeout: float = 600) -> str:
+        """A `hearth` command as the controller would run it; its output."""
+        done = subprocess.run([*nsenter(self.controller_ns), sys.executable, "-m", "hearth",
+                               *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"hearth {' '.join(args)}: {done.stderr}{done.stdout}"
+        return done.stdout
+
+    def manager(self):
+        return runtime.vm_manager(self.settings)
 
     def browser_vm(self, provider: str, user_id: str = "alice") -> FakeVm:
         """A browser VM serving a sign-in to `provider` that awaits the user."""
@@ -117,13 +130,16 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
-        **controller_env: str) -> Iterator[Rig]:
+        images: Path | None = None, **controller_env: str) -> Iterator[Rig]:
     """The controller with egress, the fake internet behind it, until the block ends;
-    `upstreams` gives settings that name the fake internet's proxies."""
+    `upstreams` gives settings that name the fake internet's parts, `images` the built
+    images VMs boot from."""
     with contextlib.ExitStack() as stack:
         controller = stack.enter_context(sandbox())
         home = tmp_path / "home"
         home.mkdir()
+        if images:
+            (home / "images").symlink_to(images)
         inet = stack.enter_context(fake_internet(controller, tmp_path / "inet"))
         env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
                "HEARTH_CONTROLLER_NETNS": controller, "HEARTH_EGRESS_RESOLVER": RESOLVER,
@@ -153,7 +169,7 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
                 return False
 
         wait_for(answers, 60, "the controller")
-        yield Rig(settings, db, inet, controller, api, log, stack)
+        yield Rig(settings, db, inet, controller, api, log, stack, env, proc.pid)
 
 
 def _stop(proc: subprocess.Popen) -> None:

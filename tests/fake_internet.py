@@ -9,6 +9,7 @@ has no link but the one to the controller's namespace."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 import signal
 import subprocess
@@ -16,11 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth.net.sandbox import nsenter, sandbox
+from hearth.net.sandbox import link, nsenter, sandbox
 from hearth.waiting import wait_for
 from tests.certificates import CertAuthority
 
-CONTROLLER_SIDE, INTERNET_SIDE = "192.0.2.1", "192.0.2.2"
+LINK = ipaddress.IPv4Network("192.0.2.0/24")
+CONTROLLER_SIDE, INTERNET_SIDE = "192.0.2.1", "192.0.2.2"  # the link's two ends
 WEB = "198.51.100.10"
 RESOLVER = "198.51.100.53"
 HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
@@ -64,7 +66,8 @@ class FakeInternet:
 def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]:
     """The fake internet behind `controller_ns` (which gets a default route into it)."""
     with sandbox("hearth-test-inet") as ns, contextlib.ExitStack() as stack:
-        _link(controller_ns, ns)
+        link(controller_ns, ns, LINK)
+        _ip(controller_ns, "route", "replace", "default", "via", INTERNET_SIDE)
         for address in (WEB, RESOLVER, HTTP_PROXY, SOCKS_PROXY):
             _ip(ns, "addr", "add", f"{address}/32", "dev", "lo")
         ca = CertAuthority.create()
@@ -154,18 +157,3 @@ def _end(proc: subprocess.Popen) -> None:
 
 def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True)
-
-
-def _link(controller_ns: str, inet_ns: str) -> None:
-    """A veth from the controller's namespace to the fake internet, the controller's default
-    route through it, and the internet's route back."""
-    a, b = f"inet{secrets.token_hex(2)}", "uplink"
-    subprocess.run(["ip", "link", "add", a, "netns", controller_ns, "type", "veth", "peer",
-                    "name", b, "netns", inet_ns], check=True)
-    _ip(controller_ns, "addr", "add", f"{CONTROLLER_SIDE}/24", "dev", a)
-    _ip(controller_ns, "link", "set", a, "up")
-    _ip(controller_ns, "route", "replace", "default", "via", INTERNET_SIDE)
-    _ip(inet_ns, "addr", "add", f"{INTERNET_SIDE}/24", "dev", b)
-    _ip(inet_ns, "link", "set", b, "up")
-
-

@@ -343,6 +343,36 @@ def keys_rotate(
               + (f", {report.remaining} still under old keys" if report.remaining else ""))
 
 
+egress_app = typer.Typer(no_args_is_help=True, help="What VMs reach: the egress audit.")
+app.add_typer(egress_app, name="egress")
+
+
+@egress_app.command("log")
+def egress_log(
+    vm: Annotated[str | None, typer.Option(help="only this VM's connections")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's VMs' connections")] = None,
+    verdict: Annotated[str | None, typer.Option(help="allowed, refused or failed")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """Every attempt of a VM to reach a name, with its verdict and why."""
+    from hearth.core.egress import connection_view, connections
+
+    if verdict not in (None, "allowed", "refused", "failed"):
+        raise fail(f"--verdict must be allowed, refused or failed, not {verdict!r}")
+    rows = connections(runtime.open_database(config.load()), vm, user, verdict, limit)
+    if as_json:
+        for row in rows:
+            print(json.dumps(connection_view(row)))
+        return
+    table = Table("when", "vm", "user", "name", "port", "verdict", "reason", "up", "down")
+    for c in rows:
+        table.add_row(c.started_at.strftime("%H:%M:%S"), c.vm_id or "-", c.user_id or "-",
+                      c.name or "-", str(c.port), c.verdict, c.reason or "",
+                      str(c.bytes_up), str(c.bytes_down))
+    out.print(table)
+
+
 @app.command("reconcile")
 def reconcile_cmd() -> None:
     """Adopt live VMs and remove whatever a crash left behind."""

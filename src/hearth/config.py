@@ -108,6 +108,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"the resolver's port must be 1-65535, not {port!r}")
         return value
 
+    @field_validator("vm_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str) -> str:
+        if value and "BEGIN CERTIFICATE" not in _read(value):
+            raise ValueError(f"{value} holds no PEM certificate")
+        return value
+
     @field_validator("upstream_proxy")
     @classmethod
     def _upstream(cls, value: str) -> str:
@@ -160,6 +167,13 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'hearth.db'}"
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _provider(name: str) -> str:

@@ -1,7 +1,9 @@
 """The bundled demo stack: Hearth's whole sign-in flow on one machine, touching no real network.
 
 The controller runs in a namespace of its own, the VMs' bridge in a second, and the demo
-identity provider in a third, attached to the VM network as a host the VMs may reach. The
+identity provider in a third, joined to the controller's at a documentation address under the
+name idp.demo.test: VMs reach it as they reach any provider, by name through the egress
+proxy, which the demo tells where that name lives. The
 controller listens on a Unix socket; a browser on this machine reaches it through a loopback
 port relayed to that socket. The demo command, the end-to-end tests and the sign-in bench
 all run this same stack.
@@ -29,12 +31,12 @@ import httpx
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.net.sandbox import nsenter, sandbox
+from hearth.net.sandbox import link, nsenter, sandbox
 from hearth.net.topology import VmNetwork
 from hearth.waiting import wait_for
 
-IDP_LINK = ipaddress.IPv4Network("169.254.200.0/30")
-IDP_PORT = 9000
+IDP_LINK = ipaddress.IPv4Network("203.0.113.128/30")
+IDP_NAME = "idp.demo.test"
 DEMO_USER = "demo@example.test"
 
 
@@ -101,8 +103,8 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
             "netns": f"{controller_ns}-vm", "controller_netns": controller_ns}))
         network.ensure()
         exits.callback(network.teardown)
-        idp_ip = network.attach_host(idp_ns, IDP_LINK)
-        issuer = f"http://{idp_ip}:{IDP_PORT}"
+        _, idp_ip = link(controller_ns, idp_ns, IDP_LINK)
+        issuer = f"http://{IDP_NAME}"
         password = secrets.token_urlsafe(12)
 
         logs = settings.home / "logs"
@@ -110,7 +112,7 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
         idp_log, controller_log = logs / "demo-idp.log", logs / "demo-controller.log"
         exits.enter_context(_process(
             [*nsenter(idp_ns), sys.executable, "-m", "hearth.demo_idp", "--host", "0.0.0.0",
-             "--port", str(IDP_PORT), "--issuer", issuer, "--user", DEMO_USER,
+             "--port", "80", "--issuer", issuer, "--user", DEMO_USER,
              *(["--token-ttl", str(token_ttl)] if token_ttl else [])],
             {**os.environ, "HEARTH_DEMO_IDP_PASSWORD": password}, idp_log))
 
@@ -119,7 +121,9 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
         socket_path.unlink(missing_ok=True)
         overrides = {"HEARTH_HOME": str(settings.home), "HEARTH_NETNS": f"{controller_ns}-vm",
                      "HEARTH_CONTROLLER_NETNS": controller_ns,
-                     "HEARTH_EGRESS": f"{idp_ip}:{IDP_PORT}", "HEARTH_DEMO_ISSUER": issuer,
+                     "HEARTH_EGRESS_HOSTS": json.dumps({IDP_NAME: idp_ip}),
+                     "HEARTH_EGRESS_ALLOW": json.dumps({"demo": [IDP_NAME]}),
+                     "HEARTH_DEMO_ISSUER": issuer,
                      "HEARTH_PUBLIC_URL": f"http://localhost:{port}"}
         if session_ttl is not None:
             overrides["HEARTH_SESSION_TTL"] = str(session_ttl)

@@ -4,14 +4,16 @@ sees is tested in tests/e2e/test_egress_vm.py."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
+from hearth.api.keys import create_key
 from hearth.net.ippool import IpPool
 from hearth.waiting import wait_for
 from tests.egress_rig import HTTP_GET, HTTPS_GET, RESOLVE, rig, run_json
-from tests.fake_internet import CONTROLLER_SIDE, WEB
+from tests.fake_internet import CONTROLLER_SIDE, RESOLVER, WEB
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -53,6 +55,24 @@ def test_a_refused_name_does_not_resolve_and_by_address_its_sni_is_refused(setup
               ("tls", "claude.com", "allowed")}
     wait_for(lambda: wanted <= {(c.protocol, c.name, c.verdict) for c in r.audit(vm)}, 10,
              f"the audit to hold {wanted}")
+
+
+def test_dns_sent_anywhere_is_answered_by_the_gateway_and_never_forwarded(setup):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+    code = """
+import json, dns.message, dns.query, dns.rcode
+def ask(name, server, tcp=False):
+    query = dns.message.make_query(name, "A")
+    answer = (dns.query.tcp if tcp else dns.query.udp)(query, server, timeout=5)
+    return [dns.rcode.to_text(answer.rcode()), [str(r) for a in answer.answer for r in a]]
+print(json.dumps([ask("claude.com", "8.8.8.8"), ask("example.net", %(resolver)r),
+                  ask("claude.com", %(resolver)r, tcp=True)]))
+"""
+    gateway = str(r.settings.gateway.ip)
+    assert run_json(vm, code, resolver=RESOLVER) == [
+        ["NOERROR", [gateway]], ["NXDOMAIN", []], ["NOERROR", [gateway]]]
+    assert "example.net" not in (r.inet.directory / "dnsmasq.log").read_text()
 
 
 def test_plain_http_is_judged_by_its_host_header(setup):
@@ -144,3 +164,22 @@ def test_the_audit_shows_bytes_and_durations_and_no_content(setup):
     assert rows[0].bytes_up > 200 and rows[0].bytes_down > 200
     assert rows[0].upstream == "direct" and rows[0].address == WEB
     assert rows[0].provider == "claude_code" and rows[0].user_id == "alice"
+
+
+def test_the_admin_api_and_hearth_egress_log_show_the_audit(setup):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+    run_json(vm, RESOLVE, name="example.net")
+    rows = wait_for(lambda: r.api.get("/api/admin/egress", params={
+        "vm_id": vm.vm_id}).json()["connections"], 10, "the audit")
+    assert [(c["protocol"], c["name"], c["verdict"], c["user_id"]) for c in rows] == [
+        ("dns", "example.net", "refused", "alice")]
+    assert r.api.get("/api/admin/egress", params={"verdict": "maybe"}).status_code == 422
+    app_key = create_key(r.db, "app", "not an admin")
+    assert r.api.get("/api/admin/egress", headers={
+        "Authorization": f"Bearer {app_key}"}).json() == {"error": "this route needs an admin key"}
+    lines = r.hearth("egress", "log", "--vm", vm.vm_id, "--json").splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["example.net"]
+    lines = r.hearth("egress", "log", "--user", "alice", "--verdict", "refused", "--json")
+    assert {json.loads(line)["user_id"] for line in lines.splitlines()} == {"alice"}
+    assert "refused" in r.hearth("egress", "log", "--limit", "3")

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hearth.api import auth_routes, prompt_routes, user_routes
+from hearth.api import admin_routes, auth_routes, prompt_routes, user_routes
 from hearth.api.live import live_router
 from hearth.config import Settings
 from hearth.core import runtime
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(prompt_routes.router)
     app.include_router(user_routes.router)
+    app.include_router(admin_routes.router)
     app.include_router(live_router(resolve))
     return app
 

@@ -28,3 +28,11 @@ async def require_key(request: Request) -> ApiKey:
     if record is None:
         raise HTTPException(401, "invalid API key")
     return record
+
+
+async def require_admin(request: Request) -> ApiKey:
+    """401 without a valid key, 403 unless it is an admin key."""
+    record = await require_key(request)
+    if record.role != "admin":
+        raise HTTPException(403, "this route needs an admin key")
+    return record

@@ -155,6 +155,11 @@ class AgentClient:
         """Stop a run (SIGTERM, then SIGKILL); its status."""
         return _json(self._client.delete(f"/runs/{run_id}"))
 
+    def put_trust(self, pem: str) -> dict:
+        """Have the VM's clients trust extra CAs (hearth/guest/trust.py); {"certificates",
+        "env"}."""
+        return _json(self._client.put("/trust", json={"pem": pem}))
+
     def set_clock(self, epoch: float) -> dict:
         """Set the guest clock (after a snapshot restore); {"adjusted", "epoch"}."""
         return _json(self._client.put("/clock", json={"epoch": epoch}))

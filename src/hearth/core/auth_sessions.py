@@ -190,7 +190,8 @@ class AuthSessions:
             self._update(session_id, vm_id=vm_id)
             self._check_running(session_id)
             with self.vms.agent(vm) as agent:
-                agent.start_login(spec.to_agent(self._provider_params()))
+                agent.start_login(spec.to_agent(self._provider_params(),
+                                                self.vms.client_env()))
                 status = self._wait(session_id, agent, _authorize_page_shown,
                                     "Firefox to show the authorize page")
                 self._advance(session_id, "awaiting_user", oauth_url=status["url"])

@@ -83,7 +83,7 @@ class CliVms:
             timeout: float) -> Iterator[dict]:
         """Run `argv` in the VM, yielding the agent's events; the exit event gains
         "credentials": "updated" when the run refreshed the tokens, which are then stored."""
-        env = dict(providers.get(provider).quiet_env)
+        env = {**self.vms.client_env(), **providers.get(provider).quiet_env}
         with self.vms.agent(vm) as agent, agent.run(argv, env=env, provider=provider,
                                                     timeout=timeout) as events:
             for event in events:

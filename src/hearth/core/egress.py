@@ -48,6 +48,28 @@ def allowed_names(settings: Settings, provider: str, browser: bool) -> tuple[str
     return tuple(dict.fromkeys(p for p in map(normalize_pattern, names) if p not in denied))
 
 
+def connections(db: Database, vm_id: str | None = None, user_id: str | None = None,
+                verdict: str | None = None, limit: int = 100) -> list[EgressConnection]:
+    """The audit, newest first, filtered by VM, user and verdict."""
+    query = select(EgressConnection).order_by(EgressConnection.id.desc()).limit(limit)
+    for column, value in ((EgressConnection.vm_id, vm_id), (EgressConnection.user_id, user_id),
+                          (EgressConnection.verdict, verdict)):
+        if value is not None:
+            query = query.where(column == value)
+    with db.session() as s:
+        return list(s.scalars(query))
+
+
+def connection_view(c: EgressConnection) -> dict:
+    """An audit row as the API and `hearth egress log --json` show it."""
+    return {"id": c.id, "started_at": c.started_at.isoformat(), "vm_id": c.vm_id,
+            "user_id": c.user_id, "provider": c.provider, "source": c.source,
+            "protocol": c.protocol, "name": c.name, "port": c.port, "verdict": c.verdict,
+            "reason": c.reason, "upstream": c.upstream, "address": c.address,
+            "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
+            "duration_seconds": c.duration_seconds}
+
+
 class Policies:
     """VM address -> its policy, read from the database, cached for a second."""
 

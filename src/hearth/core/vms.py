@@ -25,6 +25,7 @@ from sqlalchemy import select
 from hearth.config import Settings
 from hearth.core.agent_client import AgentClient
 from hearth.core.plans import Step, StepFailed, run_plan
+from hearth.guest import trust
 from hearth.guest.seed import write_seed
 from hearth.image.builder import read_manifest
 from hearth.net.addressing import kernel_ip_arg, mac_for, tap_name
@@ -146,6 +147,8 @@ class VmManager:
             Step("boot", lambda: not self.vmm_alive(vm()), lambda: self._boot(vm())),
             Step("wait-for-agent", lambda: vm().state != VmState.ready,
                  lambda: self._wait_for_boot(vm_id)),
+            Step("trust-cas", lambda: bool(self.settings.vm_ca_file) and
+                 vm().state != VmState.ready, lambda: self._trust_cas(vm())),
             self._record_ready_step(vm_id),
         ]
 
@@ -160,6 +163,14 @@ class VmManager:
     def _record_ready_step(self, vm_id: str) -> Step:
         return Step("record-ready", lambda: self.get(vm_id).state != VmState.ready,
                     lambda: self._update(vm_id, state=VmState.ready))
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for the CLIs run in a VM: where the extra CAs are, when there are."""
+        return dict(trust.ENV) if self.settings.vm_ca_file else {}
+
+    def _trust_cas(self, vm: Vm) -> None:
+        with self.agent(vm) as agent:
+            agent.put_trust(Path(self.settings.vm_ca_file).read_text())
 
     def _lease(self, vm_id: str) -> None:
         ip = self.pool.lease(vm_id)

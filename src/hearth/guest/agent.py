@@ -33,13 +33,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from . import browser_shim, custody, login, runs, seed
+    from . import browser_shim, custody, login, runs, seed, trust
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import custody
     import login
     import runs
     import seed
+    import trust
 
 DEFAULT_ADDR = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -421,6 +422,25 @@ def set_clock(agent: Agent, request: Request) -> Response:
             ) from None
         log(f"set the clock {'forward' if offset > 0 else 'back'} by {abs(offset):.1f}s")
     return Response({"adjusted": adjusted, "epoch": time.time()})
+
+
+# --- extra certificate authorities -------------------------------------------------------
+
+
+@route("PUT", "/trust")
+def put_trust(agent: Agent, request: Request) -> Response:
+    """Trust extra CAs (see hearth/guest/trust.py): their count, and the variables that
+    point each client at them."""
+    try:
+        count = trust.install(request.json().get("pem"))
+    except trust.TrustError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    except OSError as e:
+        raise HttpError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot write the CAs: {e.strerror or e}"
+        ) from None
+    log(f"trusting {count} extra CA certificate(s)")
+    return Response({"certificates": count, "env": trust.ENV})
 
 
 # --- the browser VM ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ inside one they create, so nothing they do touches the host's own network, and d
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -39,3 +40,18 @@ def nsenter(name: str) -> list[str]:
     """The argv prefix that runs a command in `name` without a private mount namespace,
     so that namespaces Hearth creates from there are visible to everyone."""
     return ["nsenter", f"--net=/run/netns/{name}"]
+
+
+def link(left: str, right: str, network: ipaddress.IPv4Network) -> tuple[str, str]:
+    """Join two namespaces with a veth pair on `network`: the left end gets its first
+    address, the right end its second; both are returned. Routes are the caller's."""
+    left_ip, right_ip = (str(a) for a in list(network.hosts())[:2])
+    left_if, right_if = f"l{secrets.token_hex(3)}", f"r{secrets.token_hex(3)}"
+    prefix = network.prefixlen
+    subprocess.run(["ip", "link", "add", left_if, "netns", left, "type", "veth", "peer",
+                    "name", right_if, "netns", right], check=True)
+    for ns, name, address in ((left, left_if, left_ip), (right, right_if, right_ip)):
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/{prefix}", "dev", name],
+                       check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+    return left_ip, right_ip

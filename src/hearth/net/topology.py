@@ -97,30 +97,6 @@ class VmNetwork:
         with self._vm_side() as ip:
             return bool(ip.link_lookup(ifname=self.bridge))
 
-    def attach_host(self, host_netns: str, link: ipaddress.IPv4Network) -> str:
-        """Join another namespace to the VM network as a host VMs may be allowed to reach
-        (the demo identity provider); return its address. The VM namespace gets the link's
-        first address, the host the second, with its default route back through the first."""
-        if not self.netns:
-            raise NetworkError("attaching a host needs the VM network in its own namespace")
-        vm_side, host_side = (str(a) for a in list(link.hosts())[:2])
-        outer, inner = f"hpeer{link.network_address.packed[-1]:03d}", "eth0"
-        with self._vm_side() as ip:
-            if not ip.link_lookup(ifname=outer):
-                ip.link("add", ifname=outer, kind="veth", peer={"ifname": "hpeer-tmp"})
-                ip.link("set", index=_index(ip, "hpeer-tmp"), net_ns_fd=host_netns)
-            index = _index(ip, outer)
-            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{vm_side}/{link.prefixlen}"))
-            ip.link("set", index=index, state="up")
-        with NetNS(host_netns, flags=0) as ip:
-            if ip.link_lookup(ifname="hpeer-tmp"):
-                ip.link("set", index=_index(ip, "hpeer-tmp"), ifname=inner)
-            index = _index(ip, inner)
-            _ensure_addr(ip, index, ipaddress.IPv4Interface(f"{host_side}/{link.prefixlen}"))
-            ip.link("set", index=index, state="up")
-            ip.route("replace", dst="default", gateway=vm_side)
-        return host_side
-
     # -- the gateway's services (hearth.net.egress) ------------------------------------------
 
     def gateway_sockets(self, wanted: tuple[tuple[str, int], ...]) -> list[socket.socket]:

@@ -138,8 +138,10 @@ class ProviderSpec:
         values = (*self.login_argv, *self.login_env.values())
         return {name for value in values for name in PLACEHOLDER.findall(value)}
 
-    def to_agent(self, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The JSON the agent's POST /login takes, placeholders filled from `params`."""
+    def to_agent(self, params: Mapping[str, str] | None = None,
+                 env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The JSON the agent's POST /login takes, placeholders filled from `params`, with
+        `env` (the VM's, for every CLI) under the spec's own environment."""
         params = dict(params or {})
         missing = self.placeholders() - params.keys()
         if missing:
@@ -154,7 +156,7 @@ class ProviderSpec:
             "name": self.name,
             "cli_version": self.cli_version,
             "login_argv": [fill(arg) for arg in self.login_argv],
-            "login_env": {**self.quiet_env,
+            "login_env": {**(env or {}), **self.quiet_env,
                           **{key: fill(value) for key, value in self.login_env.items()}},
             "clean_env": self.clean_env,
             "url_pattern": self.url_pattern,
