@@ -407,3 +407,8 @@ def test_guest_modules_import_only_the_standard_library(module: str) -> None:
         for name in names:
             top = name.split(".")[0]
             assert top in sys.stdlib_module_names or top in siblings, f"{module} imports {name}"
+
+
+def test_trust_refuses_what_is_not_a_certificate(agent: RunningAgent) -> None:
+    status, _, body = agent.request("PUT", "/trust", {"pem": "not a certificate"})
+    assert status == 400 and "PEM certificates" in body["error"]

@@ -288,6 +288,7 @@ def test_apply_runs_exactly_these_commands(root: Path) -> None:
         ["ip", "route", "replace", "default", "via", "10.0.0.1", "dev", "eth0"],
     ]
     assert (root / "proc/sys/kernel/hostname").read_text() == "vm-1"
+    assert "127.0.1.1\tvm-1\n" in (root / "etc/hosts").read_text()
     assert (root / "etc/resolv.conf").read_text() == (
         "# Written by hearth-net from ip= on the kernel command line.\n"
         "nameserver 10.0.0.53\n"
@@ -338,7 +339,7 @@ def test_apply_is_idempotent(root: Path) -> None:
     assert second.commands == first.commands
     assert not any(cmd[2] == "add" for cmd in first.commands)
     assert (root / "etc/resolv.conf").read_text() == resolv
-    assert sorted(p.name for p in (root / "etc").iterdir()) == ["resolv.conf"]
+    assert sorted(p.name for p in (root / "etc").iterdir()) == ["hosts", "resolv.conf"]
 
 
 def test_apply_replaces_a_resolv_conf_symlink(root: Path) -> None:

@@ -238,6 +238,9 @@ def run_ip_batch(commands: list[list[str]]) -> None:
         raise ApplyError(f"{IP} -batch failed (exit {status}): {output}")
 
 
+HOSTS = "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
 def _wait_for(check, timeout: float, interval: float = 0.05) -> bool:
     """Poll `check` until it is true or `timeout` seconds pass (no hearth.* in the guest)."""
     deadline = time.monotonic() + timeout
@@ -300,6 +303,8 @@ def apply(
         log(f"hostname {cfg.hostname}")
         with open(os.path.join(root, "proc/sys/kernel/hostname"), "w") as f:
             f.write(cfg.hostname)
+        # The guest knows its own name, so looking it up never leaves for the DNS responder.
+        _write_atomically(os.path.join(root, "etc/hosts"), HOSTS.format(cfg.hostname))
     if cfg.dns:
         log("resolv.conf: nameserver " + ", ".join(map(str, cfg.dns)))
         lines = ["# Written by hearth-net from ip= on the kernel command line."]

@@ -17,12 +17,6 @@ class SniffError(Exception):
     """The stream does not name a host; the message says what it held instead."""
 
 
-def _server_context() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1  # judge any ClientHello, refuse none here
-    return context
-
-
 async def tls_server_name(reader: asyncio.StreamReader) -> tuple[str, bytes]:
     """The SNI of the ClientHello at the start of `reader`, and the bytes read."""
     seen: list[str | None] = []
@@ -32,7 +26,7 @@ async def tls_server_name(reader: asyncio.StreamReader) -> tuple[str, bytes]:
         return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # stop here: nothing is answered
 
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = _server_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.sni_callback = on_name
     tls = context.wrap_bio(incoming, outgoing, server_side=True)
     buffered = bytearray()
