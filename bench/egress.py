@@ -1,12 +1,15 @@
-"""Measure what the egress proxy costs: added latency to the first byte, connections per
-second, and the controller's memory.
+"""Measure the egress proxy's cost: added first-byte latency, connections/s, memory.
 
 The real controller (`hearth serve`) runs in a namespace with the fake internet behind it
 (tests/egress_rig.py); a fake browser VM on the VM bridge reaches claude.com through the
 gateway (EGRESS), and a client in the controller's namespace reaches the web server straight
-at its address (DIRECT). Both paths are measured in the same run, interleaved: the latency
-runs in alternating rounds, the load in DIRECT, EGRESS, EGRESS, DIRECT halves. Each client is
-an asyncio subprocess in its namespace; the audit is checked at the end.
+at its address (DIRECT). Measured: the first byte (from the TCP connect's start to the
+response's first byte, TLS handshake and `GET /` included; the VM's DNS lookup of the name,
+through the gateway, is timed apart), connections/s of short HTTPS connections at a given
+concurrency, the controller's RSS and peak RSS before and after, and whether the audit holds
+every egress connection. Both paths run in the same invocation, interleaved: the latency in
+alternating rounds, the load in DIRECT, EGRESS, EGRESS, DIRECT halves. Each client is an
+asyncio subprocess in its path's namespace.
 Run as root from the repository root:  python bench/egress.py --runs 200 --concurrency 32
 """
 
@@ -69,9 +72,9 @@ async def attempt(address):
         return None
 
 async def latency(address, runs):
-    await attempt(address)  # warm-up, not counted
-    errors.clear()
-    return [t for _ in range(runs) if (t := await attempt(address)) is not None]
+    warm = await attempt(address)  # warm-up, not timed (its failure is counted)
+    times = [t for _ in range(runs) if (t := await attempt(address)) is not None]
+    return times, len(times) + (warm is not None)
 
 async def load(address, concurrency, seconds):
     deadline, ok = time.monotonic() + seconds, [0]
@@ -89,7 +92,8 @@ for _ in range(CFG["lookups"]):  # through the namespace's resolver: the gateway
     address = socket.getaddrinfo(NAME, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
     dns.append(time.perf_counter() - start)
 if CFG["mode"] == "latency":
-    out = {"first_byte": asyncio.run(latency(address, CFG["runs"])), "dns": dns}
+    times, ok = asyncio.run(latency(address, CFG["runs"]))
+    out = {"first_byte": times, "ok": ok, "dns": dns}
 else:
     ok, seconds = asyncio.run(load(address, CFG["concurrency"], CFG["seconds"]))
     out = {"ok": ok, "seconds": seconds}
@@ -121,7 +125,7 @@ def ms(values: list[float], stat: str) -> float:
     if not values:
         return float("nan")
     if stat == "p90":
-        return 1000 * statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+        return 1000 * (statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0])
     return 1000 * statistics.median(values)
 
 
@@ -141,7 +145,7 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
             failed[path] += got["failed"]
             errors[path] += got["errors"]
             dns += got.get("dns", [])
-            egress_ok += (len(got["first_byte"]) + 1) if path == "egress" else 0
+            egress_ok += got["ok"] if path == "egress" else 0
     load = {p: {"ok": 0, "failed": 0, "seconds": 0.0} for p in paths}
     for path in ("direct", "egress", "egress", "direct"):
         got = run_client(r, vm, path, ca, mode="load", concurrency=args.concurrency,
@@ -169,8 +173,8 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
     for path in paths:
         print(f"{path:<8} {rate[path]:>8.1f}/s  ok {load[path]['ok']:>6}  "
               f"failed {load[path]['failed']}")
-    print(f"egress/direct {rate['egress'] / rate['direct']:.2f}x; goal >= {GOAL_RATE:g}/s: "
-          f"{'met' if rate['egress'] >= GOAL_RATE else 'NOT met'}")
+    print(f"egress/direct {rate['egress'] / (rate['direct'] or float('nan')):.2f}x; "
+          f"goal >= {GOAL_RATE:g}/s: {'met' if rate['egress'] >= GOAL_RATE else 'NOT met'}")
     print(f"controller memory, MiB: RSS {before['VmRSS']} before the load, {after['VmRSS']} "
           f"after; peak (VmHWM) {before['VmHWM']} before, {after['VmHWM']} after")
     for path in paths:
@@ -188,9 +192,9 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
 def main() -> None:
     exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=200, help="first-byte runs per path")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections at once")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-egress-") as tmp, rig(Path(tmp)) as r:
         ca = Path(tmp) / "ca.pem"
