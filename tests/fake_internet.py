@@ -78,8 +78,11 @@ def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]
                         "--bind-interfaces", f"--listen-address={RESOLVER}", "--port=53",
                         f"--pid-file={directory / 'dnsmasq.pid'}", "--log-queries",
                         f"--log-facility={directory / 'dnsmasq.log'}",
-                        *[f"--address=/{name}/{WEB}" for name in SITES],
-                        *[f"--host-record={name},{address}" for name, address in TRAPS.items()]],
+                        # Records with a TTL, and no data (not a refusal) for AAAA: as a
+                        # real zone would answer.
+                        "--local-ttl=60",
+                        *[f"--host-record={name},{address}" for name, address in
+                          [*((site, WEB) for site in SITES), *TRAPS.items()]]],
             ready=(RESOLVER, 53))
         _nginx(inet, run)
         (directory / "tinyproxy.conf").write_text(

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from hearth import providers
 from hearth.config import Settings
@@ -152,13 +152,13 @@ class Audit:
     def _store(self, records: list[EgressRecord]) -> None:
         if not records:
             return
-        with self.db.session() as s:
-            s.add_all(EgressConnection(
+        with self.db.session() as s:  # one executemany: the proxy's thread shares the GIL
+            s.execute(insert(EgressConnection), [dict(
                 started_at=r.started_at, vm_id=r.vm_id, user_id=r.user_id,
                 provider=r.provider, source=r.source, protocol=r.protocol, name=r.name,
                 port=r.port, verdict=str(r.verdict), reason=r.reason, upstream=r.upstream,
                 address=r.address, bytes_up=r.bytes_up, bytes_down=r.bytes_down,
-                duration_seconds=round(r.duration, 6)) for r in records)
+                duration_seconds=round(r.duration, 6)) for r in records])
             s.commit()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -224,12 +225,21 @@ class VmNetwork:
 
 @contextlib.contextmanager
 def _rtnl(name: str) -> Iterator[IPRoute]:
-    """Netlink to namespace `name` ("" = this process's own)."""
-    ip = NetNS(name, flags=0) if name else IPRoute()
+    """Netlink to namespace `name` ("" = this process's own). NetNS forks a helper into the
+    namespace, so it is used only when the process is elsewhere."""
+    ip = NetNS(name, flags=0) if name and not _is_own_namespace(name) else IPRoute()
     try:
         yield ip
     finally:
         ip.close()
+
+
+def _is_own_namespace(name: str) -> bool:
+    try:
+        theirs, ours = os.stat(f"/run/netns/{name}"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _ensure_link(ip: IPRoute, name: str, **kwargs) -> int:

@@ -56,21 +56,26 @@ class Dialer:
         """The addresses a VM may be connected to for `name`; DialError if there are none."""
         if name in self._hosts:  # the operator's named internal host: taken as given
             return [self._hosts[name]]
+        local = await self._local_now()
+        # AAAA only where an IPv6 address could be dialled: a global IPv6 address of our own.
+        kinds = ("A", "AAAA") if any(a.version == 6 and a.is_global for a in local) else ("A",)
         found: list[Address] = []
         errors: list[str] = []
-        for kind in ("A", "AAAA"):  # one kind failing is no failure while the other answers
-            try:
-                answer = await self._resolver.resolve(name, kind)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        answers = await asyncio.gather(*(self._resolver.resolve(name, kind) for kind in kinds),
+                                       return_exceptions=True)
+        for kind, answer in zip(kinds, answers, strict=True):
+            # One kind failing is no failure while the other answers.
+            if isinstance(answer, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer):
                 continue
-            except dns.exception.DNSException as e:
-                errors.append(f"{kind}: {type(e).__name__}")
+            if isinstance(answer, dns.exception.DNSException):
+                errors.append(f"{kind}: {type(answer).__name__}")
                 continue
+            if isinstance(answer, BaseException):
+                raise answer
             found += [ipaddress.ip_address(r.address) for r in answer]
         if not found:
             raise DialError(f"cannot resolve {name} ({', '.join(errors)})" if errors
                             else f"{name} does not resolve")
-        local = await self._local_now()
         reasons = [refusal(a, local) for a in found]
         allowed = [a for a, why in zip(found, reasons, strict=True) if why is None]
         if not allowed:

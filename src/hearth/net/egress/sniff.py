@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 
 import h11
 
@@ -17,18 +18,25 @@ class SniffError(Exception):
     """The stream does not name a host; the message says what it held instead."""
 
 
+_NAMES: weakref.WeakKeyDictionary[ssl.SSLObject, list[str | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _on_name(obj: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> int:
+    _NAMES[obj].append(name)
+    return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # stop here: nothing is answered
+
+
+_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # one for all: making one costs
+_CONTEXT.sni_callback = _on_name
+
+
 async def tls_server_name(reader: asyncio.StreamReader) -> tuple[str, bytes]:
     """The SNI of the ClientHello at the start of `reader`, and the bytes read."""
-    seen: list[str | None] = []
-
-    def on_name(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int:
-        seen.append(name)
-        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # stop here: nothing is answered
-
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.sni_callback = on_name
-    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    tls = _CONTEXT.wrap_bio(incoming, outgoing, server_side=True)
+    seen: list[str | None] = []
+    _NAMES[tls] = seen
     buffered = bytearray()
     while not seen:
         chunk = await reader.read(16384)
