@@ -22,6 +22,7 @@ import httpx
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.demo import forward
 from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
 from hearth.net.sandbox import nsenter, sandbox
@@ -130,10 +131,11 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
-        images: Path | None = None, **controller_env: str) -> Iterator[Rig]:
+        images: Path | None = None, public_port: int = 0, **controller_env: str
+        ) -> Iterator[Rig]:
     """The controller with egress, the fake internet behind it, until the block ends;
     `upstreams` gives settings that name the fake internet's parts, `images` the built
-    images VMs boot from."""
+    images VMs boot from, `public_port` a loopback port relayed to the controller."""
     with contextlib.ExitStack() as stack:
         controller = stack.enter_context(sandbox())
         home = tmp_path / "home"
@@ -149,6 +151,8 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
         stack.callback(VmNetwork.from_settings(settings).teardown)
         db = runtime.open_database(settings)
         socket_path = home / "controller.sock"
+        if public_port:  # browsers on this machine reach the controller there
+            env["HEARTH_PUBLIC_URL"] = f"http://localhost:{public_port}"
         log = tmp_path / "controller.log"
         with log.open("ab") as out:
             proc = subprocess.Popen([*nsenter(controller), sys.executable, "-m", "hearth",
@@ -169,6 +173,8 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
                 return False
 
         wait_for(answers, 60, "the controller")
+        if public_port:
+            stack.enter_context(forward(public_port, socket_path))
         yield Rig(settings, db, inet, controller, api, log, stack, env, proc.pid)
 
 

@@ -107,7 +107,8 @@ def _nginx(inet: FakeInternet, run) -> None:
     server {{
         listen {WEB}:443 ssl; listen {WEB}:80; server_name {name};
         ssl_certificate {cert}; ssl_certificate_key {key};
-        location / {{ return 200 "hello from {name}\\n"; }}
+        location / {{ return 200 "<!doctype html><title>{name} (test site)</title>
+            <h1>hello from {name}</h1>\\n"; }}
     }}""")
     (d / "nginx.conf").write_text(f"""
 user root; worker_processes 1; daemon off; pid {d / 'nginx.pid'};
@@ -118,7 +119,7 @@ http {{
     access_log {d / 'access.log'} hearth;
     client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
     uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-    default_type text/plain;
+    default_type text/html;
     server {{ listen {WEB}:80 default_server; return 421 "no such site\\n"; }}
     {''.join(servers)}
 }}

@@ -134,7 +134,7 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
         exits.callback(subprocess.run, [*nsenter(controller_ns), sys.executable, "-m",
                                         "hearth", "vm", "rm", "--all"],
                        env=env, check=False, capture_output=True)
-        exits.enter_context(_forward(port, socket_path))
+        exits.enter_context(forward(port, socket_path))
 
         key = create_key(runtime.open_database(settings), "app", "demo")
         api = exits.enter_context(httpx.Client(
@@ -175,7 +175,7 @@ def _process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 
 
 @contextlib.contextmanager
-def _forward(port: int, socket_path: Path) -> Iterator[None]:
+def forward(port: int, socket_path: Path) -> Iterator[None]:
     """Serve 127.0.0.1:`port` by relaying each connection to the controller's Unix socket."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -1,0 +1,95 @@
+"""Firefox in a real browser VM behind egress: a Claude Code sign-in opens Firefox on the
+stand-in claude.com (HTTPS, the test CA handed to the VM by its agent), which loads; a name
+outside the policy shows Firefox's error page. Both seen through the live view in Chromium,
+the screenshots kept as test artefacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from hearth.net.sandbox import inside
+from hearth.store.models import AuthSession
+from hearth.waiting import wait_for
+from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import IMAGES, needs_image
+from tests.egress_rig import rig
+from tests.fake_internet import CONTROLLER_SIDE
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+ARTIFACTS = Path(os.environ.get("HEARTH_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "artifacts")) / "egress"
+REFUSED_TITLES = ("Server Not Found", "Problem loading page")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_path):
+    needs_image("browser")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ca = tmp_path / "ca.pem"
+
+    def settings(inet) -> dict[str, str]:
+        ca.write_bytes(inet.ca.pem)
+        return {"HEARTH_VM_CA_FILE": str(ca)}
+
+    with rig(tmp_path, settings, images=IMAGES, public_port=_free_port()) as r:
+        started = r.api.post("/api/auth/start", json={"user_id": "erin",
+                                                      "provider": "claude_code"}).json()
+        session_id = started["session_id"]
+
+        def status() -> dict:
+            return r.api.get(f"/api/auth/session/{session_id}").json()
+
+        wait_for(lambda: status()["status"] in ("awaiting_user", "failed"), 600,
+                 "Firefox to show the authorize page", interval=1)
+        assert status()["status"] == "awaiting_user", status()
+        assert f"{CONTROLLER_SIDE} claude.com https" in r.inet.web_log()
+        manager = r.manager()
+        with r.db.session() as s:
+            vm = manager.get(s.get(AuthSession, session_id).vm_id)
+
+        def title() -> str:
+            with inside(r.controller_ns), manager.agent(vm) as agent:
+                return agent.login_status()["firefox"]["title"] or ""
+
+        assert "claude.com" in title() and not title().startswith(REFUSED_TITLES), title()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(started["connect_url"])
+            canvas = page.locator("canvas").first
+            canvas.wait_for(timeout=60_000)
+            allowed = wait_for(lambda: _painted(canvas), 60, "the live view to paint")
+            (ARTIFACTS / "01-allowed-claude.com.png").write_bytes(allowed)
+
+            with inside(r.controller_ns), manager.agent(vm) as agent:
+                agent.open_url("https://example.net/")
+            wait_for(lambda: title().startswith(REFUSED_TITLES), 120,
+                     "Firefox's error page for a refused name")
+            refused = wait_for(lambda: (shot := _painted(canvas)) != allowed and shot, 60,
+                               "the live view to show the error page")
+            (ARTIFACTS / "02-refused-example.net.png").write_bytes(refused)
+            browser.close()
+        rows = r.api.get("/api/admin/egress", params={"vm_id": vm.id}).json()["connections"]
+        verdicts = {(c["name"], c["verdict"]) for c in rows}
+        assert ("claude.com", "allowed") in verdicts and ("example.net", "refused") in verdicts
+        r.api.post(f"/api/auth/session/{session_id}/cancel")
+        wait_for(lambda: manager.get(vm.id).state == "destroyed", 120, "the VM to go")
+        print(json.dumps({"screenshots": sorted(str(p) for p in ARTIFACTS.iterdir())}))
+
+
+def _painted(canvas) -> bytes | None:
+    """A screenshot of the viewer once it shows more than a blank frame."""
+    shot = canvas.screenshot()
+    return shot if len(shot) > 20_000 else None
