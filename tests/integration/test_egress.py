@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -183,3 +185,39 @@ def test_the_admin_api_and_hearth_egress_log_show_the_audit(setup):
     lines = r.hearth("egress", "log", "--user", "alice", "--verdict", "refused", "--json")
     assert {json.loads(line)["user_id"] for line in lines.splitlines()} == {"alice"}
     assert "refused" in r.hearth("egress", "log", "--limit", "3")
+
+
+def test_a_connection_is_in_the_audit_while_open_and_gets_its_bytes_when_it_ends(setup):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    code = f"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile={ca!r})
+with ctx.wrap_socket(socket.create_connection(("claude.com", 443), timeout=15),
+                     server_hostname="claude.com") as tls:
+    tls.sendall(b"GET / HTTP/1.1\\r\\nHost: claude.com\\r\\n\\r\\n")  # kept alive
+    tls.recv(65536)
+    print("open", flush=True)
+    sys.stdin.readline()  # until the test has looked
+"""
+    client = subprocess.Popen(["ip", "netns", "exec", vm.namespace, sys.executable, "-c", code],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+
+        def allowed() -> list[dict]:
+            return r.api.get("/api/admin/egress", params={
+                "vm_id": vm.vm_id, "verdict": "allowed"}).json()["connections"]
+
+        row = wait_for(allowed, 10, "the open connection in the audit")[0]
+        assert row["duration_seconds"] is None and row["name"] == "claude.com"
+        client.stdin.write("done\n")
+        client.stdin.flush()
+        assert client.wait(15) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    row = wait_for(lambda: [c for c in allowed() if c["duration_seconds"] is not None], 15,
+                   "the ended connection's bytes")[0]
+    assert row["bytes_up"] > 200 and row["bytes_down"] > 200 and len(allowed()) == 1

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 
 from hearth import providers
 from hearth.config import Settings
@@ -118,6 +118,7 @@ class Audit:
         self.db = db
         self.on_upstream_error = on_upstream_error
         self._queue: queue.SimpleQueue[EgressRecord | None] = queue.SimpleQueue()
+        self._open: set[str] = set()  # keys of records written while their connection ran
         self._thread = threading.Thread(target=self._write, name="egress-audit", daemon=True)
         self._thread.start()
 
@@ -150,16 +151,35 @@ class Audit:
                     self.on_upstream_error(record.session_id, f"egress: {record.reason}")
 
     def _store(self, records: list[EgressRecord]) -> None:
-        if not records:
-            return
-        with self.db.session() as s:  # one executemany: the proxy's thread shares the GIL
-            s.execute(insert(EgressConnection), [dict(
-                started_at=r.started_at, vm_id=r.vm_id, user_id=r.user_id,
+        """Insert what is new, update what was written open: one executemany each (the
+        proxy's thread shares the GIL). The last report of a record wins."""
+        latest = {r.key: r for r in records}
+        fresh = [_row(r) for key, r in latest.items() if key not in self._open]
+        ended = [{"b_key": key, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
+                  "duration_seconds": r.duration}
+                 for key, r in latest.items() if key in self._open]
+        with self.db.session() as s:
+            if fresh:
+                s.execute(insert(EgressConnection), fresh)
+            if ended:
+                s.connection().execute(
+                    update(EgressConnection).where(EgressConnection.key == bindparam("b_key"))
+                    .values(bytes_up=bindparam("bytes_up"), bytes_down=bindparam("bytes_down"),
+                            duration_seconds=bindparam("duration_seconds")), ended)
+            s.commit()
+        for key, r in latest.items():
+            if r.duration is None:
+                self._open.add(key)
+            else:
+                self._open.discard(key)
+
+
+def _row(r: EgressRecord) -> dict:
+    return dict(key=r.key, started_at=r.started_at, vm_id=r.vm_id, user_id=r.user_id,
                 provider=r.provider, source=r.source, protocol=r.protocol, name=r.name,
                 port=r.port, verdict=str(r.verdict), reason=r.reason, upstream=r.upstream,
                 address=r.address, bytes_up=r.bytes_up, bytes_down=r.bytes_down,
-                duration_seconds=round(r.duration, 6)) for r in records])
-            s.commit()
+                duration_seconds=r.duration)
 
 
 class Egress:

@@ -229,4 +229,5 @@ class EgressConnection(Base):
     address: Mapped[str | None] = mapped_column(String(45))
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
-    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)  # None while open
+    key: Mapped[str] = mapped_column(String(32), unique=True)  # the proxy's name for it

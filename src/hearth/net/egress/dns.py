@@ -55,6 +55,7 @@ class DnsResponder:
             response.set_rcode(dns.rcode.REFUSED if policy is None else dns.rcode.NXDOMAIN)
             self.audit(EgressRecord(
                 source=source, protocol="dns", port=53, started_at=datetime.now(UTC),
+                duration=0.0,
                 name=name or question.name.to_text()[:253],
                 vm_id=policy.vm_id if policy else None,
                 user_id=policy.user_id if policy else None,

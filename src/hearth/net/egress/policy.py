@@ -3,6 +3,7 @@ the DNS responder and whoever keeps policies and the audit (hearth.core.egress).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +36,8 @@ class Verdict(StrEnum):
 
 @dataclass
 class EgressRecord:
-    """One attempt to reach a name, for the audit: never any content."""
+    """One attempt to reach a name, for the audit: never any content. An allowed connection
+    is reported twice, when it opens and when it ends (with its bytes and duration)."""
 
     source: str  # the VM's address
     protocol: str  # "tls", "http" or "dns"
@@ -51,7 +53,9 @@ class EgressRecord:
     address: str | None = None  # what was dialled (or the upstream's target)
     bytes_up: int = 0  # VM to outside
     bytes_down: int = 0
-    duration: float = 0.0
+    duration: float | None = None  # None while the connection is open
+    # Names the record across its two reports: when it opens and when it ends.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
     # An upstream proxy refused us: the session's sign-in cannot go on, so it is told.
     upstream_error: bool = field(default=False, compare=False)
     session_id: str | None = None

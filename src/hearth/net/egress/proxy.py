@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -84,6 +85,7 @@ class EgressProxy:
             await self._refuse_http(writer, tls, str(e), status="502 Bad Gateway")
             return
         record.verdict = Verdict.allowed
+        self.audit(dataclasses.replace(record))  # seen while open, not only once it ends
         try:
             up_writer.write(head)
             record.bytes_up = len(head)

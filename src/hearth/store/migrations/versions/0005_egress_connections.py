@@ -31,7 +31,8 @@ def upgrade() -> None:
         sa.Column("address", sa.String(45)),
         sa.Column("bytes_up", sa.BigInteger, nullable=False),
         sa.Column("bytes_down", sa.BigInteger, nullable=False),
-        sa.Column("duration_seconds", sa.Float, nullable=False),
+        sa.Column("duration_seconds", sa.Float),
+        sa.Column("key", sa.String(32), nullable=False, unique=True),
     )
     for column in ("started_at", "vm_id", "user_id"):
         op.create_index(f"ix_egress_connections_{column}", "egress_connections", [column])
