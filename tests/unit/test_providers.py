@@ -497,3 +497,21 @@ def test_gemini_cli_status_check() -> None:
     no_input = "No input provided via stdin. Input can be provided by piping data into gemini."
     assert check(42, no_input) == (False, no_input)
     assert check(0, "") == (False, "the status check exited with 0")
+
+
+def test_the_clis_quiet_switches_and_the_vms_environment_reach_the_login():
+    from hearth.guest import trust
+    spec = providers.get("claude_code")
+    env = spec.to_agent({}, env=trust.ENV)["login_env"]
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert env["NODE_EXTRA_CA_CERTS"] == trust.EXTRA
+    # The spec's own login environment has the last word.
+    demo = providers.get("demo")
+    assert demo.to_agent({"issuer": "http://idp.demo.test"}, env={"A": "1"})["login_env"] == {
+        "A": "1"}
+
+
+def test_every_spec_lists_its_egress():
+    for name in ("claude_code", "codex", "gemini_cli"):
+        hosts = providers.get(name).egress
+        assert hosts.sign_in and hosts.token and hosts.api, name

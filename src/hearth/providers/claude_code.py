@@ -39,6 +39,31 @@ stand-ins for api.anthropic.com and platform.claude.com:
 - `claude auth status --json` reads the files only, no network or expiry check: signed out
   {"loggedIn": false, "authMethod": "none", ...} and exit 1; signed in {"loggedIn": true,
   "authMethod": "claude.ai", "email", "subscriptionType", ...} and exit 0.
+
+Egress, from the binary's own OAuth block (BASE_API_URL https://api.anthropic.com, TOKEN_URL
+https://platform.claude.com/v1/oauth/token, CLAUDE_AI_AUTHORIZE_URL https://claude.com/cai/
+oauth/authorize, CLAUDE_AI_ORIGIN https://claude.ai, ROLES_URL and API_KEY_URL on
+api.anthropic.com, CLAUDEAI_SUCCESS_URL on platform.claude.com):
+- sign-in: claude.com/cai/... redirects to claude.ai; its assets come from claude.ai and
+  assets.claude.ai (the binary's egress catalogue of the claude.ai app names
+  ANTHROPIC_ASSETS_HOST "assets.claude.ai"); the page sits behind Cloudflare, whose
+  challenge loads from challenges.cloudflare.com (known from the page, not checkable
+  offline). The page's own Sentry and Datadog reporting is left out: nothing breaks.
+- token: after the code exchange the CLI reads the profile and roles on api.anthropic.com
+  (/api/oauth/profile, /api/oauth/claude_cli/roles), and refreshes at platform.claude.com.
+- api: /v1/messages and the start-up reads (policy limits, settings) on api.anthropic.com.
+The switches in QUIET_ENV (each name found in the binary, each checked there):
+- CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: update checks (downloads.claude.ai, the npm
+  registry), the changelog (raw.githubusercontent.com), error logging, /bug and /feedback,
+  the quota probe, bootstrap, the MCP registry and plugin fetches;
+- DISABLE_TELEMETRY: Datadog logs (http-intake.logs.us5.datadoghq.com), first-party event
+  logging (api.anthropic.com/api/event_logging), GrowthBook flags, the /api/hello probe;
+- DISABLE_ERROR_REPORTING, DISABLE_AUTOUPDATER, DISABLE_BUG_COMMAND,
+  CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY: error uploads, the updater, /bug, the survey;
+- BUN_ENABLE_CRASH_REPORTING=0: the runtime's crash uploads to bun.report;
+- ENABLE_CLAUDEAI_MCP_SERVERS=false: the claude.ai connectors (mcp-proxy.anthropic.com).
+The truthiness tests differ (some take any non-empty value, some 1/true/yes/on): "1" suits
+all but the two that mean off.
 """
 
 from __future__ import annotations
@@ -58,6 +83,18 @@ from .base import (
 
 CREDENTIALS = ".claude/.credentials.json"
 ACCOUNT = ".claude.json"
+
+
+QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_BUG_COMMAND": "1",
+    "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
+    "BUN_ENABLE_CRASH_REPORTING": "0",
+    "ENABLE_CLAUDEAI_MCP_SERVERS": "false",
+}
 
 
 def account_info(files: Mapping[str, bytes]) -> AccountInfo:
@@ -111,6 +148,10 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(CREDENTIALS,),
     setup_files=setup_files,
-    egress=EgressHosts(sign_in=("claude.com", "claude.ai"), token=("platform.claude.com",),
-                       api=("api.anthropic.com",)),
+    egress=EgressHosts(
+        sign_in=("claude.com", "claude.ai", "assets.claude.ai", "challenges.cloudflare.com"),
+        token=("platform.claude.com", "api.anthropic.com"),
+        api=("api.anthropic.com",),
+    ),
+    quiet_env=QUIET_ENV,
 )
