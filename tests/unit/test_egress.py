@@ -155,7 +155,11 @@ def test_policies_from_the_specs_and_the_operators_settings():
     browser = allowed_names(settings, "claude_code", browser=True)
     assert {"claude.com", "platform.claude.com", "*.example.org", "accounts.google.com"} <= set(
         browser)
-    assert "claude.ai" not in browser and "api.anthropic.com" not in browser
+    assert "claude.ai" not in browser  # denied by the operator
+    # The CLI's own calls while it signs in (profile, roles) are on the API host.
+    assert "api.anthropic.com" in browser
+    codex_browser, codex_cli = (allowed_names(Settings(), "codex", b) for b in (True, False))
+    assert "chatgpt.com" not in codex_browser and "auth-cdn.oaistatic.com" not in codex_cli
     cli = allowed_names(settings, "claude_code", browser=False)
     assert {"api.anthropic.com", "platform.claude.com", "*.example.org"} <= set(cli)
     assert "accounts.google.com" not in cli and "claude.com" not in cli

@@ -377,7 +377,10 @@ def test_codex_vm_files() -> None:
     config = tomllib.loads(support.pop(".codex/config.toml").decode())
     assert support == {}
     assert config == {"cli_auth_credentials_store": "file", "forced_login_method": "chatgpt",
-                      "check_for_update_on_startup": False}
+                      "check_for_update_on_startup": False, "analytics": {"enabled": False},
+                      "feedback": {"enabled": False},
+                      "otel": {"exporter": "none", "trace_exporter": "none",
+                               "metrics_exporter": "none"}}
 
 
 def test_gemini_cli_vm_files() -> None:

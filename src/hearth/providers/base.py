@@ -55,9 +55,12 @@ class EgressHosts:
         return (*(self.sign_in if browser else self.api), *self.token)
 
 
-# Google's sign-in, for providers that offer "sign in with Google" (settings.google_sso).
+# Google's sign-in page and what it loads (scripts and styles on the gstatic hosts, fonts,
+# reCAPTCHA on www.google.com when Google challenges a sign-in), known from the page, not
+# checkable offline: Gemini CLI's sign-in, and "sign in with Google" for the providers that
+# offer it (settings.google_sso). Its client logging (play.google.com) is left out.
 GOOGLE_SIGN_IN = ("accounts.google.com", "ssl.gstatic.com", "www.gstatic.com",
-                  "fonts.gstatic.com", "fonts.googleapis.com", "play.google.com")
+                  "fonts.gstatic.com", "fonts.googleapis.com", "www.google.com")
 
 
 @dataclass(frozen=True)

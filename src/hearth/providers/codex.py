@@ -37,6 +37,12 @@ stand-in for chatgpt.com and api.openai.com:
 - `codex login status` reads auth.json only, no network or expiry check, on stderr: "Logged
   in using ChatGPT" (exit 0), "Not logged in" (exit 1), "Error checking login status: ..."
   (exit 1). A refresh rewrites auth.json. config.toml passes --strict-config.
+
+Egress, from the binary's strings: the code exchange, refresh and API-key token exchange at
+https://auth.openai.com/oauth/token; prompts at https://chatgpt.com/backend-api/codex
+(responses over a WebSocket first, then HTTPS; models, usage, workspace routing). The
+sign-in page on auth.openai.com loads its assets from auth-cdn.oaistatic.com and may show a
+Cloudflare challenge (challenges.cloudflare.com): known from the page, not checkable here.
 """
 
 from __future__ import annotations
@@ -57,11 +63,18 @@ from .base import (
 AUTH = ".codex/auth.json"
 CONFIG = ".codex/config.toml"
 FILE_STORE = 'cli_auth_credentials_store="file"'
-# The file store, the ChatGPT sign-in only, and no update checks: the version is pinned.
+# The file store, the ChatGPT sign-in only, no update checks (registry.npmjs.org,
+# api.github.com, formulae.brew.sh: the version is pinned), no analytics events
+# (chatgpt.com/backend-api/codex/analytics-events), no feedback uploads (Sentry) and no
+# OpenTelemetry export (the statsig exporter to ab.chatgpt.com). Each key parses under
+# --strict-config at the pinned version, which refuses unknown ones.
 CONFIG_TOML = (
     'cli_auth_credentials_store = "file"\n'
     'forced_login_method = "chatgpt"\n'
     "check_for_update_on_startup = false\n"
+    "\n[analytics]\nenabled = false\n"
+    "\n[feedback]\nenabled = false\n"
+    '\n[otel]\nexporter = "none"\ntrace_exporter = "none"\nmetrics_exporter = "none"\n'
 )
 
 
@@ -104,6 +117,10 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(AUTH,),
     setup_files=setup_files,
-    egress=EgressHosts(sign_in=("auth.openai.com",), token=("auth.openai.com",),
-                       api=("chatgpt.com",)),
+    pre_login_files={CONFIG: CONFIG_TOML},
+    egress=EgressHosts(
+        sign_in=("auth.openai.com", "auth-cdn.oaistatic.com", "challenges.cloudflare.com"),
+        token=("auth.openai.com",),
+        api=("chatgpt.com",),
+    ),
 )

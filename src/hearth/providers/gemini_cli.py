@@ -41,6 +41,19 @@ checks the cached token online before anything else):
 - No status command exists; `--prompt=/quit` runs that start-up check and then /quit, which
   -p refuses, with no model request: exit 42, "Exiting due to command result that is not
   supported in non-interactive mode.". Tools that would ask are denied in -p mode.
+
+Egress, from the bundle: google-auth-library's endpoints (oauth2AuthBaseUrl accounts.google.
+com/o/oauth2/v2/auth, oauth2TokenUrl and tokenInfoUrl on oauth2.googleapis.com), the e-mail
+from www.googleapis.com/oauth2/v2/userinfo after sign-in, CODE_ASSIST_ENDPOINT
+https://cloudcode-pa.googleapis.com (v1internal: loadCodeAssist, onboardUser,
+streamGenerateContent, listExperiments, retrieveUserQuota, recordCodeAssistMetrics), and the
+callback's redirect of the browser to SIGN_IN_SUCCESS_URL on developers.google.com. What
+Google's sign-in page loads (GOOGLE_SIGN_IN) is known from the page, not checkable here.
+The switches in SETTINGS are names from the bundle's settings schema: usageStatisticsEnabled
+false stops Clearcut (play.googleapis.com/log; recordCodeAssistMetrics on cloudcode-pa is not
+gated by it), enableAutoUpdateNotification false the npm registry lookup, enableAutoUpdate
+false the self-install, telemetry.enabled false (the default) the OTLP export. There is no
+error reporting service in the bundle.
 """
 
 from __future__ import annotations
@@ -49,15 +62,27 @@ import json
 import re
 from collections.abc import Mapping
 
-from .base import AccountInfo, EgressHosts, ProviderSpec, email, epoch_seconds, json_file
+from .base import (
+    GOOGLE_SIGN_IN,
+    AccountInfo,
+    EgressHosts,
+    ProviderSpec,
+    email,
+    epoch_seconds,
+    json_file,
+)
 
 CREDS = ".gemini/oauth_creds.json"
 ACCOUNTS = ".gemini/google_accounts.json"
 SETTINGS_FILE = ".gemini/settings.json"
 SETTINGS = {
     "security": {"auth": {"selectedType": "oauth-personal"}},
-    # The version is pinned in the image; an update must not start mid-login.
-    "general": {"enableAutoUpdate": False},
+    # The version is pinned in the image: no self-install (enableAutoUpdate) and no version
+    # lookup on registry.npmjs.org either (enableAutoUpdateNotification gates the lookup).
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+    # No Clearcut usage statistics (play.googleapis.com/log) and no OpenTelemetry export.
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
 }
 
 
@@ -112,6 +137,10 @@ SPEC = ProviderSpec(
     status_check=status_check,
     token_files=(CREDS,),
     setup_files=setup_files,
-    egress=EgressHosts(sign_in=("accounts.google.com",), token=("oauth2.googleapis.com",),
-                       api=("cloudcode-pa.googleapis.com", "www.googleapis.com")),
+    egress=EgressHosts(
+        # Google's sign-in, then the CLI's redirect to its success page.
+        sign_in=(*GOOGLE_SIGN_IN, "developers.google.com"),
+        token=("oauth2.googleapis.com", "www.googleapis.com"),
+        api=("cloudcode-pa.googleapis.com",),
+    ),
 )
