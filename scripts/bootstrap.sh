@@ -14,6 +14,7 @@ packages=(
   chromium tigervnc-standalone-server tigervnc-tools  # tests: a real browser, a real VNC server
   dnsmasq-base nginx-light tinyproxy microsocks      # tests: the fake internet's resolver, web
                                                      # servers and upstream proxies
+  iputils-ping                                       # tests: ICMP from a VM's address
 )
 missing=()
 for p in "${packages[@]}"; do

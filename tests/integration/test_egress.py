@@ -134,6 +134,18 @@ except OSError as e:
     assert not run_json(vm, code, address=WEB)["ok"]
 
 
+def test_icmp_reaches_the_gateway_and_nothing_beyond(setup):
+    r, _ = setup
+    vm = r.browser_vm("claude_code")
+
+    def ping(address: str) -> int:
+        return subprocess.run(["ip", "netns", "exec", vm.namespace, "ping", "-c", "1", "-W",
+                               "2", address], capture_output=True).returncode
+
+    assert ping(str(r.settings.gateway.ip)) == 0
+    assert ping(WEB) != 0 and ping(CONTROLLER_SIDE) != 0
+
+
 def test_a_cli_vm_reaches_its_users_providers_api_and_token_hosts_only(setup):
     r, ca = setup
     vm = r.cli_vm("bob", ("claude_code",))
