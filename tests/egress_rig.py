@@ -126,6 +126,7 @@ class Rig:
                       "dev", "eth0"],
                      ["-n", ns, "route", "add", "default", "via", str(self.settings.gateway.ip)]):
             subprocess.run(["ip", *argv], check=True)
+        VmNetwork.from_settings(self.settings).bind_port(port, mac_for(ip), ip)
         return FakeVm(vm_id, ip, ns)
 
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from hearth.api.keys import create_key
+from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
 from hearth.waiting import wait_for
 from tests.egress_rig import HTTP_GET, HTTPS_GET, RESOLVE, rig, run_json
@@ -144,6 +145,26 @@ def test_icmp_reaches_the_gateway_and_nothing_beyond(setup):
 
     assert ping(str(r.settings.gateway.ip)) == 0
     assert ping(WEB) != 0 and ping(CONTROLLER_SIDE) != 0
+
+
+@pytest.mark.parametrize("what", ["address", "address and MAC"])
+def test_a_vm_cannot_pass_for_another(setup, what):
+    r, _ = setup
+    victim = r.cli_vm(f"frank-{len(what)}", ("claude_code",))
+    spoofer = r.browser_vm("codex")
+    assert run_json(victim, RESOLVE, name="api.anthropic.com")["ok"]
+    assert not run_json(spoofer, RESOLVE, name="api.anthropic.com")["ok"]
+    prefix = r.settings.gateway.network.prefixlen
+    steps = [["addr", "flush", "dev", "eth0"],
+             ["addr", "add", f"{victim.ip}/{prefix}", "dev", "eth0"],
+             ["route", "add", "default", "via", str(r.settings.gateway.ip)]]
+    if what == "address and MAC":
+        steps.insert(0, ["link", "set", "eth0", "address", mac_for(victim.ip)])
+    for step in steps:
+        subprocess.run(["ip", "-n", spoofer.namespace, *step], check=True)
+    got = run_json(spoofer, RESOLVE, name="api.anthropic.com")
+    assert not got["ok"], got  # its frames are dropped at its port
+    assert run_json(victim, RESOLVE, name="api.anthropic.com")["ok"]
 
 
 def test_a_cli_vm_reaches_its_users_providers_api_and_token_hosts_only(setup):

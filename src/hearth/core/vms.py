@@ -189,7 +189,7 @@ class VmManager:
 
     def _plug(self, vm: Vm) -> None:
         self.network.ensure()
-        self.network.add_tap(vm.tap)
+        self.network.add_tap(vm.tap, vm.mac, vm.ip)
 
     def _boot(self, vm: Vm) -> None:
         self._update(vm.id, state=VmState.booting, boot_started=time.time())

@@ -24,7 +24,8 @@ def ruleset(net: VmNetwork) -> str:
         if net.netns
         else ""
     )
-    return f"""table inet hearth
+    return f"""{_port_bindings(net)}
+table inet hearth
 delete table inet hearth
 table inet hearth {{
     chain prerouting {{
@@ -53,3 +54,21 @@ table inet hearth {{
     }}
 }}
 """
+
+
+def _port_bindings(net: VmNetwork) -> str:
+    """The `bridge hearth` table: its set of (port, MAC, address) bindings outlives reloads
+    (declared, never deleted; VmNetwork.add_tap fills it), its rules are replaced."""
+    ports = f'iifname "{net.tap_prefix}*"'
+    return f"""table bridge hearth {{
+    set ports {{ type ifname . ether_addr . ipv4_addr; }}
+    chain prerouting {{ type filter hook prerouting priority -200; policy accept; }}
+}}
+flush chain bridge hearth prerouting
+table bridge hearth {{
+    chain prerouting {{
+        {ports} ether type ip iifname . ether saddr . ip saddr != @ports drop
+        {ports} ether type arp iifname . ether saddr . arp saddr ip != @ports drop
+        {ports} ether type != {{ ip, arp }} drop
+    }}
+}}"""

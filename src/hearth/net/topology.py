@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -89,8 +90,9 @@ class VmNetwork:
             with self._controller_side() as ip:
                 for index in ip.link_lookup(ifname=self.bridge):
                     ip.link("del", index=index)
-            subprocess.run([*self._in(self.controller_netns), "nft", "delete", "table", "inet",
-                            "hearth"], check=False, capture_output=True)
+            for family in ("inet", "bridge"):
+                subprocess.run([*self._in(self.controller_netns), "nft", "delete", "table",
+                                family, "hearth"], check=False, capture_output=True)
 
     def exists(self) -> bool:
         if not self._netns_exists():
@@ -134,18 +136,41 @@ class VmNetwork:
 
     # -- TAPs --------------------------------------------------------------------------------
 
-    def add_tap(self, name: str) -> None:
-        """A persistent TAP on the bridge, isolated from the other VMs' ports."""
+    def add_tap(self, name: str, mac: str, address: str) -> None:
+        """A persistent TAP on the bridge, isolated from the other VMs' ports, that passes only
+        `mac` and `address` (the VM's lease)."""
         with self._vm_side() as ip:
             index = _ensure_link(ip, name, kind="tuntap", mode="tap", ifr={"no_pi": True})
             bridge = _index(ip, self.bridge)
             ip.link("set", index=index, master=bridge, state="up")
             ip.brport("set", index=index, isolated=1)
+        self.bind_port(name, mac, address)
+
+    def bind_port(self, name: str, mac: str, address: str) -> None:
+        """Let bridge port `name` pass frames from `mac` with `address` (and nothing else)."""
+        element = f'{{ "{name}" . {mac} . {ipaddress.IPv4Address(address)} }}'
+        self._exec(["nft", "add", "element", "bridge", "hearth", "ports", element],
+                   f"binding {name} to {address}")
 
     def remove_tap(self, name: str) -> None:
         with self._vm_side() as ip:
             for index in ip.link_lookup(ifname=name):
                 ip.link("del", index=index)
+        for element in self._bindings(name):
+            self._exec(["nft", "delete", "element", "bridge", "hearth", "ports", element],
+                       f"unbinding {name}")
+
+    def _bindings(self, name: str) -> list[str]:
+        if not self._netns_exists():
+            return []
+        listed = subprocess.run([*self._in(self.vm_netns), "nft", "-j", "list", "set",
+                                 "bridge", "hearth", "ports"], capture_output=True, text=True)
+        if listed.returncode != 0:  # no table yet: nothing is bound
+            return []
+        sets = [item["set"] for item in json.loads(listed.stdout)["nftables"] if "set" in item]
+        return [f'{{ "{port}" . {mac} . {address} }}'
+                for port, mac, address in (e["concat"] for s in sets for e in s.get("elem", []))
+                if port == name]
 
     def taps(self) -> list[str]:
         """Every TAP with Hearth's prefix, whether or not a VM still owns it."""
