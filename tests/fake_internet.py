@@ -25,11 +25,14 @@ LINK = ipaddress.IPv4Network("192.0.2.0/24")
 CONTROLLER_SIDE, INTERNET_SIDE = "192.0.2.1", "192.0.2.2"  # the link's two ends
 WEB = "198.51.100.10"
 RESOLVER = "198.51.100.53"
+# A private address the web server also answers on: reachable only as the operator's named
+# internal host (HEARTH_EGRESS_HOSTS), never through DNS.
+INTRANET = "10.99.0.10"
 HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
 HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
 SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "example.org",
-         "example.net")
+         "example.net", "intranet.example.org")
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.
 TRAPS = {"internal.example.org": "10.20.30.40", "metadata.example.org": "169.254.169.254",
          "controller.example.org": CONTROLLER_SIDE}
@@ -68,7 +71,7 @@ def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]
     with sandbox("hearth-test-inet") as ns, contextlib.ExitStack() as stack:
         link(controller_ns, ns, LINK)
         _ip(controller_ns, "route", "replace", "default", "via", INTERNET_SIDE)
-        for address in (WEB, RESOLVER, HTTP_PROXY, SOCKS_PROXY):
+        for address in (WEB, RESOLVER, HTTP_PROXY, SOCKS_PROXY, INTRANET):
             _ip(ns, "addr", "add", f"{address}/32", "dev", "lo")
         ca = CertAuthority.create()
         inet = FakeInternet(ns, directory, ca, "hearth", secrets.token_urlsafe(12))
@@ -105,7 +108,8 @@ def _nginx(inet: FakeInternet, run) -> None:
         cert, key = inet.ca.issue([name], d / "certs")
         servers.append(f"""
     server {{
-        listen {WEB}:443 ssl; listen {WEB}:80; server_name {name};
+        listen {WEB}:443 ssl; listen {WEB}:80; listen {INTRANET}:443 ssl;
+        server_name {name};
         ssl_certificate {cert}; ssl_certificate_key {key};
         location / {{ return 200 "<!doctype html><title>{name} (test site)</title>
             <h1>hello from {name}</h1>\\n"; }}

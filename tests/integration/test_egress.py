@@ -16,7 +16,7 @@ from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
 from hearth.waiting import wait_for
 from tests.egress_rig import HTTP_GET, HTTPS_GET, RESOLVE, rig, run_json
-from tests.fake_internet import CONTROLLER_SIDE, RESOLVER, WEB
+from tests.fake_internet import CONTROLLER_SIDE, INTRANET, RESOLVER, WEB
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("egress")
-    with rig(tmp, HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}') as r:
+    with rig(tmp, HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}',
+             HEARTH_EGRESS_HOSTS=json.dumps({"intranet.example.org": INTRANET})) as r:
         ca = tmp / "ca.pem"
         ca.write_bytes(r.inet.ca.pem)
         yield r, str(ca)
@@ -102,6 +103,16 @@ def test_allowed_names_that_resolve_where_no_vm_may_go_are_refused(setup, name, 
     refused = wait_for(lambda: [c for c in r.audit(vm) if c.name == name
                                 and c.protocol != "dns"][1:], 10, "the audit")
     assert all(c.verdict == "refused" and why in c.reason for c in refused)
+
+
+def test_a_named_internal_host_is_reached_at_the_operators_address(setup):
+    r, ca = setup
+    vm = r.browser_vm("claude_code")
+    got = run_json(vm, HTTPS_GET, address="intranet.example.org", name="intranet.example.org",
+                   ca=ca)
+    assert got["ok"] and "hello from intranet.example.org" in got["body"], got
+    row = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10, "the audit")
+    assert row[0].address == INTRANET
 
 
 @pytest.mark.parametrize("address, port", [
