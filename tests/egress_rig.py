@@ -22,6 +22,7 @@ import httpx
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.vms import VmManager
 from hearth.demo import forward
 from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
@@ -69,7 +70,7 @@ class Rig:
         assert done.returncode == 0, f"hearth {' '.join(args)}: {done.stderr}{done.stdout}"
         return done.stdout
 
-    def manager(self):
+    def manager(self) -> VmManager:
         return runtime.vm_manager(self.settings)
 
     def browser_vm(self, provider: str, user_id: str = "alice") -> FakeVm:
@@ -132,18 +133,19 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
-        images: Path | None = None, public_port: int = 0, **controller_env: str
-        ) -> Iterator[Rig]:
+        images: Path | None = None, public_port: int = 0, standins: bool = False,
+        **controller_env: str) -> Iterator[Rig]:
     """The controller with egress, the fake internet behind it, until the block ends;
     `upstreams` gives settings that name the fake internet's parts, `images` the built
-    images VMs boot from, `public_port` a loopback port relayed to the controller."""
+    images VMs boot from, `public_port` a loopback port relayed to the controller,
+    `standins` the providers' stand-ins behind their names."""
     with contextlib.ExitStack() as stack:
         controller = stack.enter_context(sandbox())
         home = tmp_path / "home"
         home.mkdir()
         if images:
             (home / "images").symlink_to(images)
-        inet = stack.enter_context(fake_internet(controller, tmp_path / "inet"))
+        inet = stack.enter_context(fake_internet(controller, tmp_path / "inet", standins))
         env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
                "HEARTH_CONTROLLER_NETNS": controller, "HEARTH_EGRESS_RESOLVER": RESOLVER,
                "HEARTH_IDLE_HIBERNATE": "86400", "PYTHONPATH": str(SRC), **controller_env,

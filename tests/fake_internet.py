@@ -13,6 +13,7 @@ import ipaddress
 import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from hearth.net.sandbox import link, nsenter, sandbox
 from hearth.waiting import wait_for
 from tests.certificates import CertAuthority
 
+ROOT = Path(__file__).resolve().parents[1]
 LINK = ipaddress.IPv4Network("192.0.2.0/24")
 CONTROLLER_SIDE, INTERNET_SIDE = "192.0.2.1", "192.0.2.2"  # the link's two ends
 WEB = "198.51.100.10"
@@ -33,6 +35,10 @@ HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
 SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "example.org",
          "example.net", "intranet.example.org")
+# Claude Code's services, answered by tests/standins/anthropic.py when asked for.
+ANTHROPIC_NAMES = ("claude.com", "platform.claude.com", "api.anthropic.com")
+ANTHROPIC_PORT = 9101
+STANDIN_ANSWER = "Hello from the Anthropic stand-in."
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.
 TRAPS = {"internal.example.org": "10.20.30.40", "metadata.example.org": "169.254.169.254",
          "controller.example.org": CONTROLLER_SIDE}
@@ -66,8 +72,10 @@ class FakeInternet:
 
 
 @contextlib.contextmanager
-def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]:
-    """The fake internet behind `controller_ns` (which gets a default route into it)."""
+def fake_internet(controller_ns: str, directory: Path, standins: bool = False
+                  ) -> Iterator[FakeInternet]:
+    """The fake internet behind `controller_ns` (which gets a default route into it); with
+    `standins`, the providers' names are served by their stand-ins (tests/standins/)."""
     with sandbox("hearth-test-inet") as ns, contextlib.ExitStack() as stack:
         link(controller_ns, ns, LINK)
         _ip(controller_ns, "route", "replace", "default", "via", INTERNET_SIDE)
@@ -87,7 +95,13 @@ def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]
                         *[f"--host-record={name},{address}" for name, address in
                           [*((site, WEB) for site in SITES), *TRAPS.items()]]],
             ready=(RESOLVER, 53))
-        _nginx(inet, run)
+        proxied = {}
+        if standins:
+            run("anthropic", [sys.executable, "-m", "tests.standins.anthropic", "--port",
+                              str(ANTHROPIC_PORT), "--answer", STANDIN_ANSWER],
+                ready=("127.0.0.1", ANTHROPIC_PORT))
+            proxied = dict.fromkeys(ANTHROPIC_NAMES, ANTHROPIC_PORT)
+        _nginx(inet, run, proxied)
         (directory / "tinyproxy.conf").write_text(
             f"Port {HTTP_PROXY_PORT}\nListen {HTTP_PROXY}\nBind {HTTP_PROXY}\nTimeout 60\n"
             f"LogFile \"{directory / 'tinyproxy.log'}\"\nLogLevel Connect\nMaxClients 200\n"
@@ -101,18 +115,23 @@ def fake_internet(controller_ns: str, directory: Path) -> Iterator[FakeInternet]
         yield inet
 
 
-def _nginx(inet: FakeInternet, run) -> None:
+def _nginx(inet: FakeInternet, run, proxied: dict[str, int]) -> None:
+    """nginx for every site: a page naming the site, or the site's stand-in behind it."""
     d = inet.directory
     servers = []
     for name in SITES:
         cert, key = inet.ca.issue([name], d / "certs")
+        page = f"""return 200 "<!doctype html><title>{name} (test site)</title>
+            <h1>hello from {name}</h1>\\n";"""
+        if name in proxied:
+            page = (f"proxy_pass http://127.0.0.1:{proxied[name]}; proxy_set_header Host $host;"
+                    " proxy_buffering off; proxy_http_version 1.1;")
         servers.append(f"""
     server {{
         listen {WEB}:443 ssl; listen {WEB}:80; listen {INTRANET}:443 ssl;
         server_name {name};
         ssl_certificate {cert}; ssl_certificate_key {key};
-        location / {{ return 200 "<!doctype html><title>{name} (test site)</title>
-            <h1>hello from {name}</h1>\\n"; }}
+        location / {{ {page} }}
     }}""")
     (d / "nginx.conf").write_text(f"""
 user root; worker_processes 1; daemon off; pid {d / 'nginx.pid'};
@@ -135,7 +154,8 @@ http {{
 def _starter(ns: str, directory: Path, stack: contextlib.ExitStack):
     def run(name: str, argv: list[str], ready: tuple[str, int]) -> None:
         out = (directory / f"{name}.out").open("ab")
-        proc = subprocess.Popen([*nsenter(ns), *argv], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*nsenter(ns), *argv], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT)  # where `python -m tests.…` finds the tests
         out.close()
         stack.callback(_end, proc)
         wait_for(lambda: proc.poll() is not None or _listening(ns, *ready), 20,
