@@ -1,0 +1,97 @@
+"""The real Claude Code in a user's CLI VM against the Anthropic stand-in, through egress:
+its prompt streams back as Server-Sent Events, and with its access token expired it
+refreshes, the rotated tokens are stored as a new version, and the old refresh token is
+refused (one live copy). The tokens come from the stand-in's own sign-in, done the way the
+CLI does it; the browser sign-in through a VM is issue 10's next step."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from hearth.core import runtime
+from tests.e2e.conftest import IMAGES, needs_image
+from tests.egress_rig import rig
+from tests.fake_internet import STANDIN_ANSWER
+from tests.standins.oauth_client import Caller, exchange, sign_in
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+USER = "grace"
+CREDENTIALS, ACCOUNT = ".claude/.credentials.json", ".claude.json"
+
+
+def _files(tokens: dict, expires_at: float) -> dict[str, bytes]:
+    """The files `claude auth login` writes (docs/contracts/claude_code.md, 1.4)."""
+    oauth = {"accessToken": tokens["access_token"], "refreshToken": tokens["refresh_token"],
+             "expiresAt": int(expires_at * 1000), "scopes": tokens["scope"].split(),
+             "subscriptionType": "max"}
+    account = {"accountUuid": tokens["account"]["uuid"],
+               "emailAddress": tokens["account"]["email_address"],
+               "organizationUuid": tokens["organization"]["uuid"]}
+    return {CREDENTIALS: json.dumps({"claudeAiOauth": oauth}).encode(),
+            ACCOUNT: json.dumps({"oauthAccount": account, "hasCompletedOnboarding": True}
+                                ).encode()}
+
+
+def _prompt(r, text: str) -> list[tuple[str, dict, float]]:
+    events = []
+    with r.api.stream("POST", "/api/prompts", timeout=None, json={
+            "user_id": USER, "provider": "claude_code", "prompt": text}) as response:
+        assert response.status_code == 200, response.read()
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:]), time.monotonic()))
+    return events
+
+
+def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
+    needs_image("cli")
+    ca = tmp_path / "ca.pem"
+
+    def settings(inet) -> dict[str, str]:
+        ca.write_bytes(inet.ca.pem)
+        return {"HEARTH_VM_CA_FILE": str(ca)}
+
+    with rig(tmp_path, settings, images=IMAGES, standins=True) as r:
+        call = Caller(r.controller_ns, ca)
+        (status, _, body), = call(exchange(sign_in(call)))
+        assert status == 200, body
+        tokens = json.loads(body)
+        store = runtime.controller(r.settings).credentials
+        # Stored with the access token already expired: the CLI must refresh first.
+        store.put(USER, "claude_code", _files(tokens, time.time() - 60),
+                  account_email=tokens["account"]["email_address"])
+
+        events = _prompt(r, "Say hello")
+        kinds = [kind for kind, _, _ in events]
+        assert kinds[0] == "connected" and kinds[-1] == "done", events
+        done = events[-1][1]
+        assert done["exit_code"] == 0 and done["status"] == "completed", events
+        outputs = [(data, at) for kind, data, at in events if kind == "output"]
+        text = "".join(data["data"] for data, _ in outputs)
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines[-1]["type"] == "result" and lines[-1]["result"] == STANDIN_ANSWER
+        assert outputs[0][1] < events[-1][2]  # the stream came before the end
+        assert done["credentials"] == "updated"
+
+        stored = json.loads(store.files(USER, "claude_code")[CREDENTIALS])["claudeAiOauth"]
+        assert store.info(USER, "claude_code").version == 2
+        assert stored["refreshToken"] != tokens["refresh_token"]
+        # The old refresh token is dead at the provider: only the stored copy lives.
+        (reused, _, error), = call(["POST", "https://platform.claude.com/v1/oauth/token", {
+            "json": {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                     "client_id": "9d1c250a-e61b-44d9-88ed-5944d1962f5e"}}])
+        assert reused == 400 and json.loads(error)["error"] == "invalid_grant"
+
+        again = _prompt(r, "Say hello again")
+        assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
+        for secret in (tokens["access_token"], tokens["refresh_token"], stored["refreshToken"]):
+            assert secret not in r.log.read_text()
+            assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
+        r.hearth("vm", "rm", "--all")
