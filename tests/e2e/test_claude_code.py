@@ -1,17 +1,20 @@
-"""The real Claude Code in a user's CLI VM against the Anthropic stand-in, through egress:
-its prompt streams back as Server-Sent Events, and with its access token expired it
-refreshes, the rotated tokens are stored as a new version, and the old refresh token is
-refused (one live copy). The tokens come from the stand-in's own sign-in, done the way the
-CLI does it; the browser sign-in through a VM is issue 10's next step."""
+"""The real Claude Code against the Anthropic stand-in (tests/standins/anthropic.py), through
+egress: a sign-in in a browser VM, approved through the live view in Chromium; and in a
+user's CLI VM a prompt streamed back as Server-Sent Events, a refresh of an expired token
+stored as a new version, and the old refresh token refused (one live copy)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from hearth.core import runtime
+from hearth.waiting import wait_for
+from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.conftest import IMAGES, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
@@ -95,3 +98,52 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
             assert secret not in r.log.read_text()
             assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
         r.hearth("vm", "rm", "--all")
+
+
+def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
+    needs_image("browser")
+    ca = tmp_path / "ca.pem"
+
+    def settings(inet) -> dict[str, str]:
+        ca.write_bytes(inet.ca.pem)
+        return {"HEARTH_VM_CA_FILE": str(ca)}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with rig(tmp_path, settings, images=IMAGES, standins=True, public_port=port) as r:
+        started = r.api.post("/api/auth/start", json={"user_id": USER,
+                                                      "provider": "claude_code"}).json()
+        path = f"/api/auth/session/{started['session_id']}"
+
+        def status() -> dict:
+            return r.api.get(path).json()
+
+        wait_for(lambda: status()["status"] in ("awaiting_user", "failed"), 600,
+                 "the stand-in's authorize page in Firefox", interval=1)
+        assert status()["status"] == "awaiting_user", status()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(started["connect_url"])
+            canvas = page.locator("canvas").first
+            canvas.wait_for(timeout=60_000)
+            canvas.focus()  # the approve button has autofocus in the VM's Firefox
+            page.keyboard.press("Enter")
+            wait_for(lambda: status()["status"] in ("completed", "failed"), 300,
+                     "the sign-in to end", interval=1)
+            browser.close()
+        session = status()
+        assert session["status"] == "completed", session
+        credentials = r.api.get(f"{path}/credentials/status").json()
+        assert credentials["status"] == "ready"
+        assert credentials["account_email"] == "tester@example.com"
+        store = runtime.controller(r.settings).credentials
+        files = store.files(USER, "claude_code")
+        oauth = json.loads(files[CREDENTIALS])["claudeAiOauth"]
+        assert oauth["subscriptionType"] == "max" and oauth["refreshToken"]
+        for secret in (oauth["accessToken"], oauth["refreshToken"]):
+            assert secret not in r.log.read_text()
+            assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
+            for console in (r.settings.vms_dir).glob("*/console.log"):
+                assert secret not in console.read_text(errors="replace")
