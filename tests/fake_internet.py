@@ -33,12 +33,15 @@ INTRANET = "10.99.0.10"
 HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
 HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
-SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "example.org",
-         "example.net", "intranet.example.org")
-# Claude Code's services, answered by tests/standins/anthropic.py when asked for.
-ANTHROPIC_NAMES = ("claude.com", "platform.claude.com", "api.anthropic.com")
-ANTHROPIC_PORT = 9101
-STANDIN_ANSWER = "Hello from the Anthropic stand-in."
+SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "auth.openai.com",
+         "chatgpt.com", "example.org", "example.net", "intranet.example.org")
+# The providers' services, answered by their stand-ins (tests/standins/) when asked for:
+# module -> (its port in the fake internet, the names it serves).
+STANDINS = {
+    "anthropic": (9101, ("claude.com", "platform.claude.com", "api.anthropic.com")),
+    "openai": (9102, ("auth.openai.com", "chatgpt.com")),
+}
+STANDIN_ANSWER = "Hello from the provider's stand-in."
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.
 TRAPS = {"internal.example.org": "10.20.30.40", "metadata.example.org": "169.254.169.254",
          "controller.example.org": CONTROLLER_SIDE}
@@ -95,12 +98,11 @@ def fake_internet(controller_ns: str, directory: Path, standins: bool = False
                         *[f"--host-record={name},{address}" for name, address in
                           [*((site, WEB) for site in SITES), *TRAPS.items()]]],
             ready=(RESOLVER, 53))
-        proxied = {}
-        if standins:
-            run("anthropic", [sys.executable, "-m", "tests.standins.anthropic", "--port",
-                              str(ANTHROPIC_PORT), "--answer", STANDIN_ANSWER],
-                ready=("127.0.0.1", ANTHROPIC_PORT))
-            proxied = dict.fromkeys(ANTHROPIC_NAMES, ANTHROPIC_PORT)
+        proxied: dict[str, int] = {}
+        for module, (port, names) in STANDINS.items() if standins else ():
+            run(module, [sys.executable, "-m", f"tests.standins.{module}", "--port", str(port),
+                         "--answer", STANDIN_ANSWER], ready=("127.0.0.1", port))
+            proxied.update(dict.fromkeys(names, port))
         _nginx(inet, run, proxied)
         (directory / "tinyproxy.conf").write_text(
             f"Port {HTTP_PROXY_PORT}\nListen {HTTP_PROXY}\nBind {HTTP_PROXY}\nTimeout 60\n"

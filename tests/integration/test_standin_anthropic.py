@@ -44,7 +44,7 @@ def test_a_sign_in_gives_tokens_that_open_the_profile_and_messages(standin):
     assert json.loads(profile[2])["account"]["email"] == "tester@example.com"
     assert profile[1]["request-id"].startswith("req_")
     assert stream[1]["content-type"].startswith("text/event-stream")
-    assert "event: message_stop" in stream[2] and "Anthropic" in stream[2]
+    assert "event: message_stop" in stream[2] and "stand-in" in stream[2]
     assert wrong[0] == 401 and "authentication_error" in wrong[2]
 
 

@@ -49,7 +49,6 @@ class State:
     access: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch s)
     refresh: set[str] = field(default_factory=set)  # live refresh tokens
     used_refresh: set[str] = field(default_factory=set)
-    log: list[dict] = field(default_factory=list)  # what was asked, for the tests
 
     def issue(self) -> dict:
         access, refresh = f"sk-ant-oat01-{secrets.token_urlsafe(24)}", \
@@ -104,7 +103,6 @@ def app(state: State) -> Starlette:
 
     async def token(request: Request) -> Response:
         body = await request.json()
-        state.log.append({"path": "/v1/oauth/token", "grant_type": body.get("grant_type")})
         if body.get("client_id") != CLIENT_ID:
             return JSONResponse({"error": "invalid_client"}, 401)
         if body.get("grant_type") == "authorization_code":
@@ -151,7 +149,6 @@ def app(state: State) -> Starlette:
 
     async def messages(request: Request) -> Response:
         token_ = bearer(request)
-        state.log.append({"path": "/v1/messages", "authorized": token_ is not None})
         if token_ is None:
             return _error(401, "authentication_error", "Invalid bearer token")
         if "oauth-2025-04-20" not in request.headers.get("anthropic-beta", ""):
@@ -193,7 +190,6 @@ def app(state: State) -> Starlette:
               Route("/api/oauth/profile", profile),
               Route("/api/oauth/claude_cli/roles", roles),
               Route("/v1/messages", messages, methods=["POST"]),
-              Route("/_test/log", lambda r: JSONResponse(state.log)),
               Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])]
     return Starlette(routes=routes)
 

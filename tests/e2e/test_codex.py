@@ -1,0 +1,107 @@
+"""The real Codex in a user's CLI VM against the OpenAI stand-in (tests/standins/openai.py),
+through egress: a prompt streams back as Server-Sent Events, an access token about to expire
+is refreshed, the rotated tokens are stored as a new version, and the old refresh token is
+refused (one live copy)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from hearth.core import runtime
+from tests.e2e.conftest import IMAGES, needs_image
+from tests.egress_rig import rig
+from tests.fake_internet import STANDIN_ANSWER
+from tests.standins.oauth_client import Caller
+from tests.standins.openai import ACCOUNT_ID, CLIENT_ID, jwt
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+USER = "heidi"
+AUTH = ".codex/auth.json"
+TOKEN_URL = "https://auth.openai.com/oauth/token"
+REDIRECT = "http://127.0.0.1:1455/auth/callback"
+
+
+def _tokens(call: Caller) -> dict:
+    """Tokens from the stand-in's sign-in, done as `codex login` does it (PKCE, form)."""
+    verifier = "v" * 64
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
+                                         ).rstrip(b"=").decode()
+    params = {"response_type": "code", "client_id": CLIENT_ID, "redirect_uri": REDIRECT,
+              "code_challenge": challenge, "code_challenge_method": "S256", "state": "st"}
+    _, approved = call(["GET", "https://auth.openai.com/oauth/authorize", {"params": params}],
+                       ["POST", "https://auth.openai.com/oauth/approve", {"data": params}])
+    code = parse_qs(urlsplit(approved[1]["location"]).query)["code"][0]
+    (status, _, body), = call(["POST", TOKEN_URL, {"data": {
+        "grant_type": "authorization_code", "client_id": CLIENT_ID, "code": code,
+        "redirect_uri": REDIRECT, "code_verifier": verifier}}])
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _prompt(r, text: str) -> list[tuple[str, dict]]:
+    events, kind = [], None
+    with r.api.stream("POST", "/api/prompts", timeout=None, json={
+            "user_id": USER, "provider": "codex", "prompt": text}) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    return events
+
+
+def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
+    needs_image("cli")
+    ca = tmp_path / "ca.pem"
+
+    def settings(inet) -> dict[str, str]:
+        ca.write_bytes(inet.ca.pem)
+        return {"HEARTH_VM_CA_FILE": str(ca)}
+
+    with rig(tmp_path, settings, images=IMAGES, standins=True) as r:
+        call = Caller(r.controller_ns, ca)
+        tokens = _tokens(call)
+        # The access token the stand-in issued, as if it were about to expire: a JWT with
+        # the same claims but an exp a minute away (the stand-in knows it by its value, so
+        # the refresh is what makes the next request work).
+        payload = tokens["access_token"].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expiring = jwt({**claims, "exp": int(time.time()) + 60})
+        auth = {"auth_mode": "chatgpt", "OPENAI_API_KEY": None,
+                "tokens": {"id_token": tokens["id_token"], "access_token": expiring,
+                           "refresh_token": tokens["refresh_token"], "account_id": ACCOUNT_ID},
+                "last_refresh": datetime.now(UTC).isoformat()}
+        store = runtime.controller(r.settings).credentials
+        store.put(USER, "codex", {AUTH: json.dumps(auth).encode()},
+                  account_email="tester@example.com")
+
+        events = _prompt(r, "Say hello")
+        kinds = [kind for kind, _ in events]
+        assert kinds[0] == "connected" and kinds[-1] == "done", events
+        done = events[-1][1]
+        text = "".join(data["data"] for kind, data in events if kind == "output")
+        assert done["exit_code"] == 0 and STANDIN_ANSWER in text, events
+        assert done["credentials"] == "updated"
+        stored = json.loads(store.files(USER, "codex")[AUTH])["tokens"]
+        assert store.info(USER, "codex").version == 2
+        assert stored["refresh_token"] != tokens["refresh_token"]
+        (reused, _, error), = call(["POST", TOKEN_URL, {"json": {
+            "client_id": CLIENT_ID, "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"]}}])
+        assert reused == 401 and json.loads(error)["error"]["code"] == "refresh_token_reused"
+
+        again = _prompt(r, "Say hello again")
+        assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
+        for secret in (tokens["refresh_token"], stored["refresh_token"]):
+            assert secret not in r.log.read_text()
+            assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
+        r.hearth("vm", "rm", "--all")
