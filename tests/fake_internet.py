@@ -34,12 +34,15 @@ HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
 HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
 SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "auth.openai.com",
-         "chatgpt.com", "example.org", "example.net", "intranet.example.org")
+         "chatgpt.com", "accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
+         "cloudcode-pa.googleapis.com", "example.org", "example.net", "intranet.example.org")
 # The providers' services, answered by their stand-ins (tests/standins/) when asked for:
 # module -> (its port in the fake internet, the names it serves).
 STANDINS = {
     "anthropic": (9101, ("claude.com", "platform.claude.com", "api.anthropic.com")),
     "openai": (9102, ("auth.openai.com", "chatgpt.com")),
+    "google": (9103, ("accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
+                      "cloudcode-pa.googleapis.com")),
 }
 STANDIN_ANSWER = "Hello from the provider's stand-in."
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.

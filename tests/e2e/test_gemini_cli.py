@@ -1,0 +1,71 @@
+"""The real Gemini CLI in a user's CLI VM against the Google stand-in (tests/standins/
+google.py), through egress: with its access token expired it refreshes at start, checks the
+token, sets up Code Assist, routes the prompt and streams the answer back as Server-Sent
+Events; the refreshed token file is stored as a new version."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from hearth.core import runtime
+from tests.e2e.conftest import IMAGES, needs_image
+from tests.egress_rig import rig
+from tests.fake_internet import STANDIN_ANSWER
+from tests.standins.google import CLIENT_ID, CLIENT_SECRET, EMAIL
+from tests.standins.oauth_client import Caller
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+USER = "ivan"
+CREDS, ACCOUNTS = ".gemini/oauth_creds.json", ".gemini/google_accounts.json"
+REDIRECT = "http://127.0.0.1:45289/oauth2callback"
+
+
+def _tokens(call: Caller) -> dict:
+    """Tokens from the stand-in's sign-in, done as the CLI's browser flow does it."""
+    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "response_type": "code",
+              "access_type": "offline", "scope": "openid", "state": "st"}
+    _, approved = call(
+        ["GET", "https://accounts.google.com/o/oauth2/v2/auth", {"params": params}],
+        ["POST", "https://accounts.google.com/o/oauth2/approve", {"data": params}])
+    code = parse_qs(urlsplit(approved[1]["location"]).query)["code"][0]
+    (status, _, body), = call(["POST", "https://oauth2.googleapis.com/token", {"data": {
+        "grant_type": "authorization_code", "code": code, "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT}}])
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_a_prompt_refreshes_streams_and_the_new_token_is_stored(tmp_path):
+    needs_image("cli")
+    with rig(tmp_path, images=IMAGES, standins=True, trust_ca=True) as r:
+        tokens = _tokens(Caller(r.controller_ns, r.ca))
+        creds = {**tokens, "expiry_date": int((time.time() - 60) * 1000)}  # expired
+        store = runtime.controller(r.settings).credentials
+        store.put(USER, "gemini_cli", {
+            CREDS: json.dumps(creds).encode(),
+            ACCOUNTS: json.dumps({"active": EMAIL, "old": []}).encode()}, account_email=EMAIL)
+
+        events = r.prompt(USER, "gemini_cli", "Say hello")
+        kinds = [kind for kind, _, _ in events]
+        assert kinds[0] == "connected" and kinds[-1] == "done", events
+        done = events[-1][1]
+        text = "".join(data["data"] for kind, data, _ in events if kind == "output")
+        assert done["exit_code"] == 0, events
+        answer = "".join(json.loads(line).get("content", "") for line in text.splitlines()
+                         if line.startswith("{") and '"role":"assistant"' in line)
+        assert answer == STANDIN_ANSWER, text
+        assert done["credentials"] == "updated"
+        stored = json.loads(store.files(USER, "gemini_cli")[CREDS])
+        assert stored["access_token"] != tokens["access_token"]
+        assert stored["refresh_token"] == tokens["refresh_token"]  # Google's do not rotate
+        assert stored["expiry_date"] > time.time() * 1000
+        assert store.info(USER, "gemini_cli").version == 2
+        for secret in (tokens["access_token"], tokens["refresh_token"], stored["access_token"]):
+            assert secret not in r.log.read_text()
+            assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
+        r.hearth("vm", "rm", "--all")
