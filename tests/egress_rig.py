@@ -9,8 +9,10 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +63,21 @@ class Rig:
     stack: contextlib.ExitStack
     env: dict[str, str]
     controller_pid: int
+    ca: Path  # the fake internet's CA, as a PEM file
+
+    def prompt(self, user_id: str, provider: str, text: str
+               ) -> list[tuple[str, dict, float]]:
+        """POST /api/prompts: each Server-Sent Event (kind, data, when it came)."""
+        events, kind = [], None
+        with self.api.stream("POST", "/api/prompts", timeout=None, json={
+                "user_id": user_id, "provider": provider, "prompt": text}) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    events.append((kind, json.loads(line[6:]), time.monotonic()))
+        return events
 
     def hearth(self, *args: str, timeout: float = 600) -> str:
         """A `hearth` command as the controller would run it; its output."""
@@ -133,12 +150,13 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
-        images: Path | None = None, public_port: int = 0, standins: bool = False,
-        **controller_env: str) -> Iterator[Rig]:
+        images: Path | None = None, browsers: bool = False, standins: bool = False,
+        trust_ca: bool = False, **controller_env: str) -> Iterator[Rig]:
     """The controller with egress, the fake internet behind it, until the block ends;
     `upstreams` gives settings that name the fake internet's parts, `images` the built
-    images VMs boot from, `public_port` a loopback port relayed to the controller,
-    `standins` the providers' stand-ins behind their names."""
+    images VMs boot from, `browsers` a loopback port relayed to the controller (for a live
+    view), `standins` the providers' stand-ins behind their names, `trust_ca` the test CA
+    handed to every VM (HEARTH_VM_CA_FILE)."""
     with contextlib.ExitStack() as stack:
         controller = stack.enter_context(sandbox())
         home = tmp_path / "home"
@@ -154,6 +172,11 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
         stack.callback(VmNetwork.from_settings(settings).teardown)
         db = runtime.open_database(settings)
         socket_path = home / "controller.sock"
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(inet.ca.pem)
+        if trust_ca:
+            env["HEARTH_VM_CA_FILE"] = str(ca)
+        public_port = _free_port() if browsers else 0
         if public_port:  # browsers on this machine reach the controller there
             env["HEARTH_PUBLIC_URL"] = f"http://localhost:{public_port}"
         log = tmp_path / "controller.log"
@@ -178,7 +201,13 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
         wait_for(answers, 60, "the controller")
         if public_port:
             stack.enter_context(forward(public_port, socket_path))
-        yield Rig(settings, db, inet, controller, api, log, stack, env, proc.pid)
+        yield Rig(settings, db, inet, controller, api, log, stack, env, proc.pid, ca)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from hearth.waiting import Timeout, wait_for
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
@@ -61,6 +63,45 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         text = f"{status.get_attribute('data-status')}: {status.inner_text()}"
         browser.close()
     print(json.dumps({"status": text, "screenshots": taken}))
+
+
+def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
+    """A sign-in to a provider's stand-in on an egress rig (tests/egress_rig.py): started
+    through the API, approved through the live view (Enter on the page the VM's Firefox
+    shows: the stand-ins focus their approve button); the session as it ended."""
+    started = rig.api.post("/api/auth/start", json={"user_id": user_id,
+                                                    "provider": provider}).json()
+    path = f"/api/auth/session/{started['session_id']}"
+
+    def ended(statuses: tuple[str, ...]) -> dict | None:
+        session = rig.api.get(path).json()
+        return session if session["status"] in statuses else None
+
+    session = wait_for(lambda: ended(("awaiting_user", *END_STATES)), 600,
+                       "the stand-in's authorize page in Firefox", interval=1)
+    if session["status"] != "awaiting_user":
+        return session
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(started["connect_url"])
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=60_000)
+        canvas.focus()  # without a click, which could take the button's focus away
+
+        def approved() -> dict | None:
+            # A key sent before the viewer's VNC connection is up is lost: send it again
+            # until the sign-in ends (Enter on the CLI's success page does nothing).
+            page.keyboard.press("Enter")
+            try:
+                return wait_for(lambda: ended(END_STATES), 15, "the sign-in to end",
+                                interval=1)
+            except Timeout:
+                return None
+
+        session = wait_for(approved, 300, "the sign-in to end after approval", interval=0)
+        browser.close()
+    return session
 
 
 def sign_in(stack, user_id: str, shots: Path) -> dict:

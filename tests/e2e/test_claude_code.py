@@ -6,15 +6,12 @@ stored as a new version, and the old refresh token refused (one live copy)."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from hearth.core import runtime
-from hearth.waiting import wait_for
-from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.browser_user import sign_in_with_standin
 from tests.e2e.conftest import IMAGES, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
@@ -39,30 +36,10 @@ def _files(tokens: dict, expires_at: float) -> dict[str, bytes]:
                                 ).encode()}
 
 
-def _prompt(r, text: str) -> list[tuple[str, dict, float]]:
-    events = []
-    with r.api.stream("POST", "/api/prompts", timeout=None, json={
-            "user_id": USER, "provider": "claude_code", "prompt": text}) as response:
-        assert response.status_code == 200, response.read()
-        kind = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:]), time.monotonic()))
-    return events
-
-
 def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
     needs_image("cli")
-    ca = tmp_path / "ca.pem"
-
-    def settings(inet) -> dict[str, str]:
-        ca.write_bytes(inet.ca.pem)
-        return {"HEARTH_VM_CA_FILE": str(ca)}
-
-    with rig(tmp_path, settings, images=IMAGES, standins=True) as r:
-        call = Caller(r.controller_ns, ca)
+    with rig(tmp_path, images=IMAGES, standins=True, trust_ca=True) as r:
+        call = Caller(r.controller_ns, r.ca)
         (status, _, body), = call(exchange(sign_in(call)))
         assert status == 200, body
         tokens = json.loads(body)
@@ -71,7 +48,7 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
         store.put(USER, "claude_code", _files(tokens, time.time() - 60),
                   account_email=tokens["account"]["email_address"])
 
-        events = _prompt(r, "Say hello")
+        events = r.prompt(USER, "claude_code", "Say hello")
         kinds = [kind for kind, _, _ in events]
         assert kinds[0] == "connected" and kinds[-1] == "done", events
         done = events[-1][1]
@@ -92,7 +69,7 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
                      "client_id": "9d1c250a-e61b-44d9-88ed-5944d1962f5e"}}])
         assert reused == 400 and json.loads(error)["error"] == "invalid_grant"
 
-        again = _prompt(r, "Say hello again")
+        again = r.prompt(USER, "claude_code", "Say hello again")
         assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
         for secret in (tokens["access_token"], tokens["refresh_token"], stored["refreshToken"]):
             assert secret not in r.log.read_text()
@@ -102,40 +79,11 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
 
 def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
     needs_image("browser")
-    ca = tmp_path / "ca.pem"
-
-    def settings(inet) -> dict[str, str]:
-        ca.write_bytes(inet.ca.pem)
-        return {"HEARTH_VM_CA_FILE": str(ca)}
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with rig(tmp_path, settings, images=IMAGES, standins=True, public_port=port) as r:
-        started = r.api.post("/api/auth/start", json={"user_id": USER,
-                                                      "provider": "claude_code"}).json()
-        path = f"/api/auth/session/{started['session_id']}"
-
-        def status() -> dict:
-            return r.api.get(path).json()
-
-        wait_for(lambda: status()["status"] in ("awaiting_user", "failed"), 600,
-                 "the stand-in's authorize page in Firefox", interval=1)
-        assert status()["status"] == "awaiting_user", status()
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(started["connect_url"])
-            canvas = page.locator("canvas").first
-            canvas.wait_for(timeout=60_000)
-            canvas.focus()  # the approve button has autofocus in the VM's Firefox
-            page.keyboard.press("Enter")
-            wait_for(lambda: status()["status"] in ("completed", "failed"), 300,
-                     "the sign-in to end", interval=1)
-            browser.close()
-        session = status()
+    with rig(tmp_path, images=IMAGES, browsers=True, standins=True, trust_ca=True) as r:
+        session = sign_in_with_standin(r, USER, "claude_code")
         assert session["status"] == "completed", session
-        credentials = r.api.get(f"{path}/credentials/status").json()
+        credentials = r.api.get(
+            f"/api/auth/session/{session['session_id']}/credentials/status").json()
         assert credentials["status"] == "ready"
         assert credentials["account_email"] == "tester@example.com"
         store = runtime.controller(r.settings).credentials

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hearth.core import runtime
+from tests.e2e.browser_user import sign_in_with_standin
 from tests.e2e.conftest import IMAGES, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
@@ -46,29 +47,10 @@ def _tokens(call: Caller) -> dict:
     return json.loads(body)
 
 
-def _prompt(r, text: str) -> list[tuple[str, dict]]:
-    events, kind = [], None
-    with r.api.stream("POST", "/api/prompts", timeout=None, json={
-            "user_id": USER, "provider": "codex", "prompt": text}) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
-    return events
-
-
 def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
     needs_image("cli")
-    ca = tmp_path / "ca.pem"
-
-    def settings(inet) -> dict[str, str]:
-        ca.write_bytes(inet.ca.pem)
-        return {"HEARTH_VM_CA_FILE": str(ca)}
-
-    with rig(tmp_path, settings, images=IMAGES, standins=True) as r:
-        call = Caller(r.controller_ns, ca)
+    with rig(tmp_path, images=IMAGES, standins=True, trust_ca=True) as r:
+        call = Caller(r.controller_ns, r.ca)
         tokens = _tokens(call)
         # The access token the stand-in issued, as if it were about to expire: a JWT with
         # the same claims but an exp a minute away (the stand-in knows it by its value, so
@@ -84,11 +66,11 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
         store.put(USER, "codex", {AUTH: json.dumps(auth).encode()},
                   account_email="tester@example.com")
 
-        events = _prompt(r, "Say hello")
-        kinds = [kind for kind, _ in events]
+        events = r.prompt(USER, "codex", "Say hello")
+        kinds = [kind for kind, _, _ in events]
         assert kinds[0] == "connected" and kinds[-1] == "done", events
         done = events[-1][1]
-        text = "".join(data["data"] for kind, data in events if kind == "output")
+        text = "".join(data["data"] for kind, data, _ in events if kind == "output")
         assert done["exit_code"] == 0 and STANDIN_ANSWER in text, events
         assert done["credentials"] == "updated"
         stored = json.loads(store.files(USER, "codex")[AUTH])["tokens"]
@@ -99,9 +81,23 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
             "refresh_token": tokens["refresh_token"]}}])
         assert reused == 401 and json.loads(error)["error"]["code"] == "refresh_token_reused"
 
-        again = _prompt(r, "Say hello again")
+        again = r.prompt(USER, "codex", "Say hello again")
         assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
         for secret in (tokens["refresh_token"], stored["refresh_token"]):
             assert secret not in r.log.read_text()
             assert secret.encode() not in (r.settings.home / "hearth.db").read_bytes()
         r.hearth("vm", "rm", "--all")
+
+
+def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
+    needs_image("browser")
+    with rig(tmp_path, images=IMAGES, browsers=True, standins=True, trust_ca=True) as r:
+        session = sign_in_with_standin(r, USER, "codex")
+        assert session["status"] == "completed", session
+        credentials = r.api.get(
+            f"/api/auth/session/{session['session_id']}/credentials/status").json()
+        assert credentials["status"] == "ready"
+        assert credentials["account_email"] == "tester@example.com"
+        auth = json.loads(runtime.controller(r.settings).credentials.files(USER, "codex")[AUTH])
+        assert auth["auth_mode"] == "chatgpt" and auth["tokens"]["account_id"] == ACCOUNT_ID
+        assert auth["tokens"]["refresh_token"] not in r.log.read_text()

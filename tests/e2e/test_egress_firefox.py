@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,22 +27,10 @@ ARTIFACTS = Path(os.environ.get("HEARTH_TEST_ARTIFACTS",
 REFUSED_TITLES = ("Server Not Found", "Problem loading page")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_path):
     needs_image("browser")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    ca = tmp_path / "ca.pem"
-
-    def settings(inet) -> dict[str, str]:
-        ca.write_bytes(inet.ca.pem)
-        return {"HEARTH_VM_CA_FILE": str(ca)}
-
-    with rig(tmp_path, settings, images=IMAGES, public_port=_free_port()) as r:
+    with rig(tmp_path, images=IMAGES, browsers=True, trust_ca=True) as r:
         started = r.api.post("/api/auth/start", json={"user_id": "erin",
                                                       "provider": "claude_code"}).json()
         session_id = started["session_id"]

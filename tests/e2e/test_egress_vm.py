@@ -23,14 +23,12 @@ def guests(tmp_path_factory):
     """Two CLI VMs of a user signed in to Claude Code, egress through the HTTP upstream."""
     needs_image("cli")
     tmp = tmp_path_factory.mktemp("egress-vm")
-    ca = tmp / "ca.pem"
 
     def settings(inet) -> dict[str, str]:
-        ca.write_bytes(inet.ca.pem)
-        return {"HEARTH_UPSTREAM_PROXY": inet.http_proxy, "HEARTH_VM_CA_FILE": str(ca),
+        return {"HEARTH_UPSTREAM_PROXY": inet.http_proxy,
                 "HEARTH_EGRESS_ALLOW": json.dumps({"claude_code": ["*.example.org"]})}
 
-    with rig(tmp, settings, images=IMAGES) as r:
+    with rig(tmp, settings, images=IMAGES, trust_ca=True) as r:
         with r.db.session() as s:
             s.add(Credential(user_id="dave", provider="claude_code", version=1, key_id="k",
                              wrapped_key=b"", nonce=b"n", ciphertext=b""))

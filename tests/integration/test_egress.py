@@ -27,9 +27,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("egress")
     with rig(tmp, HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}',
              HEARTH_EGRESS_HOSTS=json.dumps({"intranet.example.org": INTRANET})) as r:
-        ca = tmp / "ca.pem"
-        ca.write_bytes(r.inet.ca.pem)
-        yield r, str(ca)
+        yield r, str(r.ca)
 
 
 def test_an_allowed_name_resolves_to_the_gateway_and_answers_over_https(setup):

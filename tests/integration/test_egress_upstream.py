@@ -17,12 +17,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (network namespaces)")]
 
 
-def _ca(tmp_path, r) -> str:
-    path = tmp_path / "ca.pem"
-    path.write_bytes(r.inet.ca.pem)
-    return str(path)
-
-
 def _secret_nowhere(r, secret: str) -> None:
     """The proxy password is in no log, no audit row and nowhere in the database file."""
     assert secret not in r.log.read_text()
@@ -35,7 +29,7 @@ def test_through_an_http_connect_upstream_the_sites_see_the_proxy(tmp_path):
     with rig(tmp_path, lambda inet: {"HEARTH_UPSTREAM_PROXY": inet.http_proxy}) as r:
         vm = r.browser_vm("claude_code")
         got = run_json(vm, HTTPS_GET, address="claude.com", name="claude.com",
-                       ca=_ca(tmp_path, r))
+                       ca=str(r.ca))
         assert got["ok"] and "hello from claude.com" in got["body"], got
         assert f"{HTTP_PROXY} claude.com https" in r.inet.web_log()
         assert f"{CONTROLLER_SIDE} claude.com" not in r.inet.web_log()
@@ -49,7 +43,7 @@ def test_through_an_http_connect_upstream_the_sites_see_the_proxy(tmp_path):
 def test_per_provider_upstreams_socks5_for_one_direct_for_another(tmp_path):
     with rig(tmp_path, lambda inet: {
             "HEARTH_UPSTREAM_PROXIES": json.dumps({"claude_code": inet.socks_proxy})}) as r:
-        ca = _ca(tmp_path, r)
+        ca = str(r.ca)
         claude, codex = r.browser_vm("claude_code"), r.browser_vm("codex")
         assert run_json(claude, HTTPS_GET, address="claude.com", name="claude.com",
                         ca=ca)["ok"]
@@ -71,7 +65,7 @@ def test_a_wrong_upstream_password_fails_the_sign_in_with_a_clear_error(tmp_path
     with rig(tmp_path, wrong) as r:
         vm = r.browser_vm("claude_code")
         assert not run_json(vm, HTTPS_GET, address="claude.com", name="claude.com",
-                            ca=_ca(tmp_path, r))["ok"]
+                            ca=str(r.ca))["ok"]
         with r.db.session() as s:
             session_id = s.query(AuthSession).filter_by(vm_id=vm.vm_id).one().id
 
