@@ -64,6 +64,9 @@ The switches in QUIET_ENV (each name found in the binary, each checked there):
 - ENABLE_CLAUDEAI_MCP_SERVERS=false: the claude.ai connectors (mcp-proxy.anthropic.com).
 The truthiness tests differ (some take any non-empty value, some 1/true/yes/on): "1" suits
 all but the two that mean off.
+
+The requests the CLI makes and the answers it reads (login, prompt, refresh, errors),
+recorded by running it against stand-ins: docs/contracts/claude_code.md.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ https://auth.openai.com/oauth/token; prompts at https://chatgpt.com/backend-api/
 (responses over a WebSocket first, then HTTPS; models, usage, workspace routing). The
 sign-in page on auth.openai.com loads its assets from auth-cdn.oaistatic.com and may show a
 Cloudflare challenge (challenges.cloudflare.com): known from the page, not checkable here.
+
+The requests the CLI makes and the answers it reads (login, prompt, refresh, errors),
+recorded by running it against stand-ins: docs/contracts/codex.md.
 """
 
 from __future__ import annotations

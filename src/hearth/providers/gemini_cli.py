@@ -54,6 +54,9 @@ false stops Clearcut (play.googleapis.com/log; recordCodeAssistMetrics on cloudc
 gated by it), enableAutoUpdateNotification false the npm registry lookup, enableAutoUpdate
 false the self-install, telemetry.enabled false (the default) the OTLP export. There is no
 error reporting service in the bundle.
+
+The requests the CLI makes and the answers it reads (login, prompt, refresh, errors),
+recorded by running it against stand-ins: docs/contracts/gemini_cli.md.
 """
 
 from __future__ import annotations
