@@ -168,14 +168,14 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
                "HEARTH_CONTROLLER_NETNS": controller, "HEARTH_EGRESS_RESOLVER": RESOLVER,
                "HEARTH_IDLE_HIBERNATE": "86400", "PYTHONPATH": str(SRC), **controller_env,
                **(upstreams(inet) if upstreams else {})}
-        settings = Settings.from_environ(env)
-        stack.callback(VmNetwork.from_settings(settings).teardown)
-        db = runtime.open_database(settings)
-        socket_path = home / "controller.sock"
         ca = tmp_path / "ca.pem"
         ca.write_bytes(inet.ca.pem)
         if trust_ca:
             env["HEARTH_VM_CA_FILE"] = str(ca)
+        settings = Settings.from_environ(env)
+        stack.callback(VmNetwork.from_settings(settings).teardown)
+        db = runtime.open_database(settings)
+        socket_path = home / "controller.sock"
         public_port = _free_port() if browsers else 0
         if public_port:  # browsers on this machine reach the controller there
             env["HEARTH_PUBLIC_URL"] = f"http://localhost:{public_port}"
