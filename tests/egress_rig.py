@@ -87,6 +87,15 @@ class Rig:
         assert done.returncode == 0, f"hearth {' '.join(args)}: {done.stderr}{done.stdout}"
         return done.stdout
 
+    def assert_nowhere(self, *secrets: str) -> None:
+        """No secret is in the controller's log, the database file or any VM's console."""
+        log, db = self.log.read_text(), (self.settings.home / "hearth.db").read_bytes()
+        consoles = [c.read_text(errors="replace")
+                    for c in self.settings.vms_dir.glob("*/console.log")]
+        for secret in secrets:
+            assert secret not in log and secret.encode() not in db
+            assert not any(secret in console for console in consoles)
+
     def manager(self) -> VmManager:
         return runtime.vm_manager(self.settings)
 

@@ -9,12 +9,14 @@ demo sign-in with it, for tests and benches that need a signed-in user.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Locator, Page, sync_playwright
 
 from hearth.waiting import Timeout, wait_for
 
@@ -65,6 +67,21 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
     print(json.dumps({"status": text, "screenshots": taken}))
 
 
+@contextlib.contextmanager
+def live_view(connect_url: str) -> Iterator[tuple[Page, Locator]]:
+    """Chromium on a session's connect page, once its viewer's canvas is there."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(connect_url)
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=60_000)
+        try:
+            yield page, canvas
+        finally:
+            browser.close()
+
+
 def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
     """A sign-in to a provider's stand-in on an egress rig (tests/egress_rig.py): started
     through the API, approved through the live view (Enter on the page the VM's Firefox
@@ -81,12 +98,7 @@ def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
                        "the stand-in's authorize page in Firefox", interval=1)
     if session["status"] != "awaiting_user":
         return session
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(started["connect_url"])
-        canvas = page.locator("canvas").first
-        canvas.wait_for(timeout=60_000)
+    with live_view(started["connect_url"]) as (page, canvas):
         canvas.focus()  # without a click, which could take the button's focus away
 
         def approved() -> dict | None:
@@ -99,9 +111,7 @@ def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
             except Timeout:
                 return None
 
-        session = wait_for(approved, 300, "the sign-in to end after approval", interval=0)
-        browser.close()
-    return session
+        return wait_for(approved, 300, "the sign-in to end after approval", interval=0)
 
 
 def sign_in(stack, user_id: str, shots: Path) -> dict:

@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from hearth.net.sandbox import inside
 from hearth.store.models import AuthSession
 from hearth.waiting import wait_for
-from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.browser_user import live_view
 from tests.e2e.conftest import IMAGES, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import CONTROLLER_SIDE
@@ -51,12 +50,7 @@ def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_
                 return agent.login_status()["firefox"]["title"] or ""
 
         assert "claude.com" in title() and not title().startswith(REFUSED_TITLES), title()
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(started["connect_url"])
-            canvas = page.locator("canvas").first
-            canvas.wait_for(timeout=60_000)
+        with live_view(started["connect_url"]) as (_, canvas):
             allowed = wait_for(lambda: _painted(canvas), 60, "the live view to paint")
             (ARTIFACTS / "01-allowed-claude.com.png").write_bytes(allowed)
 
@@ -67,7 +61,6 @@ def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_
             refused = wait_for(lambda: (shot := _painted(canvas)) != allowed and shot, 60,
                                "the live view to show the error page")
             (ARTIFACTS / "02-refused-example.net.png").write_bytes(refused)
-            browser.close()
         def names(verdict: str) -> set[str]:
             rows = r.api.get("/api/admin/egress", params={
                 "vm_id": vm.id, "verdict": verdict, "limit": 1000}).json()["connections"]

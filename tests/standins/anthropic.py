@@ -6,12 +6,11 @@ It checks what the real services check: the client id, PKCE (S256), the redirect
 state of the authorization, a code used once, Bearer tokens it issued and has not revoked,
 and refresh tokens that rotate (a used one is refused with invalid_grant).
 
-Run:  python -m tests.standins.anthropic --host 127.0.0.1 --port 9101 --email E --answer A
+Run:  python -m tests.standins.anthropic --host 127.0.0.1 --port 9101 --answer A
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import html
@@ -22,11 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.standins import serve
 
 CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 SCOPES = ("user:profile user:inference user:sessions:claude_code user:mcp_servers "
@@ -194,16 +194,7 @@ def app(state: State) -> Starlette:
     return Starlette(routes=routes)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9101)
-    parser.add_argument("--email", default="tester@example.com")
-    parser.add_argument("--answer", default="Hello from the stand-in.")
-    args = parser.parse_args()
-    uvicorn.run(app(State(Account(args.email), args.answer)), host=args.host, port=args.port,
-                log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    # The e-mail is the account's, fixed: the tests check it comes back from the sign-in.
+    serve(__doc__, lambda answer: app(State(Account("tester@example.com"), answer)), 9101,
+          "Hello from the stand-in.")

@@ -13,18 +13,18 @@ Run:  python -m tests.standins.google --host 127.0.0.1 --port 9103 --answer A
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.standins import serve
 
 CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
 CLIENT_SECRET = "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"  # shipped in the CLI, not a secret
@@ -158,14 +158,5 @@ def app(state: State) -> Starlette:
         Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9103)
-    parser.add_argument("--answer", default="Hello from the Google stand-in.")
-    args = parser.parse_args()
-    uvicorn.run(app(State(args.answer)), host=args.host, port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    serve(__doc__, lambda answer: app(State(answer)), 9103, "Hello from the Google stand-in.")

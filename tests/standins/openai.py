@@ -12,7 +12,6 @@ Run:  python -m tests.standins.openai --host 127.0.0.1 --port 9102 --answer A
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import html
@@ -22,12 +21,13 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 import zstandard
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.standins import serve
 
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 ACCOUNT_ID = "acct-standin-0001"
@@ -172,14 +172,5 @@ def app(state: State) -> Starlette:
         Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9102)
-    parser.add_argument("--answer", default="Hello from the OpenAI stand-in.")
-    args = parser.parse_args()
-    uvicorn.run(app(State(args.answer)), host=args.host, port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    serve(__doc__, lambda answer: app(State(answer)), 9102, "Hello from the OpenAI stand-in.")
