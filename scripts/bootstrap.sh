@@ -15,6 +15,7 @@ packages=(
   dnsmasq-base nginx-light tinyproxy microsocks      # tests: the fake internet's resolver, web
                                                      # servers and upstream proxies
   iputils-ping                                       # tests: ICMP from a VM's address
+  busybox-static cpio                                # tests: the chroot and initrd checks
 )
 missing=()
 for p in "${packages[@]}"; do
