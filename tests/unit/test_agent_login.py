@@ -13,6 +13,7 @@ import json
 import secrets
 import stat
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from hearth.core.agent_client import AgentClient, AgentRequestError
-from hearth.guest.login import Transcript
+from hearth.guest.login import SCREEN_CHARS, Transcript, last_screen, redact
 from hearth.guest.seed import write_seed
 from hearth.waiting import wait_for
 from tests.unit.test_agent import RunningAgent
@@ -30,6 +31,20 @@ from tests.unit.test_agent import RunningAgent
 WAIT = 20.0
 SECRET = "tok-" + secrets.token_hex(8)  # what the fake CLI stores: never in the agent's log
 CODE = "code-" + secrets.token_hex(8)  # what the test "provider" sends back
+URL_TIMEOUT = 2  # a short url_timeout, for the tests of that deadline
+
+# A CLI that asks what no spec answers, before any URL, and then waits for ever.
+ASKING_CLI = 'input("Which data region should this account use? [eu/us] ")\n'
+# A CLI that prints secrets on its way to failing: in a URL's query and fragment, and bare.
+LEAKING_CLI = r"""
+import sys
+state, fragment, token = sys.argv[1:]
+print(f"Open https://provider.test/authorize?state={state}&scope=all#{fragment}")
+print(f"  Using device token {token}  ")
+print()
+print("Error: the provider refused the device")
+sys.exit(1)
+"""
 
 FAKE_CLI = r'''
 import json, os, subprocess, sys
@@ -246,9 +261,57 @@ def test_a_cli_that_exits_non_zero_fails_the_login(agent: LoginAgent) -> None:
     redirect(status["url"], code=CODE, state="s1")
     status = agent.wait_status(lambda s: s["exited"], "the login to exit")
     assert (status["exit_code"], status["success"]) == (7, False)
-    assert status["error"] == "the login command exited with 7"
+    assert status["error"].startswith("the login command exited with 7; its last screen: ")
+    assert status["error"].endswith(
+        " | Exchanging code [redacted] | Sign-in failed: the provider said no")
     code, _, body = agent.request("GET", "/credentials")
     assert code == 409 and "did not succeed" in body["error"]
+
+
+def test_a_cli_that_asks_an_unknown_question_fails_at_the_url_deadline(
+    agent: LoginAgent, tmp_path: Path
+) -> None:
+    cli = tmp_path / "asking_cli.py"
+    cli.write_text(ASKING_CLI)
+    spec = agent.spec(login_argv=[sys.executable, str(cli)], url_timeout=URL_TIMEOUT)
+    assert agent.request("POST", "/login", {"spec": spec})[0] == 202
+    # login_timeout (60 s) is beyond WAIT: only the URL deadline ends this login in time.
+    status = agent.wait_status(lambda s: s["exited"], "the URL deadline to stop the CLI")
+    assert (status["success"], status["url"]) == (False, None)
+    assert status["error"] == (
+        f"the CLI showed no sign-in URL within {URL_TIMEOUT}s; its last screen: "
+        "Which data region should this account use? [eu/us]")
+
+
+def test_a_cli_that_shows_its_url_in_time_outlives_the_url_deadline(agent: LoginAgent) -> None:
+    spec = agent.spec(url_timeout=URL_TIMEOUT)
+    assert agent.request("POST", "/login", {"spec": spec})[0] == 202
+    status = agent.wait_status(lambda s: s["url"], "the authorize URL")
+    past_deadline = time.monotonic() + 2 * URL_TIMEOUT
+    agent.wait_status(lambda s: s["exited"] or time.monotonic() > past_deadline,
+                      "the URL deadline to pass")
+    redirect(status["url"], code=CODE, state="s1")
+    status = agent.wait_status(lambda s: s["exited"], "the login to exit")
+    assert (status["exit_code"], status["success"], status["error"]) == (0, True, None)
+
+
+def test_a_failed_login_shows_the_cli_s_last_screen_redacted(
+    agent: LoginAgent, tmp_path: Path
+) -> None:
+    cli = tmp_path / "leaking_cli.py"
+    cli.write_text(LEAKING_CLI)
+    state, fragment = "st8-" + secrets.token_hex(4), "frag-" + secrets.token_hex(4)
+    token = "sk-1" + secrets.token_hex(16)
+    spec = agent.spec(login_argv=[sys.executable, str(cli), state, fragment, token])
+    assert agent.request("POST", "/login", {"spec": spec})[0] == 202
+    status = agent.wait_status(lambda s: s["exited"], "the login to exit")
+    assert (status["exit_code"], status["success"]) == (1, False)
+    assert status["error"] == (
+        "the login command exited with 1; its last screen: "
+        "Open https://provider.test/authorize?\u2026 | Using device token [redacted] | "
+        "Error: the provider refused the device")
+    for secret in (state, fragment, token):
+        assert secret not in status["error"]
 
 
 def test_a_missing_command_fails_with_127(agent: LoginAgent) -> None:
@@ -299,6 +362,8 @@ def test_nothing_to_report_before_a_login(agent: LoginAgent) -> None:
         ({"pre_login_files": {"/etc/passwd": "x"}}, "not a plain path under HOME"),
         ({"prompts": [["only a regex"]]}, '"prompts" must be a list of [regex, keys] pairs'),
         ({"clean_env": "yes"}, '"clean_env" has the wrong type'),
+        ({"url_timeout": 0}, '"url_timeout" must be positive'),
+        ({"url_timeout": "2"}, '"url_timeout" has the wrong type'),
     ],
 )
 def test_a_bad_spec_is_a_400(agent: LoginAgent, change: dict, message: str) -> None:
@@ -341,3 +406,29 @@ def test_the_transcript_keeps_a_bounded_tail() -> None:
         transcript.feed(b"x" * 100 + b"\r\n")
     assert len(transcript.tail) == 1000
 
+
+
+# -- what a failed login's error shows ----------------------------------------------------
+
+
+def test_redact_keeps_where_a_url_goes_but_not_its_query_or_tokens() -> None:
+    assert redact(
+        "visit https://accounts.google.com/o/oauth2/v2/auth?client_id=1&state=x#y now"
+    ) == "visit https://accounts.google.com/o/oauth2/v2/auth?\u2026 now"
+    assert redact("callback http://127.0.0.1:8085/cb/AbCdEf1234567890XyZq12 ok") == (
+        "callback http://127.0.0.1:8085/cb/[redacted] ok")
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    assert redact(f"key sk-ant-api03-AbCdEf1234567890xyz, token={jwt}") == (
+        "key [redacted], [redacted]")
+    # Long runs of only letters or only digits are words and numbers, not tokens.
+    plain = "Which-region-should-this-account-use 12345678901234567890 v1.0.33"
+    assert redact(plain) == plain
+
+
+def test_the_last_screen_is_the_newest_non_empty_lines_redacted_and_capped() -> None:
+    tail = "\n".join(f"  line {n}  " for n in range(20)) + "\n\n  \ncode sk-1a2b3c4d5e6f7a8b9c0d\n"
+    assert last_screen(tail) == " | ".join(
+        [f"line {n}" for n in range(9, 20)] + ["code [redacted]"])
+    assert last_screen("\n \n") == ""
+    long = last_screen("x" * 5000 + "\nthe end")
+    assert len(long) == SCREEN_CHARS and long.endswith("x | the end")

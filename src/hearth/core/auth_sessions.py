@@ -33,6 +33,7 @@ from hearth.waiting import Timeout, wait_for
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 BROWSER_IMAGE = "browser"
 VNC_PORT = 5901
+MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
 class SessionError(RuntimeError):
@@ -197,8 +198,7 @@ class AuthSessions:
                 self._advance(session_id, "awaiting_user", oauth_url=status["url"])
                 status = self._wait(session_id, agent, _login_over, "the sign-in")
                 if not status["success"]:
-                    raise SessionError(f"the {spec.name} login ended (exit code "
-                                       f"{status['exit_code']}) without signing in")
+                    raise _login_failed(status, "without signing in")
                 files = agent.credentials()
             email, expires_at = spec.account(files)
             self.credentials.put(session.user_id, session.provider, files, account_email=email,
@@ -208,6 +208,8 @@ class AuthSessions:
             self.on_stored(session.user_id, session.provider)
         except _SessionEnded:
             pass
+        except SessionError as e:  # ours, in full: a login's error ends with the CLI's screen
+            self._finish(session_id, "failed", str(e))
         except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
             self._finish(session_id, "failed", failure_reason(e))
         finally:
@@ -283,9 +285,15 @@ class AuthSessions:
 
 def _authorize_page_shown(status: dict) -> bool:
     if status.get("exited") and not status.get("success"):
-        raise SessionError(f"the login command exited with {status.get('exit_code')} before "
-                           "showing an authorize URL")
+        raise _login_failed(status, "before showing an authorize URL")
     return bool(status.get("url") and status.get("firefox", {}).get("ready"))
+
+
+def _login_failed(status: dict, when: str) -> SessionError:
+    """The agent's reason (it ends with the CLI's last screen, redacted in the guest)."""
+    reason = status.get("error") or f"the login command exited with {status.get('exit_code')}"
+    return SessionError(f"the {status.get('provider')} login ended {when}: "
+                        f"{str(reason)[:MAX_LOGIN_ERROR]}")
 
 
 def _login_over(status: dict) -> bool:

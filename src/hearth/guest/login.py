@@ -5,10 +5,12 @@ spec's pre-login files, then runs the login command under a PTY as root in HOME 
 readline behave as in a terminal), with BROWSER, and an `xdg-open` first on PATH, pointing at
 a wrapper around browser_shim.py that records the URL a CLI tries to open. A reader thread
 turns the output into plain text (escape sequences stripped; only a bounded tail is kept,
-and none of it is ever logged or served: it may hold codes), finds the authorize URL the CLI
-prints, answers the spec's known prompts once each, and notes its success markers. Once the
-URL to show is known (the one handed to BROWSER when the spec prefers it, else the printed
-one; each waits a little for the other) Firefox opens it on the VNC display. The provider
+and none of it is ever logged; a failed login's error ends with its last lines, redacted),
+finds the authorize URL the CLI prints, answers the spec's known prompts once each, and notes
+its success markers. A CLI that shows no URL within the spec's url_timeout (a question the
+spec does not know, a hang) is stopped then, not at login_timeout. Once the URL to show is
+known (the one handed to BROWSER when the spec prefers it, else the printed one; each waits
+a little for the other) Firefox opens it on the VNC display. The provider
 redirects to the CLI's own callback on localhost; the CLI writes its credential files; the
 controller fetches them from /credentials once the login has succeeded.
 
@@ -60,6 +62,8 @@ READ_POLL = 0.2  # seconds between checks of the BROWSER file, deadlines and suc
 URL_GRACE = 5.0  # seconds to wait for the preferred URL once the other one is known
 STOP_WAIT = 10.0  # seconds between SIGTERM and SIGKILL
 MAX_CREDENTIAL_BYTES = 1024 * 1024
+SCREEN_LINES = 12  # the CLI's last non-empty lines that a failed login's error ends with
+SCREEN_CHARS = 1500  # and at most this much of them
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 # Run in the child, which Popen's start_new_session made a session leader: make the PTY its
@@ -86,6 +90,11 @@ ESCAPE = re.compile(
 # break, so words from different places on the screen are never glued together.
 CURSOR_FINALS = frozenset("ABCDEFGHJKSTdf")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A URL: what comes before its query or fragment, and the query or fragment.
+URL = re.compile(r"(?P<base>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)(?P<query>[?#]\S*)?")
+TOKEN_RUN = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")
+LETTER, DIGIT = re.compile(r"[A-Za-z]"), re.compile(r"[0-9]")
+REDACTED = "[redacted]"
 
 
 def cli_home() -> Path:
@@ -145,6 +154,37 @@ class Transcript:
         return window
 
 
+def _hide_tokens(text: str) -> str:
+    def hide(run: re.Match[str]) -> str:
+        token = LETTER.search(run[0]) and DIGIT.search(run[0])
+        return REDACTED if token else run[0]
+
+    return TOKEN_RUN.sub(hide, text)
+
+
+def redact(text: str) -> str:
+    """`text` without what may be a secret, so that a CLI's screen can go into an error the
+    controller stores and shows: a URL keeps its scheme, host and path but not its query or
+    fragment (codes, states, PKCE challenges), and a long run of token characters holding
+    letters and digits (an API key, a device code, a JWT) becomes [redacted]. Path segments
+    are judged one by one, so a URL's path stays readable."""
+    parts, end = [], 0
+    for url in URL.finditer(text):
+        base = "/".join(_hide_tokens(segment) for segment in url["base"].split("/"))
+        parts += [_hide_tokens(text[end : url.start()]), base, "?\u2026" if url["query"] else ""]
+        end = url.end()
+    parts.append(_hide_tokens(text[end:]))
+    return "".join(parts)
+
+
+def last_screen(tail: str) -> str:
+    """The CLI's last few non-empty lines on one line, redacted and capped (keeping the
+    newest): what a person at its terminal would have seen when the login failed."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()][-SCREEN_LINES:]
+    screen = redact(" | ".join(lines))
+    return screen if len(screen) <= SCREEN_CHARS else "\u2026" + screen[1 - SCREEN_CHARS :]
+
+
 # --- the spec ------------------------------------------------------------------------------
 
 
@@ -169,6 +209,13 @@ def _string_map(data: dict[str, Any], name: str) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SpecError(f'"{name}" must map strings to strings')
     return dict(value)
+
+
+def _seconds(data: dict[str, Any], name: str, default: float) -> float:
+    value = _field(data, name, (int, float), default)
+    if value <= 0:
+        raise SpecError(f'"{name}" must be positive')
+    return float(value)
 
 
 def _regex(pattern: str, name: str) -> re.Pattern[str]:
@@ -202,6 +249,7 @@ class LoginSpec:
     success_markers: tuple[re.Pattern[str], ...]
     stop_on_success: bool
     login_timeout: float
+    url_timeout: float  # how long the CLI may take to show its authorize URL
 
     @classmethod
     def from_json(cls, data: Any) -> LoginSpec:
@@ -216,9 +264,6 @@ class LoginSpec:
             for p in prompts
         ):
             raise SpecError('"prompts" must be a list of [regex, keys] pairs')
-        timeout = _field(data, "login_timeout", (int, float), 900)
-        if timeout <= 0:
-            raise SpecError('"login_timeout" must be positive')
         return cls(
             name=name,
             login_argv=_strings(data, "login_argv", required=True),
@@ -240,7 +285,8 @@ class LoginSpec:
                 for p in _strings(data, "success_markers", required=True)
             ),
             stop_on_success=_field(data, "stop_on_success", bool, False),
-            login_timeout=float(timeout),
+            login_timeout=_seconds(data, "login_timeout", 900),
+            url_timeout=_seconds(data, "url_timeout", 120),
         )
 
 
@@ -471,8 +517,16 @@ class LoginSession:
                 if self.spec.stop_on_success and self.marker_seen and self._credentials_present():
                     self._stop("signed in", now)
                 elif now - self._started > self.spec.login_timeout:
-                    self.error = f"no sign-in within {self.spec.login_timeout:g}s"
+                    self.error = self._with_screen(
+                        f"no sign-in within {self.spec.login_timeout:g}s")
                     self._stop("timed out", now)
+                elif (self.printed_url is None and self.browser_url is None
+                      and now - self._started > self.spec.url_timeout):
+                    # A question the spec does not answer, or a hang: fail now, not at
+                    # login_timeout, and show what the CLI was asking.
+                    self.error = self._with_screen(
+                        f"the CLI showed no sign-in URL within {self.spec.url_timeout:g}s")
+                    self._stop("no sign-in URL", now)
             elif now > self._stop_deadline and not self._killed:
                 assert self._process is not None
                 kill_group(self._process.pid, signal.SIGKILL)
@@ -516,6 +570,11 @@ class LoginSession:
         kill_group(self._process.pid, signal.SIGTERM)
         self.log(f"stopping the CLI ({reason})")
 
+    def _with_screen(self, error: str) -> str:
+        """A failure of the CLI's, with what it showed last."""
+        screen = last_screen(self.transcript.tail)
+        return f"{error}; its last screen: {screen}" if screen else f"{error}; it printed nothing"
+
     def _credentials_present(self) -> bool:
         return all((self.home / p).is_file() for p in self.spec.credential_files)
 
@@ -530,11 +589,12 @@ class LoginSession:
                 self.error = None
             elif self.error is None:
                 if not clean_exit:
-                    self.error = f"the login command exited with {code}"
+                    error = f"the login command exited with {code}"
                 elif not self.marker_seen:
-                    self.error = "the login command exited without its success message"
+                    error = "the login command exited without its success message"
                 else:
-                    self.error = "the login command did not write all its credential files"
+                    error = "the login command did not write all its credential files"
+                self.error = self._with_screen(error)
             self.exit_code = code
         self.log(f"exited with {code}: {'success' if self.success else 'failed'}")
 
