@@ -20,6 +20,7 @@ from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
 from hearth.net.sandbox import nsenter, sandbox
 from hearth.vmm.base import kill_pid
+from tests.standins import REVOKE_PATH
 
 IMAGES = Path(os.environ.get("HEARTH_TEST_IMAGES", "/var/lib/hearth/images"))
 
@@ -81,6 +82,31 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
             yield h
         finally:
             _leave_nothing(h, home)
+
+
+def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: str,
+                              refusal: str) -> None:
+    """On an egress rig with stand-ins: validate says valid; the stand-in at `origin`
+    revokes every token (as a user does on the provider's account page); validate then says
+    not valid and why, the credentials' status turns invalid, and a prompt fails saying the
+    provider refused them, its reason holding the CLI's own `refusal`."""
+    path = f"/api/auth/validate/{user_id}/{provider}"
+    verdict = rig.api.get(path).json()
+    assert verdict["valid"] is True and verdict["status"] == "ready", verdict
+    (status, _, body), = call(["POST", f"{origin}{REVOKE_PATH}", {}])
+    assert status == 200 and json.loads(body)["revoked"] > 0, body
+
+    verdict = rig.api.get(path).json()
+    assert verdict["valid"] is False and verdict["status"] == "invalid", verdict
+    assert "refused the access token (401" in verdict["reason"], verdict
+
+    events = rig.prompt(user_id, provider, "Say hello after the revocation")
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["status"] == "failed" and done["exit_code"], events
+    assert "the provider refused the stored credentials" in done["reason"], done
+    assert refusal in done["reason"], done
+    stored, = rig.api.get(f"/api/users/{user_id}/credentials").json()["credentials"]
+    assert stored["status"] == "invalid" and refusal in stored["invalid_reason"], stored
 
 
 def assert_nothing_left(hearth: Hearth) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from hearth.core import runtime
 from tests.e2e.browser_user import sign_in_with_standin
-from tests.e2e.conftest import IMAGES, needs_image
+from tests.e2e.conftest import IMAGES, assert_revocation_is_told, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
 from tests.standins.oauth_client import Caller, exchange, sign_in
@@ -71,6 +71,11 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
 
         again = r.prompt(USER, "claude_code", "Say hello again")
         assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
+
+        # The user revokes the sign-in at the provider: `claude auth status` still reads a
+        # signed-in file, but validate asks the provider, and the app is told.
+        assert_revocation_is_told(r, call, USER, "claude_code",
+                                  "https://platform.claude.com", "Failed to authenticate")
         r.assert_nowhere(tokens["access_token"], tokens["refresh_token"], stored["refreshToken"])
         r.hearth("vm", "rm", "--all")
 

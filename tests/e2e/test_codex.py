@@ -16,7 +16,7 @@ import pytest
 
 from hearth.core import runtime
 from tests.e2e.browser_user import sign_in_with_standin
-from tests.e2e.conftest import IMAGES, needs_image
+from tests.e2e.conftest import IMAGES, assert_revocation_is_told, needs_image
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
 from tests.standins.oauth_client import Caller
@@ -83,6 +83,9 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
 
         again = r.prompt(USER, "codex", "Say hello again")
         assert again[-1][1]["exit_code"] == 0 and again[-1][1]["credentials"] == "unchanged"
+        # `codex login status` reads auth.json only; validate asks the provider.
+        assert_revocation_is_told(r, call, USER, "codex", "https://auth.openai.com",
+                                  "Your access token could not be refreshed")
         r.assert_nowhere(tokens["refresh_token"], stored["refresh_token"])
         r.hearth("vm", "rm", "--all")
 

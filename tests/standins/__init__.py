@@ -9,6 +9,20 @@ from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+# Where a test revokes everything a stand-in has issued, as a user does on the provider's
+# account page ("sign out of all sessions"): no real provider has this path.
+REVOKE_PATH = "/standin/revoke-all"
+
+
+def revoke_route(revoke: Callable[[], int]) -> Route:
+    """POST REVOKE_PATH: every access and refresh token issued so far stops working."""
+    async def endpoint(request: Request) -> JSONResponse:
+        return JSONResponse({"revoked": revoke()})
+    return Route(REVOKE_PATH, endpoint, methods=["POST"])
 
 
 def serve(doc: str, build: Callable[[str], Starlette], port: int, answer: str) -> None:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins import serve
+from tests.standins import revoke_route, serve
 
 CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 SCOPES = ("user:profile user:inference user:sessions:claude_code user:mcp_servers "
@@ -49,6 +49,12 @@ class State:
     access: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch s)
     refresh: set[str] = field(default_factory=set)  # live refresh tokens
     used_refresh: set[str] = field(default_factory=set)
+
+    def revoke_all(self) -> int:
+        revoked = len(self.access) + len(self.refresh)
+        self.access.clear()
+        self.refresh.clear()
+        return revoked
 
     def issue(self) -> dict:
         access, refresh = f"sk-ant-oat01-{secrets.token_urlsafe(24)}", \
@@ -190,6 +196,7 @@ def app(state: State) -> Starlette:
               Route("/api/oauth/profile", profile),
               Route("/api/oauth/claude_cli/roles", roles),
               Route("/v1/messages", messages, methods=["POST"]),
+              revoke_route(state.revoke_all),
               Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])]
     return Starlette(routes=routes)
 

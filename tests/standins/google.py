@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins import serve
+from tests.standins import revoke_route, serve
 
 CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
 CLIENT_SECRET = "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"  # shipped in the CLI, not a secret
@@ -41,6 +41,12 @@ class State:
     codes: dict[str, dict] = field(default_factory=dict)
     access: set[str] = field(default_factory=set)
     refresh: set[str] = field(default_factory=set)
+
+    def revoke_all(self) -> int:
+        revoked = len(self.access) + len(self.refresh)
+        self.access.clear()
+        self.refresh.clear()
+        return revoked
 
     def issue(self, refresh: bool) -> dict:
         token = f"ya29.{secrets.token_urlsafe(24)}"
@@ -155,6 +161,7 @@ def app(state: State) -> Starlette:
         Route("/tokeninfo", tokeninfo, methods=["POST", "GET"]),
         Route("/oauth2/v2/userinfo", userinfo),
         Route("/v1internal:{method}", code_assist, methods=["POST"]),
+        revoke_route(state.revoke_all),
         Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
 
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins import serve
+from tests.standins import revoke_route, serve
 
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 ACCOUNT_ID = "acct-standin-0001"
@@ -49,6 +49,14 @@ class State:
     access: set[str] = field(default_factory=set)
     refresh: set[str] = field(default_factory=set)
     used_refresh: set[str] = field(default_factory=set)
+    revoked_refresh: set[str] = field(default_factory=set)
+
+    def revoke_all(self) -> int:
+        revoked = len(self.access) + len(self.refresh)
+        self.revoked_refresh |= self.refresh
+        self.access.clear()
+        self.refresh.clear()
+        return revoked
 
     def issue(self) -> dict:
         now = int(time.time())
@@ -119,6 +127,9 @@ def app(state: State) -> Starlette:
             if old in state.used_refresh:
                 return _error(401, "refresh_token_reused",
                               "Your refresh token has already been used")
+            if old in state.revoked_refresh:
+                return _error(401, "refresh_token_invalidated",
+                              "Your refresh token has been invalidated")
             if old not in state.refresh:
                 return JSONResponse({"error": "invalid_grant"}, 400)
             state.refresh.discard(old)
@@ -169,6 +180,7 @@ def app(state: State) -> Starlette:
         Route("/oauth/revoke", lambda r: JSONResponse({}), methods=["POST"]),
         Route("/backend-api/wham/accounts/check", accounts_check),
         Route("/backend-api/codex/responses", responses, methods=["GET", "POST"]),
+        revoke_route(state.revoke_all),
         Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
 
 

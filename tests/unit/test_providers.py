@@ -518,3 +518,27 @@ def test_every_spec_lists_its_egress():
     for name in ("claude_code", "codex", "gemini_cli"):
         hosts = providers.get(name).egress
         assert hosts.sign_in and hosts.token and hosts.api, name
+
+
+def test_a_refusal_is_recognised_in_the_clis_own_output() -> None:
+    """The lines each CLI prints when the provider refuses its credentials (recorded in
+    docs/contracts/), and ordinary output that must not count."""
+    claude = ('{"type":"result","subtype":"success","is_error":true,"result":"Failed to '
+              'authenticate: OAuth session expired and could not be refreshed","terminal_'
+              'reason":"api_error"}\n')
+    assert claude_code.SPEC.refused(claude) == (
+        "Failed to authenticate: OAuth session expired and could not be refreshed")
+    assert claude_code.SPEC.refused('{"result":"Not logged in · Please run /login"}') == \
+        "Not logged in · Please run /login"
+    codex_out = ("ERROR codex_login::auth::manager: Your access token could not be refreshed "
+                 "because your refresh token was revoked. Please log out and sign in again.\n"
+                 '{"type":"turn.failed","error":{"message":"unexpected status 401 '
+                 'Unauthorized: {\\"error\\":{\\"code\\":\\"invalid_token\\"}}"}}\n')
+    assert codex.SPEC.refused(codex_out) == (
+        "Your access token could not be refreshed because your refresh token was revoked. "
+        "Please log out and sign in again.")
+    assert codex.SPEC.refused(codex_out.split("\n", 1)[1]) == \
+        "unexpected status 401 Unauthorized: {"
+    for spec in (claude_code.SPEC, codex.SPEC):
+        assert spec.refused('{"type":"result","result":"Hello."}\n') is None
+        assert spec.refused("") is None

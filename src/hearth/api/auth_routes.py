@@ -84,9 +84,10 @@ def credentials_status(session_id: SessionId, request: Request) -> dict:
     if session.status != "completed" or info is None:
         return {"status": "pending" if session.status not in TERMINAL else "absent",
                 "provider": session.provider}
-    return {"status": "ready", "provider": info.provider, "account_email": info.account_email,
+    return {"status": info.status, "provider": info.provider,
+            "account_email": info.account_email,
             "expires_at": info.expires_at.isoformat() if info.expires_at else None,
-            "version": info.version}
+            "version": info.version, "invalid_reason": info.invalid_reason}
 
 
 @router.post("/session/{session_id}/cancel", dependencies=[Depends(require_key)])

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hearth import providers
 from hearth.api.deps import UserId, controller, require_key
-from hearth.core.cli_vms import CliVms
+from hearth.core.cli_vms import CliVms, ProviderUnreachable
 from hearth.store.credentials import CredentialInfo, CredentialNotFound
 
 router = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(require_key)])
@@ -26,7 +26,8 @@ def _known_provider(provider: str) -> None:
 def _info(info: CredentialInfo) -> dict:
     return {"provider": info.provider, "account_email": info.account_email,
             "expires_at": info.expires_at.isoformat() if info.expires_at else None,
-            "version": info.version, "updated_at": info.updated_at.isoformat()}
+            "version": info.version, "updated_at": info.updated_at.isoformat(),
+            "status": info.status, "invalid_reason": info.invalid_reason}
 
 
 @router.get("/users/{user_id}/credentials")
@@ -50,7 +51,9 @@ def remove(user_id: UserId, provider: str, request: Request) -> dict:
 
 @router.get("/auth/validate/{user_id}/{provider}")
 def validate(user_id: UserId, provider: str, request: Request) -> dict:
-    """Run the CLI's own status check in the user's CLI VM."""
+    """The verdict on the user's sign-in, from their CLI VM: the CLI's own status check and,
+    where that reads only the CLI's files, the provider's answer (hearth.core.cli_vms.check).
+    `valid` is null when only a refresh could tell; 502 when the provider gave no verdict."""
     _known_provider(provider)
     svc = cli_vms(request)
     if not providers.get(provider).status_argv:
@@ -61,5 +64,8 @@ def validate(user_id: UserId, provider: str, request: Request) -> dict:
         check = svc.check(user_id, provider)
     except CredentialNotFound as e:
         raise HTTPException(409, f"{e}: sign in first (POST /api/auth/start)") from None
+    except ProviderUnreachable as e:
+        raise HTTPException(502, str(e)) from None
+    info = svc.credentials.info(user_id, provider)
     return {"user_id": user_id, "provider": provider, "valid": check.valid,
-            "reason": check.reason}
+            "reason": check.reason, "status": info.status if info else "absent"}

@@ -6,6 +6,10 @@ holds it, and after every run the agent's digest of the CLI's token files tells 
 CLI refreshed them; if it did, they are pulled back and stored as a new version, still
 leased to that VM. A VM unused for `idle_hibernate` seconds is snapshotted and stopped; one
 unused for `idle_destroy` seconds goes, files and all.
+
+The provider's verdict is kept with the stored version: a run whose CLI says the provider
+refused its credentials (revoked, signed out elsewhere) marks them invalid, and so does a
+check that the provider answers with a refusal; a new version starts valid.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -26,17 +30,26 @@ from hearth.store.credentials import CredentialNotFound, CredentialStale, Creden
 from hearth.store.models import Vm, VmState, utcnow
 
 CHECK_TIMEOUT = 120.0  # seconds a CLI's own status check may take
+REFUSAL_WINDOW = 16 * 1024  # characters at the end of a run's output searched for a refusal
+# An access token this close to its expiry says nothing about the sign-in: the CLI
+# refreshes it before use (Claude Code at five minutes).
+EXPIRY_MARGIN = timedelta(minutes=5)
 
 
 class UnknownUser(LookupError):
     """Hearth holds nothing for this user: no credentials, no VM."""
 
 
+class ProviderUnreachable(RuntimeError):
+    """The provider could not be asked, or gave no verdict; the message says what happened."""
+
+
 @dataclass(frozen=True)
 class Check:
-    """The outcome of a CLI's own status check of its sign-in."""
+    """The verdict on a user's sign-in: valid, refused (with why), or None when only a
+    refresh could tell (the access token has expired)."""
 
-    valid: bool
+    valid: bool | None
     reason: str | None
 
 
@@ -82,14 +95,23 @@ class CliVms:
     def run(self, vm: Vm, user_id: str, provider: str, argv: list[str],
             timeout: float) -> Iterator[dict]:
         """Run `argv` in the VM, yielding the agent's events; the exit event gains
-        "credentials": "updated" when the run refreshed the tokens, which are then stored."""
-        env = {**self.vms.client_env(), **providers.get(provider).quiet_env}
+        "credentials": "updated" when the run refreshed the tokens, which are then stored,
+        and "refused": why, when the CLI failed because the provider refused them."""
+        spec = providers.get(provider)
+        env = {**self.vms.client_env(), **spec.quiet_env}
+        tail = ""
         with self.vms.agent(vm) as agent, agent.run(argv, env=env, provider=provider,
                                                     timeout=timeout) as events:
             for event in events:
-                if event.get("event") == "exit":
+                if event.get("event") == "output":
+                    tail = (tail + event["data"])[-REFUSAL_WINDOW:]
+                elif event.get("event") == "exit":
                     updated = self.settle(vm, user_id, provider, event.get("credentials_digest"))
-                    event = {**event, "credentials": "updated" if updated else "unchanged"}
+                    refused = spec.refused(tail) if event.get("exit_code") else None
+                    if refused:
+                        self._judge(vm, user_id, provider, refused)
+                    event = {**event, "credentials": "updated" if updated else "unchanged",
+                             "refused": refused}
                 yield event
 
     def settle(self, vm: Vm, user_id: str, provider: str, digest: str | None) -> bool:
@@ -115,20 +137,52 @@ class CliVms:
             return True
 
     def check(self, user_id: str, provider: str) -> Check:
-        """The CLI's own verdict on its sign-in, run in the user's VM."""
+        """The verdict on the user's sign-in, from the user's VM: the CLI's own status check,
+        then, where that reads only the CLI's files, the provider's answer to the spec's
+        probe. A verdict is kept with the stored version (see the module's docstring).
+        ProviderUnreachable when the provider gives none."""
         spec = providers.get(provider)
         if not spec.status_argv:
             raise ValueError(f"provider {provider!r} has no status check")
+        with self.using(user_id, provider) as vm:
+            check = self._status(vm, user_id, provider)
+            if check.valid and spec.probe is not None:
+                check = self._probe(vm, user_id, provider)
+            if check.valid is not None:
+                self._judge(vm, user_id, provider, None if check.valid else check.reason)
+        return check
+
+    def _status(self, vm: Vm, user_id: str, provider: str) -> Check:
+        spec = providers.get(provider)
         output: list[str] = []
         exit_code = None
-        with self.using(user_id, provider) as vm:
-            for event in self.run(vm, user_id, provider, list(spec.status_argv),
-                                  CHECK_TIMEOUT):
-                if event.get("event") == "output":
-                    output.append(event["data"])
-                elif event.get("event") == "exit":
-                    exit_code = event.get("exit_code")
+        for event in self.run(vm, user_id, provider, list(spec.status_argv), CHECK_TIMEOUT):
+            if event.get("event") == "output":
+                output.append(event["data"])
+            elif event.get("event") == "exit":
+                exit_code = event.get("exit_code")
         return Check(*spec.status_check(exit_code, "".join(output)))
+
+    def _probe(self, vm: Vm, user_id: str, provider: str) -> Check:
+        spec = providers.get(provider)
+        assert spec.probe is not None
+        _, expires_at = spec.account(self.credentials.files(user_id, provider))
+        if expires_at is not None and expires_at - EXPIRY_MARGIN < datetime.now(UTC):
+            return Check(None, f"the access token expired at {expires_at.isoformat()}: only "
+                               "a refresh can tell, which the CLI makes on its next prompt")
+        with self.vms.agent(vm) as agent:
+            status, detail = agent.probe_credentials(provider, spec.probe.to_agent())
+        if status is not None and 200 <= status < 300:
+            return Check(True, None)
+        if status in (401, 403):
+            return Check(False, f"the provider refused the access token ({detail})")
+        raise ProviderUnreachable(f"{provider}'s provider gave no verdict: {detail}")
+
+    def _judge(self, vm: Vm, user_id: str, provider: str, refused: str | None) -> None:
+        """Keep the provider's verdict with the version the VM holds."""
+        lease = self.credentials.lease(user_id, provider)
+        if lease is not None and lease.vm_id == vm.id:
+            self.credentials.judge(user_id, provider, lease.version, refused)
 
     # -- custody -----------------------------------------------------------------------------
 

@@ -156,18 +156,25 @@ class Prompts:
             self.cancel(prompt_id)
 
     def _ended(self, prompt_id: str, exit_event: dict, output: _Output, seconds: float) -> dict:
+        """The run's outcome: cancelled (asked to, or too long), failed because the provider
+        refused the credentials (the app must have the user sign in again), or completed
+        with the CLI's exit code."""
         reason = self._live_of(prompt_id).cancel_reason
-        cancelled = bool(exit_event.get("cancelled"))
         if exit_event.get("timed_out"):
             reason = f"the CLI ran longer than {self.settings.prompt_timeout:.0f} s"
-        status = PromptStatus.cancelled if cancelled or exit_event.get("timed_out") \
-            else PromptStatus.completed
+        if exit_event.get("cancelled") or exit_event.get("timed_out"):
+            status = PromptStatus.cancelled
+        elif refused := exit_event.get("refused"):
+            status = PromptStatus.failed
+            reason = (f"the provider refused the stored credentials ({refused}): the user "
+                      "must sign in again (POST /api/auth/start)")
+        else:
+            status, reason = PromptStatus.completed, None
         self._finish(prompt_id, status, output=output, exit_code=exit_event.get("exit_code"),
-                     error=reason if status == PromptStatus.cancelled else None,
-                     duration=seconds)
+                     error=reason, duration=seconds)
         return {"prompt_id": prompt_id, "status": status, "exit_code": exit_event.get("exit_code"),
                 "duration": round(seconds, 3), "credentials": exit_event.get("credentials"),
-                **({"reason": reason} if status == PromptStatus.cancelled else {})}
+                **({"reason": reason} if reason else {})}
 
     def _finish(self, prompt_id: str, status: PromptStatus, error: str | None = None,
                 output: _Output | None = None, exit_code: int | None = None,

@@ -33,11 +33,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from . import browser_shim, custody, login, runs, seed, trust
+    from . import browser_shim, custody, login, probe, runs, seed, trust
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import custody
     import login
+    import probe
     import runs
     import seed
     import trust
@@ -340,6 +341,23 @@ def read_credentials(agent: Agent, request: Request) -> Response:
         raise _custody_error(e) from None
     encoded = {path: custody.b64encode(content) for path, content in files.items()}
     return Response({"provider": provider, "files": encoded, "digest": digest})
+
+
+@route("POST", "/credentials/{provider}/probe")
+def probe_credentials(agent: Agent, request: Request) -> Response:
+    """The provider's verdict on the installed access token (hearth.guest.probe)."""
+    provider = request.params["provider"]
+    try:
+        spec = probe.ProbeSpec.from_json(request.json())
+        files, _ = custody.read(provider)
+        bundle = trust.BUNDLE if os.path.exists(trust.BUNDLE) else None  # PUT /trust's
+        answer = probe.probe(spec, files, cafile=bundle)
+    except probe.ProbeError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    except (custody.CustodyError, custody.NoManifest, OSError) as e:
+        raise _custody_error(e) from None
+    log(f"probed {provider}'s provider: {answer['status']}")
+    return Response({"provider": provider, **answer})
 
 
 @route("DELETE", "/credentials/{provider}")

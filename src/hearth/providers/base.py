@@ -64,6 +64,25 @@ GOOGLE_SIGN_IN = ("accounts.google.com", "ssl.gstatic.com", "www.gstatic.com",
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A request the CLI itself makes with its access token, answered 2xx only while the
+    provider accepts the sign-in: validate's check that reaches the provider, for CLIs whose
+    status command reads only their files. Sent by the agent (hearth.guest.probe), which
+    takes the token (`token_path`) and the `file_headers` values from `token_file`."""
+
+    url: str
+    token_file: str
+    token_path: tuple[str, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    file_headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def to_agent(self) -> dict[str, Any]:
+        return {"url": self.url, "token_file": self.token_file,
+                "token_path": list(self.token_path), "headers": dict(self.headers),
+                "file_headers": {name: list(path) for name, path in self.file_headers.items()}}
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     """How to sign one CLI in, for the agent (see hearth/guest/login.py) and the host.
 
@@ -88,6 +107,9 @@ class ProviderSpec:
     # credential files are there.
     stop_on_success: bool = False
     login_timeout: float = 900.0  # seconds before the agent gives up on the user
+    # Seconds for the CLI to show its authorize URL: a CLI stopped at a question the spec
+    # does not answer fails then, not at login_timeout.
+    url_timeout: float = 120.0
     egress: EgressHosts = EgressHosts()
     # Environment for every run of the CLI (login and prompts): its own switches for
     # telemetry, error reports and update checks, so nothing leaves but to the provider.
@@ -102,6 +124,11 @@ class ProviderSpec:
     prompt_argv: tuple[str, ...] = ()
     # The CLI's own check of its sign-in, judged by `status_check`.
     status_argv: tuple[str, ...] = ()
+    # Where the status command reads only the CLI's files: the provider's own verdict.
+    probe: Probe | None = None
+    # Regexes whose match in a run's output means the provider refused the credentials
+    # (revoked, signed out elsewhere); the match is the reason the app is given.
+    refused_markers: tuple[str, ...] = ()
     status_check: Callable[[int | None, str], tuple[bool, str | None]] = field(
         default=exit_status, repr=False, compare=False
     )
@@ -122,6 +149,14 @@ class ProviderSpec:
     @property
     def rotating_files(self) -> tuple[str, ...]:
         return self.token_files or self.credential_files
+
+    def refused(self, output: str) -> str | None:
+        """Why the provider refused the credentials in a run with this output, if it did."""
+        for pattern in self.refused_markers:
+            if match := re.search(pattern, output):
+                # A match inside a JSON string stops before its closing quote's backslash.
+                return " ".join(match.group(0).split()).rstrip("\\ ")[:300]
+        return None
 
     def prompt_command(self, prompt: str) -> list[str]:
         if not self.prompt_argv:
@@ -170,6 +205,7 @@ class ProviderSpec:
             "success_markers": list(self.success_markers),
             "stop_on_success": self.stop_on_success,
             "login_timeout": self.login_timeout,
+            "url_timeout": self.url_timeout,
         }
 
 

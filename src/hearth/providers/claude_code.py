@@ -77,6 +77,7 @@ from collections.abc import Mapping
 from .base import (
     AccountInfo,
     EgressHosts,
+    Probe,
     ProviderSpec,
     email,
     epoch_seconds,
@@ -149,6 +150,13 @@ SPEC = ProviderSpec(
     ),
     status_argv=("claude", "auth", "status", "--json"),
     status_check=status_check,
+    # `claude auth status` reads the files only; the profile is what the CLI reads with its
+    # token after signing in and at start (docs/contracts/claude_code.md, 1.2).
+    probe=Probe(url="https://api.anthropic.com/api/oauth/profile", token_file=CREDENTIALS,
+                token_path=("claudeAiOauth", "accessToken"),
+                headers={"anthropic-beta": "oauth-2025-04-20"}),
+    # A refused refresh or bearer token (3, 4), or no sign-in left in the files.
+    refused_markers=(r"Failed to authenticate[^\n\"]*", r"Not logged in[^\n\"]*"),
     token_files=(CREDENTIALS,),
     setup_files=setup_files,
     egress=EgressHosts(

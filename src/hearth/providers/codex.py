@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from .base import (
     AccountInfo,
     EgressHosts,
+    Probe,
     ProviderSpec,
     email,
     epoch_seconds,
@@ -118,6 +119,14 @@ SPEC = ProviderSpec(
     ),
     status_argv=("codex", "login", "status", "-c", FILE_STORE),
     status_check=status_check,
+    # `codex login status` reads auth.json only; the workspace check is the first request
+    # of every run (docs/contracts/codex.md, 2.1), 401 for a revoked token.
+    probe=Probe(url="https://chatgpt.com/backend-api/wham/accounts/check", token_file=AUTH,
+                token_path=("tokens", "access_token"),
+                file_headers={"chatgpt-account-id": ("tokens", "account_id")}),
+    # A refused refresh (3.4), then the backend's 401 once the retries are spent (2.3).
+    refused_markers=(r"Your access token could not be refreshed[^\n\"]*",
+                     r"unexpected status 401 Unauthorized[^\n\"]*"),
     token_files=(AUTH,),
     setup_files=setup_files,
     pre_login_files={CONFIG: CONFIG_TOML},

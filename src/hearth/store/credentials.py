@@ -33,6 +33,7 @@ from hearth.store.models import Credential, utcnow
 # Writers of one user's provider race only when a refresh meets another; each lost race
 # means somebody else's write landed, so a few retries always suffice in practice.
 WRITE_ATTEMPTS = 50
+MAX_REASON = 500  # characters of a refusal kept
 
 
 class CredentialNotFound(LookupError):
@@ -69,6 +70,11 @@ class CredentialInfo:
     version: int
     created_at: datetime
     updated_at: datetime
+    invalid_reason: str | None = None  # why the provider refused this version, if it did
+
+    @property
+    def status(self) -> str:
+        return "invalid" if self.invalid_reason else "ready"
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ def _info(row: Credential) -> CredentialInfo:
         row.version,
         row.created_at,
         row.updated_at,
+        row.invalid_reason,
     )
 
 
@@ -174,6 +181,8 @@ class CredentialStore:
                     "nonce": sealed.nonce,
                     "ciphertext": sealed.ciphertext,
                     "updated_at": now,
+                    "invalid_reason": None,
+                    "invalid_at": None,
                 }
                 if live is None:
                     s.add(Credential(user_id=user_id, provider=provider, created_at=now, **values))
@@ -255,6 +264,20 @@ class CredentialStore:
                 )
             )
             s.commit()
+
+    def judge(self, user_id: str, provider: str, version: int, refused: str | None) -> bool:
+        """Record the provider's verdict on `version`: refused (with why) or accepted. A
+        verdict on a version since replaced changes nothing (False)."""
+        with self.db.session() as s:
+            judged = s.execute(
+                update(Credential)
+                .where(Credential.user_id == user_id, Credential.provider == provider,
+                       Credential.version == version)
+                .values(invalid_reason=refused and refused[:MAX_REASON],
+                        invalid_at=refused and utcnow(), updated_at=Credential.updated_at)
+            )
+            s.commit()
+        return judged.rowcount == 1
 
     def delete(self, user_id: str, provider: str) -> bool:
         """Remove the live copy; False if there was none."""

@@ -133,6 +133,10 @@ class Credential(Base):
     leased_vm_id: Mapped[str | None] = mapped_column(String(32))
     leased_version: Mapped[int | None] = mapped_column(Integer)
     leased_digest: Mapped[str | None] = mapped_column(String(64))
+    # Set when the provider refused this version (revoked, signed out elsewhere); a new
+    # version (a sign-in, a refresh) starts valid again.
+    invalid_reason: Mapped[str | None] = mapped_column(Text)
+    invalid_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
