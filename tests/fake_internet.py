@@ -35,14 +35,15 @@ HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
 SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "auth.openai.com",
          "chatgpt.com", "accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
-         "cloudcode-pa.googleapis.com", "example.org", "example.net", "intranet.example.org")
+         "cloudcode-pa.googleapis.com", "developers.google.com", "example.org", "example.net",
+         "intranet.example.org")
 # The providers' services, answered by their stand-ins (tests/standins/) when asked for:
 # module -> (its port in the fake internet, the names it serves).
 STANDINS = {
     "anthropic": (9101, ("claude.com", "platform.claude.com", "api.anthropic.com")),
     "openai": (9102, ("auth.openai.com", "chatgpt.com")),
     "google": (9103, ("accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
-                      "cloudcode-pa.googleapis.com")),
+                      "cloudcode-pa.googleapis.com", "developers.google.com")),
 }
 STANDIN_ANSWER = "Hello from the provider's stand-in."
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.
@@ -76,6 +77,10 @@ class FakeInternet:
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.directory.glob("*.log")))
 
+    def requests(self, standin: str) -> Path:
+        """Where the stand-in `standin` (a module of tests/standins/) records its requests."""
+        return self.directory / f"requests-{standin}.jsonl"
+
 
 @contextlib.contextmanager
 def fake_internet(controller_ns: str, directory: Path, standins: bool = False
@@ -104,7 +109,8 @@ def fake_internet(controller_ns: str, directory: Path, standins: bool = False
         proxied: dict[str, int] = {}
         for module, (port, names) in STANDINS.items() if standins else ():
             run(module, [sys.executable, "-m", f"tests.standins.{module}", "--port", str(port),
-                         "--answer", STANDIN_ANSWER], ready=("127.0.0.1", port))
+                         "--answer", STANDIN_ANSWER, "--record", str(inet.requests(module))],
+                ready=("127.0.0.1", port))
             proxied.update(dict.fromkeys(names, port))
         _nginx(inet, run, proxied)
         (directory / "tinyproxy.conf").write_text(

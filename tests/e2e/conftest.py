@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from hearth import providers
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
 from hearth.net.sandbox import nsenter, sandbox
+from hearth.providers.base import Call
 from hearth.vmm.base import kill_pid
-from tests.standins import REVOKE_PATH
+from tests.standins import OF_PROVIDER, REVOKE_PATH
 
 IMAGES = Path(os.environ.get("HEARTH_TEST_IMAGES", "/var/lib/hearth/images"))
 
@@ -107,6 +109,29 @@ def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: st
     assert refusal in done["reason"], done
     stored, = rig.api.get(f"/api/users/{user_id}/credentials").json()["credentials"]
     assert stored["status"] == "invalid" and refusal in stored["invalid_reason"], stored
+
+
+def _made(call: Call, request: dict) -> bool:
+    return (call.method == request["method"]
+            and call.url == f"https://{request['host']}{request['path']}"
+            and set(call.sends) <= set(request["fields"]))
+
+
+def assert_contract(rig, provider: str, phases: tuple[str, ...]) -> None:
+    """Every request the CLI made to its provider's stand-in (as the stand-in recorded it;
+    not the VM's Firefox, not the test's own) is in the spec's contract with the fields it
+    lists, and each needed call of `phases` was made: a CLI upgrade that talks differently
+    fails here, naming the request."""
+    spec = providers.get(provider)
+    recorded = rig.inet.requests(OF_PROVIDER[provider]).read_text().splitlines()
+    made = [r for r in map(json.loads, recorded)
+            if r["caller"] == "cli" and not r["path"].startswith("/standin/")]
+    unknown = {f"{r['method']} https://{r['host']}{r['path']} {r['fields']}" for r in made
+               if not any(_made(call, r) for call in spec.contract)}
+    assert not unknown, f"{provider} made requests its contract does not list: {unknown}"
+    missing = [f"{c.phase}: {c.method} {c.url}" for c in spec.contract
+               if c.phase in phases and c.needed and not any(_made(c, r) for r in made)]
+    assert not missing, f"{provider} did not make these needed requests: {missing}"
 
 
 def assert_nothing_left(hearth: Hearth) -> None:

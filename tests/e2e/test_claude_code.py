@@ -12,7 +12,12 @@ import pytest
 
 from hearth.core import runtime
 from tests.e2e.browser_user import sign_in_with_standin
-from tests.e2e.conftest import IMAGES, assert_revocation_is_told, needs_image
+from tests.e2e.conftest import (
+    IMAGES,
+    assert_contract,
+    assert_revocation_is_told,
+    needs_image,
+)
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
 from tests.standins.oauth_client import Caller, exchange, sign_in
@@ -77,6 +82,7 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
         assert_revocation_is_told(r, call, USER, "claude_code",
                                   "https://platform.claude.com", "Failed to authenticate")
         r.assert_nowhere(tokens["access_token"], tokens["refresh_token"], stored["refreshToken"])
+        assert_contract(r, "claude_code", ("prompt", "refresh"))
         r.hearth("vm", "rm", "--all")
 
 
@@ -94,3 +100,4 @@ def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
         oauth = json.loads(files[CREDENTIALS])["claudeAiOauth"]
         assert oauth["subscriptionType"] == "max" and oauth["refreshToken"]
         r.assert_nowhere(oauth["accessToken"], oauth["refreshToken"])
+        assert_contract(r, "claude_code", ("login",))

@@ -16,7 +16,12 @@ import pytest
 
 from hearth.core import runtime
 from tests.e2e.browser_user import sign_in_with_standin
-from tests.e2e.conftest import IMAGES, assert_revocation_is_told, needs_image
+from tests.e2e.conftest import (
+    IMAGES,
+    assert_contract,
+    assert_revocation_is_told,
+    needs_image,
+)
 from tests.egress_rig import rig
 from tests.fake_internet import STANDIN_ANSWER
 from tests.standins.oauth_client import Caller
@@ -87,6 +92,7 @@ def test_a_prompt_streams_refreshes_and_leaves_one_live_copy(tmp_path):
         assert_revocation_is_told(r, call, USER, "codex", "https://auth.openai.com",
                                   "Your access token could not be refreshed")
         r.assert_nowhere(tokens["refresh_token"], stored["refresh_token"])
+        assert_contract(r, "codex", ("prompt", "refresh"))
         r.hearth("vm", "rm", "--all")
 
 
@@ -102,3 +108,4 @@ def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
         auth = json.loads(runtime.controller(r.settings).credentials.files(USER, "codex")[AUTH])
         assert auth["auth_mode"] == "chatgpt" and auth["tokens"]["account_id"] == ACCOUNT_ID
         r.assert_nowhere(auth["tokens"]["refresh_token"], auth["tokens"]["access_token"])
+        assert_contract(r, "codex", ("login",))

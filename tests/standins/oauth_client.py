@@ -27,7 +27,8 @@ with httpx.Client(transport=transport, follow_redirects=False, timeout=10) as c:
     for method, url, kw in calls:
         host = url.split("/")[2]
         r = c.request(method, url.replace(host, sys.argv[2], 1), headers={
-            "Host": host, **kw.pop("headers", {})}, extensions={"sni_hostname": host}, **kw)
+            "Host": host, "x-standin-test-caller": "1", **kw.pop("headers", {})},  # TEST_CALLER
+            extensions={"sni_hostname": host}, **kw)
         out.append([r.status_code, dict(r.headers), r.text])
 print(json.dumps(out))
 """

@@ -64,6 +64,20 @@ GOOGLE_SIGN_IN = ("accounts.google.com", "ssl.gstatic.com", "www.gstatic.com",
 
 
 @dataclass(frozen=True)
+class Call:
+    """One request the pinned CLI makes, as recorded by running it (docs/contracts/), so a
+    CLI upgrade is checked against it: the tests' stand-ins record each request the CLI
+    makes and the tests hold it to its spec's list (tests/e2e/conftest.py)."""
+
+    phase: str  # "login", "prompt" or "refresh"
+    method: str
+    url: str  # https://host/path, without the query
+    sends: tuple[str, ...] = ()  # the body's fields (JSON keys or form fields)
+    reads: tuple[str, ...] = ()  # the answer's fields the CLI reads
+    needed: bool = True  # the phase fails without a good answer (else the CLI goes on)
+
+
+@dataclass(frozen=True)
 class Probe:
     """A request the CLI itself makes with its access token, answered 2xx only while the
     provider accepts the sign-in: validate's check that reaches the provider, for CLIs whose
@@ -111,6 +125,7 @@ class ProviderSpec:
     # does not answer fails then, not at login_timeout.
     url_timeout: float = 120.0
     egress: EgressHosts = EgressHosts()
+    contract: tuple[Call, ...] = ()  # the requests the CLI makes, see Call
     # Environment for every run of the CLI (login and prompts): its own switches for
     # telemetry, error reports and update checks, so nothing leaves but to the provider.
     quiet_env: Mapping[str, str] = field(default_factory=dict)

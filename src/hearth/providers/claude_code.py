@@ -76,6 +76,7 @@ from collections.abc import Mapping
 
 from .base import (
     AccountInfo,
+    Call,
     EgressHosts,
     Probe,
     ProviderSpec,
@@ -134,6 +135,28 @@ def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
     return True, None
 
 
+API, TOKEN = "https://api.anthropic.com", "https://platform.claude.com/v1/oauth/token"
+TOKEN_READS = ("access_token", "refresh_token", "expires_in", "scope", "account.uuid",
+               "account.email_address", "organization.uuid")
+PROFILE = Call("login", "GET", f"{API}/api/oauth/profile", needed=False,
+               reads=("account.uuid", "account.email", "organization.uuid",
+                      "organization.organization_type", "organization.rate_limit_tier"))
+# docs/contracts/claude_code.md: 1.1-1.3 (login), 2 (prompt, with QUIET_ENV), 3 (refresh).
+CONTRACT = (
+    Call("login", "POST", TOKEN, sends=("client_id", "code", "code_verifier", "grant_type",
+                                        "redirect_uri", "state"), reads=TOKEN_READS),
+    PROFILE,
+    Call("login", "GET", f"{API}/api/oauth/claude_cli/roles", needed=False,
+         reads=("organization_role", "workspace_role", "organization_name")),
+    # At start, unless the cached profile is complete and under a day old.
+    Call("prompt", "GET", f"{API}/api/oauth/profile", needed=False, reads=PROFILE.reads),
+    Call("prompt", "POST", f"{API}/v1/messages",
+         sends=("max_tokens", "messages", "metadata", "model", "stream", "system"),
+         reads=("message_start", "content_block_delta", "message_delta", "message_stop")),
+    Call("refresh", "POST", TOKEN, sends=("client_id", "grant_type", "refresh_token", "scope"),
+         reads=TOKEN_READS),
+)
+
 SPEC = ProviderSpec(
     name="claude_code",
     cli_version="2.1.332",
@@ -165,4 +188,5 @@ SPEC = ProviderSpec(
         api=("api.anthropic.com",),
     ),
     quiet_env=QUIET_ENV,
+    contract=CONTRACT,
 )

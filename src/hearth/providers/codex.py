@@ -54,6 +54,7 @@ from collections.abc import Mapping
 
 from .base import (
     AccountInfo,
+    Call,
     EgressHosts,
     Probe,
     ProviderSpec,
@@ -105,6 +106,32 @@ def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
     return exit_status(exit_code, output)
 
 
+AUTH_URL, BACKEND = "https://auth.openai.com", "https://chatgpt.com/backend-api"
+TOKENS = ("id_token", "access_token", "refresh_token")
+# docs/contracts/codex.md: 1.2-1.4 (login), 2 (exec, with CONFIG_TOML), 3 (refresh). The
+# answer's body is zstd-compressed: its fields are not checked.
+CONTRACT = (
+    Call("login", "POST", f"{AUTH_URL}/oauth/token", reads=TOKENS, sends=(
+        "client_id", "code", "code_verifier", "grant_type", "redirect_uri")),
+    Call("login", "POST", f"{AUTH_URL}/oauth/token", reads=("access_token",), needed=False,
+         sends=("client_id", "grant_type", "requested_token", "subject_token",
+                "subject_token_type")),
+    # Only when an auth.json is there already: the old refresh token goes.
+    Call("login", "POST", f"{AUTH_URL}/oauth/revoke", needed=False,
+         sends=("client_id", "token", "token_type_hint")),
+    Call("prompt", "GET", f"{BACKEND}/wham/accounts/check", reads=(
+        "accounts.id", "accounts.workspace_backend_origin", "accounts.account_routing_override")),
+    *(Call("prompt", "GET", f"{BACKEND}{path}", needed=False) for path in (
+        "/codex/models", "/wham/settings/user", "/ps/plugins/installed",
+        "/ps/plugins/tooling-state/turtle", "/ps/plugins/suggested/codex")),
+    Call("prompt", "POST", f"{BACKEND}/ps/mcp", needed=False),
+    Call("prompt", "GET", f"{BACKEND}/codex/responses", needed=False),  # the WebSocket try
+    Call("prompt", "POST", f"{BACKEND}/codex/responses", reads=(
+        "response.output_text.delta", "response.output_item.done", "response.completed")),
+    Call("refresh", "POST", f"{AUTH_URL}/oauth/token", reads=TOKENS, sends=(
+        "client_id", "grant_type", "refresh_reason", "refresh_token")),
+)
+
 SPEC = ProviderSpec(
     name="codex",
     cli_version="0.171.0",
@@ -135,4 +162,5 @@ SPEC = ProviderSpec(
         token=("auth.openai.com",),
         api=("chatgpt.com",),
     ),
+    contract=CONTRACT,
 )
