@@ -10,7 +10,20 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
 
 from hearth.store.db import Database
+from tests.packages import PREFIX, STRICT_ENV, missing
 from tests.postgres_server import PostgresServer, find_bindir, scratch_database
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Where every package should be installed (STRICT_ENV), a skip for a missing one fails."""
+    report = (yield).get_result()
+    if report.skipped and os.environ.get(STRICT_ENV) and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+        if PREFIX in reason:
+            report.outcome = "failed"
+            report.longrepr = (f"{reason}: scripts/bootstrap.sh should have installed it "
+                               f"({STRICT_ENV} is set)")
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +34,7 @@ def postgres_server_url() -> Iterator[str]:
         return
     bindir = find_bindir()
     if bindir is None:
-        pytest.skip("needs PostgreSQL server binaries (apt-get install postgresql)")
+        pytest.skip(missing("postgresql", "the server binaries"))
     with PostgresServer(bindir) as server:
         yield server.url.render_as_string()
 

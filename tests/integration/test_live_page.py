@@ -42,7 +42,7 @@ def xvnc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VncServer]:
 @pytest.fixture(scope="module")
 def base_url(xvnc: VncServer) -> Iterator[str]:
     """The live view's routes, with a resolve that knows one session and its token."""
-    view = LiveView(PROVIDER, LiveTarget(LOOPBACK, xvnc.port, xvnc.password))
+    view = LiveView(PROVIDER, LiveTarget(LOOPBACK, xvnc.port, xvnc.password), "awaiting_user")
 
     async def resolve(session_id: str, token: str) -> LiveView | None:
         return view if (session_id, token) == (SESSION, TOKEN) else None
@@ -69,6 +69,8 @@ def test_connect_page_holds_the_viewer_and_no_secret(base_url: str, xvnc: VncSer
     assert f'data-events-path="/api/auth/session/{SESSION}/events?token={TOKEN}"' in page
     assert page.count(TOKEN) == 2
     assert not re.search(r"https?://(?!www\.w3\.org)", page), "nothing from elsewhere"
+    # A late visitor sees where the session is at once, before the event stream replays.
+    assert 'data-status="awaiting_user"' in page and "Status: awaiting user" in page
 
 
 @pytest.mark.parametrize(

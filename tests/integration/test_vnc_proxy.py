@@ -27,11 +27,12 @@ from websockets.sync.client import ClientConnection, connect
 from hearth.api import vnc_proxy
 from hearth.api.vnc_proxy import RfbError, bridge
 from hearth.waiting import wait_for
+from tests.packages import missing
 
 LOOPBACK = "127.0.0.1"
 WIDTH, HEIGHT = 800, 600
-XVNC_MISSING = "needs tigervnc-standalone-server (Xtigervnc)"
-VNCPASSWD_MISSING = "needs tigervnc-tools (vncpasswd)"
+XVNC_MISSING = missing("tigervnc-standalone-server", "Xtigervnc")
+VNCPASSWD_MISSING = missing("tigervnc-tools", "vncpasswd")
 
 
 # --- helpers shared with test_live_page.py ------------------------------------------------

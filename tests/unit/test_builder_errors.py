@@ -26,13 +26,14 @@ from hearth.config import Settings
 from hearth.image import recipes
 from hearth.image.builder import ARTEFACTS, REQUIRED_TOOLS, ImageBuilder, _swap_into_place
 from hearth.image.chroot import HOST_CA_IN_CHROOT, PROXY_VARS, BuildError, build_env, chroot
+from tests.packages import missing
 
 REFUSED_MIRROR = "http://127.0.0.1:9/debian"  # loopback discard port: nothing listens
 KVER = "6.12.0-hearth-test"
 
 needs_tools = pytest.mark.skipif(
     any(shutil.which(t) is None for t in REQUIRED_TOOLS),
-    reason="needs debootstrap, e2fsprogs and util-linux (the builder's preflight checks them)",
+    reason=missing("debootstrap, e2fsprogs and util-linux", "the builder's preflight checks them"),
 )
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 needs_overlay = pytest.mark.skipif(
@@ -357,7 +358,7 @@ def minimal_tree(root: Path, resolv: str) -> None:
 
 @needs_root
 @pytest.mark.skipif(not Path("/bin/busybox").is_file() or shutil.which("chroot") is None,
-                    reason="needs a static /bin/busybox (busybox-static) and chroot")
+                    reason=missing("busybox-static and coreutils", "/bin/busybox, chroot"))
 @pytest.mark.parametrize("resolv", ["symlink", "file", "absent"])
 @pytest.mark.parametrize("fail", [False, True], ids=["ok", "failing-step"])
 def test_chroot_lends_dns_ca_and_policy_and_takes_them_back(

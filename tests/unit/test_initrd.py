@@ -17,6 +17,7 @@ import pytest
 import zstandard
 
 from hearth.image.initrd import INIT_SCRIPT, WANTED_MODULES, build_initrd, resolve_modules
+from tests.packages import missing
 
 KVER = "6.12.0-hearth-test"
 
@@ -245,7 +246,7 @@ def test_modules_order_lists_them_dependencies_first(built: tuple[list[str], byt
     assert module_files == set(order)
 
 
-@pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool")
+@pytest.mark.skipif(shutil.which("cpio") is None, reason=missing("cpio"))
 def test_the_cpio_tool_unpacks_it_to_the_same_files(
     built: tuple[list[str], bytes], tmp_path: Path
 ) -> None:

@@ -55,10 +55,13 @@ class LiveTarget:
 
 @dataclass(frozen=True)
 class LiveView:
-    """What a valid live-view token opens: the provider, and the VM once it is ready."""
+    """What a valid live-view token opens: the provider, the session's status when asked
+    (shown by the page at once, before its event stream replays the timeline), and the VM
+    once it is ready."""
 
     provider: str
     target: LiveTarget | None
+    status: str | None = None
 
 
 class Notifier:
@@ -146,9 +149,9 @@ class AuthSessions:
         session = self.get(session_id)
         vm = self.vms.get(session.vm_id) if session.vm_id else None
         if vm is None or vm.state != VmState.ready:
-            return LiveView(session.provider, None)
+            return LiveView(session.provider, None, session.status)
         password = read_seed(self.vms.workdir(vm.id) / "seed.img")["vnc_password"]
-        return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password))
+        return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password), session.status)
 
     def egress_failed(self, session_id: str, reason: str) -> None:
         """The session's VM cannot reach its provider (its upstream proxy refused us, say):
