@@ -222,6 +222,15 @@ def net_down() -> None:
     vms.network.teardown()
 
 
+def show_sign_in(console: Console, url: str, user: str, password: str) -> None:
+    """Where to sign in, each value on a line of its own and never wrapped: a URL or a
+    password broken over lines by an 80-column terminal cannot be copied."""
+    console.print("[bold]Open[/bold] (in a browser on this machine):")
+    console.print(url, soft_wrap=True, markup=False, highlight=False)
+    console.print(f"and sign in as [bold]{user}[/bold] with the password:")
+    console.print(password, soft_wrap=True, markup=False, highlight=False)
+
+
 @app.command("demo")
 def demo(
     port: Annotated[int, typer.Option(help="loopback port for your browser")] = 8000,
@@ -235,9 +244,7 @@ def demo(
     image_build(["browser", "cli"])
     with demo_stack.stack(settings, port) as running:
         started = running.start_session("demo")
-        out.print(f"[bold]Open[/bold] {started['connect_url']}")
-        out.print(f"and sign in as [bold]{running.user}[/bold] with password "
-                  f"[bold]{running.password}[/bold]")
+        show_sign_in(out, started["connect_url"], running.user, running.password)
         running.follow(started["session_id"], lambda e: out.print(
             f"session {e['status']}" + (f": {e['detail']}" if e.get("detail") else "")))
         status = running.api.get(
