@@ -1,23 +1,105 @@
-"""Seconds from `POST /api/auth/start` to the authorize page shown in the browser VM's Firefox
-(the session turning `awaiting_user`), for cold VMs, and the controller's memory.
+"""Sign-in timings per provider: start to the sign-in page painted, approve to completed.
 
-Runs the demo stack (hearth.demo) in namespaces it creates. Run as root:
-    python bench/auth_start.py --runs 3
+Seconds from `POST /api/auth/start` to the session turning `awaiting_user` (the agent says so
+once the browser VM's Firefox has painted the provider's page), and from the approving Enter
+typed in Chromium through the live view to the session `completed`; and the controller's RSS.
+
+The real CLIs sign in to their providers' stand-ins on the egress rig (tests/egress_rig.py);
+the demo CLI to the demo IdP on the demo stack (hearth.demo), as the rig has no demo IdP. Both
+run in namespaces they create, with cold browser VMs. Run as root from the repository root,
+so that `tests` imports as a package:
+    python -m bench.auth_start --providers demo,codex --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+from playwright.sync_api import Error as PlaywrightError
 
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.demo import stack
-from hearth.waiting import wait_for
+from hearth.waiting import Timeout, wait_for
+from tests.e2e.browser_user import END_STATES, live_view
+from tests.e2e.conftest import IMAGES
+from tests.egress_rig import rig
+
+PROVIDERS = ("demo", "claude_code", "codex", "gemini_cli")
+
+
+@dataclass
+class Controller:
+    api: httpx.Client
+    pid: int
+    settings: Settings
+    fields: tuple[str, ...]  # what the user types, Tab between, before the approving Enter
+
+
+@contextlib.contextmanager
+def controller(provider: str, images: Path, tmp: Path) -> Iterator[Controller]:
+    """A controller that can sign `provider` in, until the block ends."""
+    if provider == "demo":
+        home = tmp / "home"
+        home.mkdir()
+        (home / "images").symlink_to(images)
+        with stack(Settings(home=home)) as s:
+            yield Controller(s.api, s.controller_pid, s.settings, (s.user, s.password))
+        return
+    with rig(tmp, images=images, browsers=True, standins=True, trust_ca=True) as r:
+        try:
+            yield Controller(r.api, r.controller_pid, r.settings, ())  # Enter approves
+        finally:
+            r.hearth("vm", "rm", "--all")
+
+
+class SignInFailed(Exception):
+    """The session ended before the status a run waited for: a failed run, not a crash."""
+
+
+def timed_sign_in(c: Controller, user_id: str, provider: str) -> tuple[float, float]:
+    """One sign-in as a person does it: (start -> page painted, approve -> completed) s."""
+    began = time.monotonic()
+    started = c.api.post("/api/auth/start", json={"user_id": user_id, "provider": provider})
+    started.raise_for_status()
+    path = f"/api/auth/session/{started.json()['session_id']}"
+
+    def reached(status: str, timeout: float) -> None:
+        """Wait for `status`; a session that ends otherwise fails the run."""
+        def now() -> dict | None:
+            session = c.api.get(path).json()
+            return session if session["status"] in (status, *END_STATES) else None
+
+        session = wait_for(now, timeout, f"the session to turn {status}", interval=0.2)
+        if session["status"] != status:
+            raise SignInFailed(f"{session['status']}: {session['error']}")
+
+    try:
+        reached("awaiting_user", 600)
+        painted = time.monotonic() - began
+        with live_view(started.json()["connect_url"]) as (page, canvas):
+            # Keys typed before the viewer's VNC connection is up are lost.
+            page.locator("#viewer-state", has_text="Connected").wait_for(timeout=60_000)
+            canvas.focus()  # without a click, which could move Firefox's focus
+            for n, field in enumerate(c.fields):
+                if n:
+                    page.keyboard.press("Tab")
+                page.keyboard.type(field, delay=60)
+            pressed = time.monotonic()
+            page.keyboard.press("Enter")
+            reached("completed", 600)
+            return painted, time.monotonic() - pressed
+    finally:
+        c.api.post(f"{path}/cancel")  # a no-op once the session ended
 
 
 def rss_mib(pid: int) -> float:
@@ -27,58 +109,54 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def time_to_authorize_page(running, user_id: str) -> tuple[float | None, list[str]]:
-    """Start a session, follow it to awaiting_user, cancel it; the seconds it took."""
-    began = time.monotonic()
-    session_id = running.start_session(user_id)["session_id"]
-    reached: list[str] = []
-    elapsed = None
+def median(seconds: list[float]) -> float | None:
+    return round(statistics.median(seconds), 1) if seconds else None
 
-    def on_event(event: dict) -> None:
-        nonlocal elapsed
-        reached.append(event["status"])
-        if event["status"] == "awaiting_user":
-            elapsed = time.monotonic() - began
-            running.api.post(f"/api/auth/session/{session_id}/cancel")
 
-    running.follow(session_id, on_event)
-    return elapsed, reached
+def bench(provider: str, runs: int, images: Path) -> dict:
+    """`runs` sign-ins one after another on one controller, each with a cold browser VM."""
+    painted, approved, failures, rss = [], [], [], []
+    with (tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as tmp,
+          controller(provider, images, Path(tmp)) as c):
+        vms = runtime.vm_manager(c.settings)
+        for run in range(runs):
+            try:
+                page_s, approve_s = timed_sign_in(c, f"bench-{run}", provider)
+                painted.append(page_s)
+                approved.append(approve_s)
+            except (SignInFailed, Timeout, PlaywrightError) as e:
+                failures.append(f"run {run}: {str(e).splitlines()[0]}")
+            rss.append(rss_mib(c.pid))
+            wait_for(lambda: vms.list() == [], 300, "the browser VM to go")
+    return {"provider": provider, "runs": runs, "ok": len(approved), "failures": failures,
+            "median_start_to_page_s": median(painted),
+            "median_approve_to_completed_s": median(approved),
+            "controller_rss_mib_max": round(max(rss), 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--images-dir", type=Path, default=Settings().images_dir)
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated, of {', '.join(PROVIDERS)}")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--images-dir", type=Path, default=IMAGES)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    chosen = args.providers.split(",")
+    if unknown := set(chosen) - set(PROVIDERS):
+        parser.error(f"unknown providers: {', '.join(sorted(unknown))}")
 
-    seconds, failures, rss = [], [], []
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as home:
-        (Path(home) / "images").symlink_to(args.images_dir.resolve())
-        with stack(Settings(home=Path(home))) as running:
-            vms = runtime.vm_manager(running.settings)
-            for run in range(args.runs):
-                elapsed, reached = time_to_authorize_page(running, f"bench-{run}")
-                if elapsed is None:
-                    failures.append(f"run {run}: {' -> '.join(reached)}")
-                else:
-                    seconds.append(elapsed)
-                rss.append(rss_mib(running.controller_pid))
-                wait_for(lambda: vms.list() == [], 180, "the browser VM to go")
-    figures = {
-        "runs": args.runs, "ok": len(seconds), "failures": failures,
-        "median_start_to_authorize_page_s": round(statistics.median(seconds), 1)
-        if seconds else None,
-        "controller_rss_mib_max": round(max(rss), 1) if rss else None,
-    }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"start -> authorize page in Firefox: median "
-          f"{figures['median_start_to_authorize_page_s']} s over {len(seconds)}/{args.runs} "
-          f"cold VMs; controller RSS up to {figures['controller_rss_mib_max']} MiB")
-    for failure in failures:
-        print(f"  failed: {failure}")
+    for provider in chosen:
+        figures = bench(provider, args.runs, args.images_dir.resolve())
+        if args.json:
+            print(json.dumps(figures), flush=True)
+            continue
+        print(f"{provider}: start -> sign-in page {figures['median_start_to_page_s']} s, "
+              f"approve -> completed {figures['median_approve_to_completed_s']} s "
+              f"(medians, {figures['ok']}/{args.runs} runs); controller RSS up to "
+              f"{figures['controller_rss_mib_max']} MiB", flush=True)
+        for failure in figures["failures"]:
+            print(f"  failed: {failure}")
 
 
 if __name__ == "__main__":
