@@ -19,7 +19,8 @@ from hearth.core.reconciler import reconcile
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
-from hearth.net.sandbox import nsenter, sandbox
+from hearth.net.namespace import nsenter
+from hearth.net.sandbox import sandbox
 
 app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
 image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")
@@ -285,7 +286,7 @@ def vm_demo(
                 hearth("vm", "rm", "--all")
                 hearth("net", "down")
         if keep:
-            out.print(f"kept: nsenter --net=/run/netns/{controller} "
+            out.print(f"kept: {' '.join(nsenter(controller))} "
                       f"env HEARTH_NETNS={controller}-vm hearth vm ls")
         if not booted:
             raise typer.Exit(1)

@@ -31,7 +31,8 @@ import httpx
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.net.sandbox import link, nsenter, sandbox
+from hearth.net.namespace import nsenter
+from hearth.net.sandbox import link, sandbox
 from hearth.net.topology import VmNetwork
 from hearth.waiting import wait_for
 

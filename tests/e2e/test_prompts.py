@@ -109,7 +109,8 @@ def test_a_prompt_streams_its_output_and_the_refreshed_tokens_come_back(signed_i
 
 def test_validate_runs_the_cli_status_check_in_the_vm(signed_in: Stack):
     body = signed_in.api.get(f"/api/auth/validate/{USER}/demo").json()
-    assert body == {"user_id": USER, "provider": "demo", "valid": True, "reason": None}
+    assert body == {"user_id": USER, "provider": "demo", "valid": True, "reason": None,
+                    "status": "ready"}
 
 
 def test_an_idle_vm_hibernates_and_the_next_prompt_resumes_it(signed_in: Stack):

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import login
+    from . import fileio, login
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import fileio
     import login
 
 STATE_ENV = "HEARTH_AGENT_STATE"
@@ -127,7 +128,7 @@ def install(
         previous = _load(provider)
         cli_home.mkdir(mode=0o700, parents=True, exist_ok=True)
         for relative, content in {**credential_files, **support_files}.items():
-            login.write_private(cli_home, relative, content)
+            fileio.write_private(cli_home / relative, content)
         kept = credential_files.keys() | support_files.keys()
         for relative in previous["credential_files"] if previous else []:
             if relative not in kept:
@@ -137,7 +138,7 @@ def install(
             "credential_files": sorted(credential_files),
             "support_files": sorted(support_files),
         }
-        login.write_private(manifest.parent, manifest.name, json.dumps(record).encode())
+        fileio.write_private(manifest, json.dumps(record).encode())
         return digest(cli_home, credential_files)
 
 

@@ -227,7 +227,11 @@ def check_id_token(id_token: str, issuer: str, client_id: str, nonce: str) -> di
 
 def write_credentials(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON to `path`, mode 0600, atomically (a reader sees the old file or
-    the whole new one); a directory created for it is 0700."""
+    the whole new one); a directory created for it is 0700.
+
+    Not hearth.guest.fileio's write_private: this program stands in for a provider's own
+    CLI and runs as one file on its own (its tests run it with `python -I`), importing
+    nothing of the agent's."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
         path.parent.chmod(0o700)  # mkdir's mode is masked by the umask

@@ -17,7 +17,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
@@ -27,6 +26,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+if __package__:
+    from . import processes
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import processes
 
 FIREFOX = "firefox-esr"
 DISPLAY = ":1"
@@ -51,11 +55,6 @@ def _xdotool(env: dict[str, str], *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 def window_title(env: dict[str, str]) -> str | None:
@@ -211,9 +210,9 @@ class Firefox:
 
 def _end(process: subprocess.Popen[Any]) -> None:
     """SIGTERM a process group this module started; SIGKILL it if it outstays STOP_WAIT."""
-    _signal_group(process.pid, signal.SIGTERM)
+    processes.signal_group(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=STOP_WAIT)
     except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
+        processes.signal_group(process.pid, signal.SIGKILL)
         process.wait(timeout=STOP_WAIT)

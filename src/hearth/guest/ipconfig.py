@@ -22,6 +22,11 @@ import time
 from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Interface
 
+if __package__:
+    from . import fileio
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import fileio
+
 # The kernel's field order (Documentation/admin-guide/nfs/nfsroot.rst); ntp0 is not supported.
 FIELDS = ("client", "server", "gateway", "netmask", "hostname", "device", "autoconf", "dns0",
           "dns1")  # fmt: skip
@@ -252,19 +257,10 @@ def _wait_for(check, timeout: float, interval: float = 0.05) -> bool:
     return True
 
 
-def _write_atomically(path: str, text: str) -> None:
-    # Replacing (rather than writing through) also replaces a dangling resolv.conf symlink.
-    tmp = f"{path}.hearth-{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW)
-        os.fchmod(fd, 0o644)  # whatever the umask: every user resolves names
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_public(path: str, text: str) -> None:
+    # Replacing (rather than writing through) also replaces a dangling resolv.conf symlink;
+    # 0644 whatever the umask: every user resolves names.
+    fileio.write_atomic(path, text.encode(), 0o644)
 
 
 def apply(
@@ -304,12 +300,12 @@ def apply(
         with open(os.path.join(root, "proc/sys/kernel/hostname"), "w") as f:
             f.write(cfg.hostname)
         # The guest knows its own name, so looking it up never leaves for the DNS responder.
-        _write_atomically(os.path.join(root, "etc/hosts"), HOSTS.format(cfg.hostname))
+        _write_public(os.path.join(root, "etc/hosts"), HOSTS.format(cfg.hostname))
     if cfg.dns:
         log("resolv.conf: nameserver " + ", ".join(map(str, cfg.dns)))
         lines = ["# Written by hearth-net from ip= on the kernel command line."]
         lines += [f"nameserver {server}" for server in cfg.dns]
-        _write_atomically(os.path.join(root, "etc/resolv.conf"), "\n".join(lines) + "\n")
+        _write_public(os.path.join(root, "etc/resolv.conf"), "\n".join(lines) + "\n")
     log(f"configured {dev} {cfg.address}" + (f" via {cfg.gateway}" if cfg.gateway else ""))
 
 

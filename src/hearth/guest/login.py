@@ -37,14 +37,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import browser_shim, firefox
+    from . import browser_shim, fileio, firefox, processes
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
+    import fileio
     import firefox
+    import processes
 
 HOME_ENV = "HEARTH_LOGIN_HOME"
 RUN_DIR_ENV = "HEARTH_RUN_DIR"
@@ -227,10 +229,10 @@ def _regex(pattern: str, name: str) -> re.Pattern[str]:
 
 def relative_path(path: str, name: str) -> str:
     """A path under HOME: relative, normalised, no way out of HOME."""
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    relative = fileio.home_relative(path)
+    if relative is None:
         raise SpecError(f'"{name}" holds {path[:80]!r}, which is not a plain path under HOME')
-    return str(PurePosixPath(*parts))
+    return relative
 
 
 @dataclass(frozen=True)
@@ -288,32 +290,6 @@ class LoginSpec:
             login_timeout=_seconds(data, "login_timeout", 900),
             url_timeout=_seconds(data, "url_timeout", 120),
         )
-
-
-# --- files ---------------------------------------------------------------------------------
-
-
-def write_private(home: Path, relative: str, content: bytes) -> None:
-    """Write HOME/relative as a 0600 file, creating missing directories 0700, atomically."""
-    target = home / relative
-    for directory in reversed(target.relative_to(home).parents):
-        path = home / directory
-        if not path.exists():
-            path.mkdir(mode=0o700)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def kill_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 # --- one login -----------------------------------------------------------------------------
@@ -392,7 +368,7 @@ class LoginSession:
         for relative in self.spec.credential_files:
             (self.home / relative).unlink(missing_ok=True)
         for relative, content in self.spec.pre_login_files.items():
-            write_private(self.home, relative, content.encode())
+            fileio.write_private(self.home / relative, content.encode())
         shim = Path(browser_shim.__file__).resolve()
         self.wrapper.write_text(
             "#!/bin/sh\n"
@@ -435,7 +411,7 @@ class LoginSession:
             with self._lock:
                 self.error = "the agent's reader failed"
             assert self._process is not None
-            kill_group(self._process.pid, signal.SIGKILL)
+            processes.signal_group(self._process.pid, signal.SIGKILL)
             self._process.wait()
         finally:
             os.close(self._master)
@@ -450,7 +426,7 @@ class LoginSession:
             exited = process.poll() is not None
             if exited and not self._killed:
                 # Whatever the CLI left running in its process group goes with it.
-                kill_group(process.pid, signal.SIGKILL)
+                processes.signal_group(process.pid, signal.SIGKILL)
                 self._killed = True
             if readable:
                 ready, _, _ = select.select([self._master], [], [], 0 if exited else READ_POLL)
@@ -529,7 +505,7 @@ class LoginSession:
                     self._stop("no sign-in URL", now)
             elif now > self._stop_deadline and not self._killed:
                 assert self._process is not None
-                kill_group(self._process.pid, signal.SIGKILL)
+                processes.signal_group(self._process.pid, signal.SIGKILL)
                 self._killed = True
 
     def _read_browser_url(self, now: float) -> None:
@@ -567,7 +543,7 @@ class LoginSession:
         assert self._process is not None
         self._stopping = reason
         self._stop_deadline = now + STOP_WAIT
-        kill_group(self._process.pid, signal.SIGTERM)
+        processes.signal_group(self._process.pid, signal.SIGTERM)
         self.log(f"stopping the CLI ({reason})")
 
     def _with_screen(self, error: str) -> str:

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import IO, Any
 
 if __package__:
-    from . import custody, login
+    from . import custody, login, processes
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import custody
     import login
+    import processes
 
 DEFAULT_TIMEOUT = 3600.0
 MAX_TIMEOUT = 86400.0
@@ -158,7 +159,7 @@ class Run:
         assert self._process is not None
         code = self._process.wait()
         # Whatever the CLI left running in its process group goes with it.
-        login.kill_group(self._process.pid, signal.SIGKILL)
+        processes.signal_group(self._process.pid, signal.SIGKILL)
         # A descendant that left the group may still hold a pipe: its output is not waited
         # for beyond DRAIN_WAIT.
         deadline = time.monotonic() + DRAIN_WAIT
@@ -207,14 +208,14 @@ class Run:
         assert self._process is not None
         self._stopping = True
         self.log(f"stopping ({why})")
-        login.kill_group(self._process.pid, signal.SIGTERM)
+        processes.signal_group(self._process.pid, signal.SIGTERM)
         self._after(KILL_GRACE, self._kill)
 
     def _kill(self) -> None:
         assert self._process is not None
         with self._lock:
             if not self.finished.is_set():
-                login.kill_group(self._process.pid, signal.SIGKILL)
+                processes.signal_group(self._process.pid, signal.SIGKILL)
 
     def _time_out(self) -> None:
         with self._lock:

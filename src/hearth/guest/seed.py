@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+if __package__:
+    from . import fileio
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import fileio
 
 DEFAULT_PATH = "/dev/vdb"
 SEED_SIZE = 1024 * 1024
@@ -84,16 +87,4 @@ def write_seed(path: str | os.PathLike[str], data: dict[str, Any], size: int = S
         raise SeedError(
             f"seed JSON is {len(payload)} bytes; it must be shorter than the {size}-byte image"
         )
-    target = Path(path)
-    # mkstemp creates the file 0600, so the secrets are never readable by others.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.write(b"\0" * (size - len(payload)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_atomic(path, payload + b"\0" * (size - len(payload)), 0o600, durable=True)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+
+if __package__:
+    from . import fileio
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import fileio
 
 TRUST_DIR = "/run/hearth/trust"
 EXTRA = f"{TRUST_DIR}/extra-ca.pem"
@@ -57,12 +61,4 @@ def install(pem: str, directory: str = TRUST_DIR, system_bundle: str = SYSTEM_BU
 
 def _write(path: str, text: str) -> None:
     """Replace `path` with `text`, readable by every user (certificates are public)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".trust.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fileio.write_atomic(path, text.encode(), 0o644)

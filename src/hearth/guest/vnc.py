@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 if __package__:
     from . import seed
+    from .fileio import write_private
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import seed
+    from fileio import write_private
 
 PASSWD_FILE = Path("/run/hearth/vncpasswd")
 VNCPASSWD = ("vncpasswd", "-f")
@@ -68,19 +69,6 @@ def obfuscate(password: str, command: Sequence[str] = VNCPASSWD) -> bytes:
             f"{len(done.stdout)} bytes out): {detail}"
         )
     return done.stdout
-
-
-def write_private(path: Path, content: bytes) -> None:
-    """Write `content` to `path` as a 0600 file in a 0700 directory, atomically."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main() -> int:

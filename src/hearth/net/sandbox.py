@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from pyroute2 import netns
 
+from hearth.net.namespace import nsenter as nsenter  # re-exported: tests and benches use it
+
 
 @contextlib.contextmanager
 def sandbox(prefix: str = "hearth-test", keep: bool = False) -> Iterator[str]:
@@ -34,12 +36,6 @@ def inside(name: str) -> Iterator[None]:
         yield
     finally:
         netns.popns()
-
-
-def nsenter(name: str) -> list[str]:
-    """The argv prefix that runs a command in `name` without a private mount namespace,
-    so that namespaces Hearth creates from there are visible to everyone."""
-    return ["nsenter", f"--net=/run/netns/{name}"]
 
 
 def link(left: str, right: str, network: ipaddress.IPv4Network) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hearth.config import Settings
 from hearth.net.firewall import ruleset
+from hearth.net.namespace import nsenter
 from hearth.waiting import wait_for
 
 
@@ -91,7 +92,7 @@ class VmNetwork:
                 for index in ip.link_lookup(ifname=self.bridge):
                     ip.link("del", index=index)
             for family in ("inet", "bridge"):
-                subprocess.run([*self._in(self.controller_netns), "nft", "delete", "table",
+                subprocess.run([*nsenter(self.controller_netns), "nft", "delete", "table",
                                 family, "hearth"], check=False, capture_output=True)
 
     def exists(self) -> bool:
@@ -163,7 +164,7 @@ class VmNetwork:
     def _bindings(self, name: str) -> list[str]:
         if not self._netns_exists():
             return []
-        listed = subprocess.run([*self._in(self.vm_netns), "nft", "-j", "list", "set",
+        listed = subprocess.run([*nsenter(self.vm_netns), "nft", "-j", "list", "set",
                                  "bridge", "hearth", "ports"], capture_output=True, text=True)
         if listed.returncode != 0:  # no table yet: nothing is bound
             return []
@@ -204,10 +205,6 @@ class VmNetwork:
     def _controller_side(self) -> contextlib.AbstractContextManager[IPRoute]:
         return _rtnl(self.controller_netns)
 
-    @staticmethod
-    def _in(name: str) -> list[str]:
-        return ["ip", "netns", "exec", name] if name else []
-
     def _ensure_veth(self) -> None:
         controller_addr, vms_addr = self._link_hosts
         prefix = self.link.prefixlen
@@ -235,7 +232,7 @@ class VmNetwork:
                 ip.link("del", index=index)
 
     def _exec(self, argv: list[str], what: str, stdin: str | None = None) -> None:
-        proc = subprocess.run(self._in(self.vm_netns) + argv, input=stdin, capture_output=True,
+        proc = subprocess.run(nsenter(self.vm_netns) + argv, input=stdin, capture_output=True,
                               text=True)
         if proc.returncode != 0:
             raise NetworkError(f"{what} failed: {proc.stderr.strip()}")

@@ -12,12 +12,12 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hearth.config import Settings
+from hearth.guest import fileio
 from hearth.store.crypto import (
     ENV_VAR,
     Keyring,
@@ -94,8 +94,7 @@ def record_aad(user_id: str, provider: str, version: int) -> bytes:
 
 def _check_path(path: str) -> None:
     """Paths are later written under the CLI user's home: refuse any that could leave it."""
-    parts = PurePosixPath(path).parts
-    if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
+    if fileio.home_relative(path) is None:
         raise ValueError(f"credential file path {path!r} must be relative to the home directory")
 
 

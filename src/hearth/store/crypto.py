@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from hearth.guest import fileio
+
 if TYPE_CHECKING:
     from hearth.config import Settings
 
@@ -308,24 +310,8 @@ def _write_key_file(path: Path, keyring: Keyring, *, replace_existing: bool) -> 
     """
     by_id, current = keyring._keys()
     doc = {"current": current, "keys": {kid: key.to_base64() for kid, key in by_id.items()}}
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(doc, indent=2).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if replace_existing:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fileio.write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", 0o600, durable=True,
+                        replace=replace_existing)
 
 
 def save_key_file(path: Path, keyring: Keyring) -> None:

@@ -89,11 +89,6 @@ class Driver(Protocol):
         """Whether a complete snapshot that no guest has run on from is in `spec.workdir`."""
 
 
-def netns_argv(netns: str) -> list[str]:
-    """The argv prefix that runs a command inside `netns` (empty for the caller's)."""
-    return ["ip", "netns", "exec", netns] if netns else []
-
-
 def read_pid(spec: MachineSpec) -> int | None:
     try:
         return int(spec.pid_file.read_text().strip())

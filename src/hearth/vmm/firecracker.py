@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 
-from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, read_pid, running_pid
+from hearth.guest import fileio
+from hearth.net.namespace import nsenter
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, read_pid, running_pid
 from hearth.waiting import Timeout, wait_for
 
 API_SOCK = "firecracker.sock"
@@ -302,7 +304,7 @@ class FirecrackerDriver:
 
     def _argv(self, spec: MachineSpec, layout: _Layout) -> list[str]:
         if layout.root is None:
-            return [*netns_argv(spec.netns), self.binary, "--api-sock", layout.vmm(API_SOCK)]
+            return [*nsenter(spec.netns), self.binary, "--api-sock", layout.vmm(API_SOCK)]
         netns = ["--netns", f"/var/run/netns/{spec.netns}"] if spec.netns else []
         return [
             self.jailer,
@@ -338,9 +340,7 @@ class FirecrackerDriver:
         except OSError as e:
             raise VmmError(f"cannot run {argv[0]}: {e}") from e
         self._children[proc.pid] = proc
-        tmp = spec.pid_file.with_name(spec.pid_file.name + ".tmp")
-        tmp.write_text(f"{proc.pid}\n")
-        os.replace(tmp, spec.pid_file)
+        fileio.write_atomic(spec.pid_file, f"{proc.pid}\n".encode(), 0o644)
 
         def api_ready() -> bool:
             if proc.poll() is not None:

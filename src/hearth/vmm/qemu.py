@@ -18,7 +18,8 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from hearth.vmm.base import MachineSpec, VmmError, kill_pid, netns_argv, running_pid
+from hearth.net.namespace import nsenter
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
 from hearth.waiting import Timeout, wait_for
 
 QEMU = "qemu-system-x86_64"
@@ -215,7 +216,7 @@ class QemuDriver:
         with log.open("ab") as out:
             # Its own session: the VM outlives a controller that dies, and the reconciler
             # adopts it or ends it by PID.
-            proc = subprocess.Popen(netns_argv(spec.netns) + argv, stdout=out, stderr=out,
+            proc = subprocess.Popen(nsenter(spec.netns) + argv, stdout=out, stderr=out,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     pass_fds=pass_fds)
         spec.pid_file.write_text(f"{proc.pid}\n")
