@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from hearth.api.deps import USER_ID_PATTERN, controller, require_admin
+from hearth.api.schemas import EgressConnectionView, EgressLog
 from hearth.core.egress import connection_view, connections
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -20,9 +21,9 @@ async def egress_log(
     user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
     verdict: Literal["allowed", "refused", "failed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict:
+) -> EgressLog:
     """Every attempt of a VM to reach a name, newest first: who, which name, the verdict
     and why, bytes each way. Never any content."""
     rows = await asyncio.to_thread(connections, controller(request).db, vm_id, user_id,
                                    verdict, limit)
-    return {"connections": [connection_view(c) for c in rows]}
+    return EgressLog(connections=[EgressConnectionView(**connection_view(c)) for c in rows])

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.api import admin_routes, auth_routes, prompt_routes, user_routes
 from hearth.api.live import live_router
+from hearth.api.schemas import Health
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import reconcile
@@ -54,8 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz", tags=["liveness"])
-    def healthz() -> dict:
-        return {"status": "ok"}
+    def healthz() -> Health:
+        return Health(status="ok")
 
     async def resolve(session_id: str, token: str):
         return await asyncio.to_thread(app.state.controller.sessions.live_view,

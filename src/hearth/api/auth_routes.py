@@ -12,8 +12,16 @@ from pydantic import BaseModel, Field
 
 from hearth import providers
 from hearth.api.deps import USER_ID_PATTERN, controller, require_key
+from hearth.api.schemas import (
+    CredentialsStatus,
+    OAuthUrl,
+    SessionCancelled,
+    SessionStarted,
+    SessionView,
+    TimelineEntry,
+)
 from hearth.core.auth_sessions import TERMINAL, AuthSessions
-from hearth.store.models import AuthSession
+from hearth.store.models import AuthSession, AuthSessionStatus
 
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
 KEEPALIVE_SECONDS = 15.0
@@ -37,70 +45,77 @@ def _found(svc: AuthSessions, session_id: str) -> AuthSession:
     return session
 
 
-def _view(svc: AuthSessions, session: AuthSession) -> dict:
-    return {
-        "session_id": session.id,
-        "user_id": session.user_id,
-        "provider": session.provider,
-        "status": session.status,
-        "error": session.error,
-        "expires_at": session.expires_at.isoformat(),
-        "timeline": [{"status": e.status, "at": e.at.isoformat(), "detail": e.detail}
-                     for e in svc.timeline(session.id)],
-    }
+def _view(svc: AuthSessions, session: AuthSession) -> SessionView:
+    return SessionView(
+        session_id=session.id,
+        user_id=session.user_id,
+        provider=session.provider,
+        status=session.status,
+        error=session.error,
+        expires_at=session.expires_at.isoformat(),
+        timeline=[TimelineEntry(status=e.status, at=e.at.isoformat(), detail=e.detail)
+                  for e in svc.timeline(session.id)],
+    )
 
 
 @router.post("/start", status_code=202, dependencies=[Depends(require_key)])
-def start(body: StartRequest, request: Request) -> dict:
+def start(body: StartRequest, request: Request) -> SessionStarted:
     if body.provider not in providers.names():
         raise HTTPException(400, f"unknown provider {body.provider!r}; known: "
                                  f"{', '.join(providers.names())}")
     svc = sessions(request)
     session, token = svc.start(body.user_id, body.provider)
     base = svc.settings.public_url.rstrip("/")
-    return {"session_id": session.id, "status": session.status,
-            "connect_url": f"{base}/connect/{session.id}?token={token}"}
+    return SessionStarted(session_id=session.id, status=session.status,
+                          connect_url=f"{base}/connect/{session.id}?token={token}")
 
 
 @router.get("/session/{session_id}", dependencies=[Depends(require_key)])
-def status(session_id: SessionId, request: Request) -> dict:
+def status(session_id: SessionId, request: Request) -> SessionView:
     svc = sessions(request)
     return _view(svc, _found(svc, session_id))
 
 
 @router.get("/session/{session_id}/oauth", dependencies=[Depends(require_key)])
-def oauth(session_id: SessionId, request: Request) -> dict:
+def oauth(session_id: SessionId, request: Request) -> OAuthUrl:
     session = _found(sessions(request), session_id)
     if not session.oauth_url:
         raise HTTPException(409, f"no authorize URL captured yet (status {session.status})")
-    return {"session_id": session.id, "url": session.oauth_url}
+    return OAuthUrl(session_id=session.id, url=session.oauth_url)
 
 
-@router.get("/session/{session_id}/credentials/status", dependencies=[Depends(require_key)])
-def credentials_status(session_id: SessionId, request: Request) -> dict:
+@router.get("/session/{session_id}/credentials/status", dependencies=[Depends(require_key)],
+            response_model_exclude_unset=True)
+def credentials_status(session_id: SessionId, request: Request) -> CredentialsStatus:
+    """`pending` or `absent` carry only `status` and `provider`; `ready` or `invalid`, all."""
     svc = sessions(request)
     session = _found(svc, session_id)
     info = svc.credentials.info(session.user_id, session.provider)
-    if session.status != "completed" or info is None:
-        return {"status": "pending" if session.status not in TERMINAL else "absent",
-                "provider": session.provider}
-    return {"status": info.status, "provider": info.provider,
-            "account_email": info.account_email,
-            "expires_at": info.expires_at.isoformat() if info.expires_at else None,
-            "version": info.version, "invalid_reason": info.invalid_reason}
+    if session.status != AuthSessionStatus.completed or info is None:
+        return CredentialsStatus(
+            status="pending" if session.status not in TERMINAL else "absent",
+            provider=session.provider)
+    return CredentialsStatus(
+        status=info.status, provider=info.provider, account_email=info.account_email,
+        expires_at=info.expires_at.isoformat() if info.expires_at else None,
+        version=info.version, invalid_reason=info.invalid_reason)
 
 
 @router.post("/session/{session_id}/cancel", dependencies=[Depends(require_key)])
-def cancel(session_id: SessionId, request: Request) -> dict:
+def cancel(session_id: SessionId, request: Request) -> SessionCancelled:
     svc = sessions(request)
     _found(svc, session_id)
     session = svc.cancel(session_id)
-    return {"session_id": session.id, "status": session.status}
+    return SessionCancelled(session_id=session.id, status=session.status)
 
 
-@router.get("/session/{session_id}/events")
+@router.get("/session/{session_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`status` events ({status, at, detail}, as in "
+                                            "the session's timeline) until the session ends"}})
 async def events(session_id: SessionId, request: Request,
-                 token: Annotated[str | None, Query(max_length=128)] = None):
+                 token: Annotated[str | None, Query(max_length=128)] = None
+                 ) -> StreamingResponse:
     """Server-Sent Events: one `status` event per timeline entry, until the session ends.
 
     Authenticated by an API key, or by the live view's token (EventSource sends no headers).

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hearth.api.deps import USER_ID_PATTERN, UserId, controller, require_key
+from hearth.api.schemas import PromptCancelling, PromptHistory, PromptSummary, PromptView
 from hearth.core.cli_vms import UnknownUser
 from hearth.core.prompts import NoCredentials, Prompts
 from hearth.providers import UnknownProviderError
@@ -35,8 +36,8 @@ def prompts(request: Request) -> Prompts:
     return controller(request).prompts
 
 
-def _view(record: Prompt, with_output: bool = True) -> dict:
-    view = {
+def _summary(record: Prompt) -> dict:
+    return {
         "prompt_id": record.id,
         "user_id": record.user_id,
         "provider": record.provider,
@@ -50,9 +51,6 @@ def _view(record: Prompt, with_output: bool = True) -> dict:
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "prompt": record.prompt,
     }
-    if with_output:
-        view["output"] = record.output
-    return view
 
 
 @router.post("/prompts", response_class=StreamingResponse,
@@ -107,26 +105,27 @@ async def _events(svc: Prompts, prompt_id: str) -> AsyncIterator[str]:
 
 
 @router.get("/prompts/{prompt_id}")
-def status(prompt_id: PromptId, request: Request) -> dict:
+def status(prompt_id: PromptId, request: Request) -> PromptView:
     record = prompts(request).get(prompt_id)
     if record is None:
         raise HTTPException(404, f"no prompt {prompt_id}")
-    return _view(record)
+    return PromptView(**_summary(record), output=record.output)
 
 
 @router.post("/prompts/{prompt_id}/cancel", status_code=202)
-def cancel(prompt_id: PromptId, request: Request) -> dict:
+def cancel(prompt_id: PromptId, request: Request) -> PromptCancelling:
     svc = prompts(request)
     record = svc.get(prompt_id)
     if record is None:
         raise HTTPException(404, f"no prompt {prompt_id}")
     if not svc.cancel(prompt_id):
         raise HTTPException(409, f"prompt {prompt_id} is not running (status {record.status})")
-    return {"prompt_id": prompt_id, "status": "cancelling"}
+    return PromptCancelling(prompt_id=prompt_id, status="cancelling")
 
 
 @router.get("/users/{user_id}/prompts")
 def history(user_id: UserId, request: Request,
-            limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+            limit: Annotated[int, Query(ge=1, le=500)] = 50) -> PromptHistory:
     records = prompts(request).history(user_id, limit)
-    return {"user_id": user_id, "prompts": [_view(r, with_output=False) for r in records]}
+    return PromptHistory(user_id=user_id, prompts=[PromptSummary(**_summary(r))
+                                                   for r in records])

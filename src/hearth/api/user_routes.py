@@ -7,6 +7,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hearth import providers
 from hearth.api.deps import UserId, controller, require_key
+from hearth.api.schemas import (
+    CredentialsRemoved,
+    CredentialView,
+    UserCredentials,
+    UserVm,
+    Validation,
+)
 from hearth.core.cli_vms import CliVms, ProviderUnreachable
 from hearth.store.credentials import CredentialInfo, CredentialNotFound
 
@@ -23,34 +30,37 @@ def _known_provider(provider: str) -> None:
                                  f"{', '.join(providers.names())}")
 
 
-def _info(info: CredentialInfo) -> dict:
-    return {"provider": info.provider, "account_email": info.account_email,
-            "expires_at": info.expires_at.isoformat() if info.expires_at else None,
-            "version": info.version, "updated_at": info.updated_at.isoformat(),
-            "status": info.status, "invalid_reason": info.invalid_reason}
+def _info(info: CredentialInfo) -> CredentialView:
+    return CredentialView(
+        provider=info.provider, account_email=info.account_email,
+        expires_at=info.expires_at.isoformat() if info.expires_at else None,
+        version=info.version, updated_at=info.updated_at.isoformat(),
+        status=info.status, invalid_reason=info.invalid_reason)
 
 
 @router.get("/users/{user_id}/credentials")
-def credentials(user_id: UserId, request: Request) -> dict:
+def credentials(user_id: UserId, request: Request) -> UserCredentials:
     svc = cli_vms(request)
     if not svc.known(user_id):
         raise HTTPException(404, f"unknown user {user_id!r}")
     vm = svc.vm_of(user_id)
-    return {"user_id": user_id, "credentials": [_info(i) for i in svc.credentials.of_user(user_id)],
-            "vm": {"vm_id": vm.id, "state": vm.state} if vm else None}
+    return UserCredentials(
+        user_id=user_id, credentials=[_info(i) for i in svc.credentials.of_user(user_id)],
+        vm=UserVm(vm_id=vm.id, state=vm.state) if vm else None)
 
 
 @router.delete("/users/{user_id}/credentials/{provider}")
-def remove(user_id: UserId, provider: str, request: Request) -> dict:
+def remove(user_id: UserId, provider: str, request: Request) -> CredentialsRemoved:
     _known_provider(provider)
     existed, wiped = cli_vms(request).remove(user_id, provider)
     if not existed and not wiped:
         raise HTTPException(404, f"user {user_id!r} has no {provider} credentials")
-    return {"user_id": user_id, "provider": provider, "removed": existed, "wiped_files": wiped}
+    return CredentialsRemoved(user_id=user_id, provider=provider, removed=existed,
+                              wiped_files=wiped)
 
 
 @router.get("/auth/validate/{user_id}/{provider}")
-def validate(user_id: UserId, provider: str, request: Request) -> dict:
+def validate(user_id: UserId, provider: str, request: Request) -> Validation:
     """The verdict on the user's sign-in, from their CLI VM: the CLI's own status check and,
     where that reads only the CLI's files, the provider's answer (hearth.core.cli_vms.check).
     `valid` is null when only a refresh could tell; 502 when the provider gave no verdict."""
@@ -67,5 +77,5 @@ def validate(user_id: UserId, provider: str, request: Request) -> dict:
     except ProviderUnreachable as e:
         raise HTTPException(502, str(e)) from None
     info = svc.credentials.info(user_id, provider)
-    return {"user_id": user_id, "provider": provider, "valid": check.valid,
-            "reason": check.reason, "status": info.status if info else "absent"}
+    return Validation(user_id=user_id, provider=provider, valid=check.valid,
+                      reason=check.reason, status=info.status if info else "absent")

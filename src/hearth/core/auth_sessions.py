@@ -24,15 +24,16 @@ from hearth import providers
 from hearth.config import Settings
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
+from hearth.guest.ports import VNC_PORT
 from hearth.guest.seed import read_seed
 from hearth.store.credentials import CredentialStore
 from hearth.store.db import Database
-from hearth.store.models import AuthSession, AuthSessionEvent, VmState
+from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
 from hearth.waiting import Timeout, wait_for
 
-TERMINAL = ("completed", "failed", "cancelled", "expired")
+TERMINAL = (AuthSessionStatus.completed, AuthSessionStatus.failed, AuthSessionStatus.cancelled,
+            AuthSessionStatus.expired)
 BROWSER_IMAGE = "browser"
-VNC_PORT = 5901
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -109,14 +110,16 @@ class AuthSessions:
         providers.get(provider)  # unknown providers fail here, before anything is created
         session_id = uuid.uuid4().hex
         for old in self._active(user_id, provider):
-            self._finish(old.id, "cancelled", f"superseded by session {session_id}")
+            self._finish(old.id, AuthSessionStatus.cancelled,
+                         f"superseded by session {session_id}")
         token = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         with self.db.session() as s:
             s.add(AuthSession(id=session_id, user_id=user_id, provider=provider,
-                              status="started", live_token_hash=token_hash(token),
+                              status=AuthSessionStatus.started,
+                              live_token_hash=token_hash(token),
                               expires_at=now + timedelta(seconds=self.settings.session_ttl)))
-            s.add(AuthSessionEvent(session_id=session_id, status="started"))
+            s.add(AuthSessionEvent(session_id=session_id, status=AuthSessionStatus.started))
             s.commit()
         self.notifier.bump(session_id)
         threading.Thread(target=self._run, args=(session_id,), name=f"session-{session_id}",
@@ -134,7 +137,7 @@ class AuthSessions:
                                   .order_by(AuthSessionEvent.id)))
 
     def cancel(self, session_id: str) -> AuthSession | None:
-        self._finish(session_id, "cancelled", "cancelled through the API")
+        self._finish(session_id, AuthSessionStatus.cancelled, "cancelled through the API")
         return self.get(session_id)
 
     def token_valid(self, session_id: str, token: str) -> bool:
@@ -156,7 +159,7 @@ class AuthSessions:
     def egress_failed(self, session_id: str, reason: str) -> None:
         """The session's VM cannot reach its provider (its upstream proxy refused us, say):
         end the sign-in with the reason now rather than leave the user at a broken page."""
-        self._finish(session_id, "failed", reason)
+        self._finish(session_id, AuthSessionStatus.failed, reason)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -167,7 +170,8 @@ class AuthSessions:
             due = list(s.scalars(select(AuthSession.id).where(
                 AuthSession.status.not_in(TERMINAL), AuthSession.expires_at <= now)))
         for session_id in due:
-            self._finish(session_id, "expired", "the session expired before sign-in finished")
+            self._finish(session_id, AuthSessionStatus.expired,
+                         "the session expired before sign-in finished")
         return due
 
     def recover(self) -> list[str]:
@@ -177,7 +181,8 @@ class AuthSessions:
             stale = list(s.scalars(select(AuthSession).where(
                 AuthSession.status.not_in(TERMINAL))))
         for session in stale:
-            self._finish(session.id, "failed", "the controller restarted during the sign-in")
+            self._finish(session.id, AuthSessionStatus.failed,
+                         "the controller restarted during the sign-in")
             self._destroy_vm(session.vm_id)
         return [session.id for session in stale]
 
@@ -188,7 +193,7 @@ class AuthSessions:
         spec = providers.get(session.provider)
         vm_id = None
         try:
-            self._advance(session_id, "vm_booting")
+            self._advance(session_id, AuthSessionStatus.vm_booting)
             vm = self.vms.create(BROWSER_IMAGE)
             vm_id = vm.id
             self._update(session_id, vm_id=vm_id)
@@ -198,7 +203,8 @@ class AuthSessions:
                                                 self.vms.client_env()))
                 status = self._wait(session_id, agent, _authorize_page_shown,
                                     "Firefox to show the authorize page")
-                self._advance(session_id, "awaiting_user", oauth_url=status["url"])
+                self._advance(session_id, AuthSessionStatus.awaiting_user,
+                              oauth_url=status["url"])
                 status = self._wait(session_id, agent, _login_over, "the sign-in")
                 if not status["success"]:
                     raise _login_failed(status, "without signing in")
@@ -206,15 +212,15 @@ class AuthSessions:
             email, expires_at = spec.account(files)
             self.credentials.put(session.user_id, session.provider, files, account_email=email,
                                  expires_at=expires_at)
-            self._advance(session_id, "completed",
+            self._advance(session_id, AuthSessionStatus.completed,
                           detail=f"credentials stored for {email or 'the account'}")
             self.on_stored(session.user_id, session.provider)
         except _SessionEnded:
             pass
         except SessionError as e:  # ours, in full: a login's error ends with the CLI's screen
-            self._finish(session_id, "failed", str(e))
+            self._finish(session_id, AuthSessionStatus.failed, str(e))
         except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
-            self._finish(session_id, "failed", failure_reason(e))
+            self._finish(session_id, AuthSessionStatus.failed, failure_reason(e))
         finally:
             self._destroy_vm(vm_id)
 
@@ -236,7 +242,7 @@ class AuthSessions:
         try:
             wait_for(check, max(remaining, 0.1), what, interval=0.5)
         except Timeout:
-            self._finish(session_id, "expired", f"expired waiting for {what}")
+            self._finish(session_id, AuthSessionStatus.expired, f"expired waiting for {what}")
             raise _SessionEnded from None
         return last
 
@@ -259,16 +265,17 @@ class AuthSessions:
                 AuthSession.user_id == user_id, AuthSession.provider == provider,
                 AuthSession.status.not_in(TERMINAL))))
 
-    def _advance(self, session_id: str, status: str, detail: str | None = None, **fields):
+    def _advance(self, session_id: str, status: AuthSessionStatus, detail: str | None = None,
+                 **fields):
         """Move a running session on; a session that ended meanwhile stays ended."""
         if not self._transition(session_id, status, detail, only_if_running=True, **fields):
             raise _SessionEnded
 
-    def _finish(self, session_id: str, status: str, detail: str) -> None:
+    def _finish(self, session_id: str, status: AuthSessionStatus, detail: str) -> None:
         self._transition(session_id, status, detail, only_if_running=True, error=(
-            detail if status == "failed" else None))
+            detail if status == AuthSessionStatus.failed else None))
 
-    def _transition(self, session_id: str, status: str, detail: str | None,
+    def _transition(self, session_id: str, status: AuthSessionStatus, detail: str | None,
                     only_if_running: bool, **fields) -> bool:
         with self.db.session() as s:
             session = s.get(AuthSession, session_id, with_for_update=True)

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core.auth_sessions import TERMINAL
 from hearth.net.egress.dialer import Dialer
 from hearth.net.egress.dns import DnsResponder
 from hearth.net.egress.names import normalize_pattern
@@ -33,7 +34,6 @@ from hearth.store.models import AuthSession, Credential, EgressConnection, IpLea
 
 POLICY_CACHE_SECONDS = 1.0  # a VM's policy is read again this often at most
 AUDIT_FLUSH_SECONDS = 0.5  # the audit is written in batches at least this often
-TERMINAL_SESSIONS = ("completed", "failed", "cancelled", "expired")
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Policies:
                               for name in allowed_names(self.settings, provider, False))
                 return EgressPolicy(vm.id, vm.user_id, rules)
             session = s.scalar(select(AuthSession).where(
-                AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL_SESSIONS)))
+                AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL)))
             if session is None:  # a browser VM serving no sign-in reaches nothing
                 return EgressPolicy(vm.id, None, ())
             rules = tuple((name, session.provider)

@@ -154,6 +154,19 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class AuthSessionStatus(enum.StrEnum):
+    """A sign-in's course: started -> vm_booting -> awaiting_user -> completed, or it ends
+    failed, cancelled or expired (hearth.core.auth_sessions.TERMINAL)."""
+
+    started = "started"
+    vm_booting = "vm_booting"
+    awaiting_user = "awaiting_user"  # the authorize page shows in the browser VM
+    completed = "completed"  # credentials stored
+    failed = "failed"
+    cancelled = "cancelled"  # through the API, or superseded by a newer sign-in
+    expired = "expired"
+
+
 class AuthSession(Base):
     """One sign-in of a user's CLI to a provider, in a disposable browser VM."""
 

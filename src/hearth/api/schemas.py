@@ -1,0 +1,173 @@
+"""What the API's JSON routes return, as Pydantic models: `/docs` shows them, and FastAPI
+checks every response against its route's model.
+
+Times are ISO 8601 strings as `datetime.isoformat()` writes them (UTC, `+00:00`), kept as
+strings so the bodies stay byte for byte what they were. A field typed `X | None` without a
+default is always present, possibly null; one with a default may be absent (see
+`CredentialsStatus`). No model carries credential contents, tokens or passwords.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from hearth.store.models import AuthSessionStatus, PromptStatus, VmState
+
+IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# -- auth sessions ---------------------------------------------------------------------------
+
+
+class SessionStarted(BaseModel):
+    session_id: str
+    status: AuthSessionStatus
+    connect_url: str = Field(description="the live view, with its one-time token (shown once)")
+
+
+class TimelineEntry(BaseModel):
+    status: AuthSessionStatus
+    at: IsoTime
+    detail: str | None
+
+
+class SessionView(BaseModel):
+    session_id: str
+    user_id: str
+    provider: str
+    status: AuthSessionStatus
+    error: str | None
+    expires_at: IsoTime
+    timeline: list[TimelineEntry]
+
+
+class OAuthUrl(BaseModel):
+    session_id: str
+    url: str = Field(description="the authorize URL the CLI asked the browser to open")
+
+
+class CredentialsStatus(BaseModel):
+    """`pending` (the sign-in runs) or `absent` (it ended without credentials) carry only
+    `status` and `provider`; `ready` or `invalid` (the provider refused them, and why) carry
+    every field."""
+
+    status: Literal["pending", "absent", "ready", "invalid"]
+    provider: str
+    account_email: str | None = None
+    expires_at: IsoTime | None = None
+    version: int | None = None
+    invalid_reason: str | None = None
+
+
+class SessionCancelled(BaseModel):
+    session_id: str
+    status: AuthSessionStatus
+
+
+# -- prompts ---------------------------------------------------------------------------------
+
+
+class PromptSummary(BaseModel):
+    """A prompt's record without its output, as the user's history lists it."""
+
+    prompt_id: str
+    user_id: str
+    provider: str
+    status: PromptStatus
+    exit_code: int | None
+    error: str | None
+    vm_id: str | None
+    first_output_seconds: float | None
+    duration_seconds: float | None
+    created_at: IsoTime
+    finished_at: IsoTime | None
+    prompt: str
+
+
+class PromptView(PromptSummary):
+    output: str = Field(description="what the CLI printed")
+
+
+class PromptCancelling(BaseModel):
+    prompt_id: str
+    status: Literal["cancelling"]
+
+
+class PromptHistory(BaseModel):
+    user_id: str
+    prompts: list[PromptSummary] = Field(description="newest first")
+
+
+# -- users -----------------------------------------------------------------------------------
+
+
+class CredentialView(BaseModel):
+    """Stored credentials as they may be shown: never their contents."""
+
+    provider: str
+    account_email: str | None
+    expires_at: IsoTime | None
+    version: int
+    updated_at: IsoTime
+    status: Literal["ready", "invalid"]
+    invalid_reason: str | None
+
+
+class UserVm(BaseModel):
+    vm_id: str
+    state: VmState
+
+
+class UserCredentials(BaseModel):
+    user_id: str
+    credentials: list[CredentialView]
+    vm: UserVm | None = Field(description="the user's CLI VM, null when there is none")
+
+
+class CredentialsRemoved(BaseModel):
+    user_id: str
+    provider: str
+    removed: bool = Field(description="a stored copy existed and is gone")
+    wiped_files: list[str] = Field(description="the paths removed in the user's CLI VM")
+
+
+class Validation(BaseModel):
+    user_id: str
+    provider: str
+    valid: bool | None = Field(description="null when only a refresh could tell")
+    reason: str | None
+    status: Literal["ready", "invalid", "absent"]
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+
+class EgressConnectionView(BaseModel):
+    """One attempt of a VM to reach a name (hearth.core.egress.connection_view)."""
+
+    id: int
+    started_at: IsoTime
+    vm_id: str | None
+    user_id: str | None
+    provider: str | None
+    source: str
+    protocol: str = Field(description="tls, http or dns")
+    name: str | None
+    port: int
+    verdict: Literal["allowed", "refused", "failed"]
+    reason: str | None
+    upstream: str | None = Field(description='"direct" or scheme://host:port')
+    address: str | None
+    bytes_up: int
+    bytes_down: int
+    duration_seconds: float | None = Field(description="null while the connection is open")
+
+
+class EgressLog(BaseModel):
+    connections: list[EgressConnectionView] = Field(description="newest first")
