@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     vcpus: int = 2
     memory_mib: int = 1024
     boot_timeout: float = 180.0
-    agent_port: int = 8080
+    # The guest's ports are constants of the image: hearth.guest.ports.
 
     # Network
     netns: str = "hearth"  # empty: the VMs' bridge lives in the controller's namespace

@@ -1,4 +1,4 @@
-"""The host's side of the in-guest agent: bearer-token HTTP to <guest>:8080."""
+"""The host's side of the in-guest agent: bearer-token HTTP to <guest>:AGENT_PORT (8080)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+
+from hearth.guest.ports import AGENT_PORT
 
 
 class AgentRequestError(httpx.HTTPStatusError):
@@ -39,7 +41,7 @@ def _encode(files: dict[str, bytes]) -> dict[str, str]:
 
 
 class AgentClient:
-    def __init__(self, ip: str, token: str, port: int = 8080, timeout: float = 10.0):
+    def __init__(self, ip: str, token: str, port: int = AGENT_PORT, timeout: float = 10.0):
         self._timeout = timeout
         self._client = httpx.Client(
             base_url=f"http://{ip}:{port}",

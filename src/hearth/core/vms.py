@@ -26,6 +26,7 @@ from hearth.config import Settings
 from hearth.core.agent_client import AgentClient
 from hearth.core.plans import Step, StepFailed, run_plan
 from hearth.guest import trust
+from hearth.guest.ports import AGENT_PORT
 from hearth.guest.seed import write_seed
 from hearth.image.builder import read_manifest
 from hearth.net.addressing import kernel_ip_arg, mac_for, tap_name
@@ -106,7 +107,7 @@ class VmManager:
         return self.settings.vms_dir / vm_id
 
     def agent(self, vm: Vm) -> AgentClient:
-        return AgentClient(vm.ip, vm.agent_token, self.settings.agent_port)
+        return AgentClient(vm.ip, vm.agent_token, AGENT_PORT)
 
     # -- create ----------------------------------------------------------------------------
 

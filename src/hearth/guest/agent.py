@@ -33,18 +33,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from . import browser_shim, custody, login, probe, runs, seed, trust
+    from . import browser_shim, custody, login, ports, probe, runs, seed, trust
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import custody
     import login
+    import ports
     import probe
     import runs
     import seed
     import trust
 
 DEFAULT_ADDR = "0.0.0.0"
-DEFAULT_PORT = 8080
+DEFAULT_PORT = ports.AGENT_PORT  # HEARTH_AGENT_PORT overrides it for local runs (tests)
 MAX_BODY = 1024 * 1024
 RESOLV_CONF = Path("/etc/resolv.conf")
 PING_TIMEOUT = 10.0

@@ -16,20 +16,21 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import seed
+    from . import ports, seed
     from .fileio import write_private
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import ports
     import seed
     from fileio import write_private
 
 PASSWD_FILE = Path("/run/hearth/vncpasswd")
 VNCPASSWD = ("vncpasswd", "-f")
-# Listens on every interface: the host's firewall decides who may reach port 5901.
+# Listens on every interface: the host's firewall decides who may reach its port.
 XVNC = (
     "Xtigervnc",
     ":1",
     "-rfbport",
-    "5901",
+    str(ports.VNC_PORT),
     "-rfbauth",
     str(PASSWD_FILE),
     "-SecurityTypes",
@@ -80,7 +81,7 @@ def main() -> int:
     except (OSError, RuntimeError, subprocess.SubprocessError, seed.SeedError) as e:
         log(f"error: {e}")
         return 1
-    log(f"wrote {PASSWD_FILE}; starting Xtigervnc on display :1, port 5901")
+    log(f"wrote {PASSWD_FILE}; starting Xtigervnc on display :1, port {ports.VNC_PORT}")
     try:
         os.execvp(XVNC[0], XVNC)
     except OSError as e:

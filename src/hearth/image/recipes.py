@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from hearth.providers import versions
+
 # Every image: systemd, the agent's Python, iproute2 for the network bootstrap, busybox for
 # the small initrd. The kernel package depends on the suite (see kernel_package()).
 BASE_PACKAGES = (
@@ -12,12 +14,8 @@ BASE_PACKAGES = (
     "ca-certificates", "busybox-static", "procps",
 )
 
-# The three CLIs, pinned; checked against the npm registry on 2026-11-27.
-CLI_PACKAGES = (
-    "@anthropic-ai/claude-code@2.1.332",
-    "@openai/codex@0.171.0",
-    "@google/gemini-cli@0.61.0",
-)
+# The three CLIs, pinned once in hearth.providers.versions (their specs read the same pins).
+CLI_PACKAGES = tuple(pin.npm for pin in versions.CLI_PINS)
 
 # curl: the egress tests (and an operator) check what a VM reaches with it.
 NODE_PACKAGES = ("nodejs", "npm", "git", "curl")

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute, NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hearth.config import Settings
+from hearth.guest.ports import AGENT_PORT, VNC_PORT
 from hearth.net.firewall import ruleset
 from hearth.net.namespace import nsenter
 from hearth.waiting import wait_for
@@ -43,7 +44,7 @@ class VmNetwork:
     @classmethod
     def from_settings(cls, s: Settings) -> VmNetwork:
         return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
-                   s.tap_prefix, (s.agent_port, 5901), s.controller_netns)
+                   s.tap_prefix, (AGENT_PORT, VNC_PORT), s.controller_netns)
 
     @property
     def vm_netns(self) -> str:

@@ -74,6 +74,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from . import versions
 from .base import (
     AccountInfo,
     Call,
@@ -159,7 +160,7 @@ CONTRACT = (
 
 SPEC = ProviderSpec(
     name="claude_code",
-    cli_version="2.1.332",
+    cli_version=versions.CLAUDE_CODE.version,
     login_argv=("claude", "auth", "login", "--claudeai"),
     clean_env=True,
     url_pattern=r"https://claude\.(?:ai|com)/(?:cai/)?oauth/authorize\?\S+",

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from . import versions
 from .base import (
     AccountInfo,
     Call,
@@ -134,7 +135,7 @@ CONTRACT = (
 
 SPEC = ProviderSpec(
     name="codex",
-    cli_version="0.171.0",
+    cli_version=versions.CODEX.version,
     login_argv=("codex", "login", "-c", FILE_STORE),
     clean_env=True,
     url_pattern=r"https://auth\.openai\.com/oauth/authorize\?\S+",
