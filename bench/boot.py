@@ -21,7 +21,7 @@ from pathlib import Path
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmError
-from hearth.net.sandbox import nsenter, sandbox
+from hearth.sandbox import nsenter, sandbox
 from hearth.store.models import VmState
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace

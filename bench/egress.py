@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the tests pa
 
 from boot import exit_on_sigterm
 
-from hearth.net.sandbox import nsenter
+from hearth.sandbox import nsenter
 from hearth.waiting import Timeout, wait_for
 from tests.egress_rig import FakeVm, Rig, rig
 from tests.fake_internet import WEB

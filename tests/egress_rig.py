@@ -28,8 +28,8 @@ from hearth.core.vms import VmManager
 from hearth.demo import forward
 from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
-from hearth.net.sandbox import nsenter, sandbox
 from hearth.net.topology import VmNetwork
+from hearth.sandbox import nsenter, sandbox
 from hearth.store.db import Database
 from hearth.store.models import AuthSession, Credential, EgressConnection, Vm, VmState
 from hearth.waiting import wait_for

@@ -20,7 +20,7 @@ from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
 from hearth.net.namespace import nsenter
-from hearth.net.sandbox import sandbox
+from hearth.sandbox import sandbox
 
 app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
 image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")

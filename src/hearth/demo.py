@@ -32,8 +32,8 @@ from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.net.namespace import nsenter
-from hearth.net.sandbox import link, sandbox
 from hearth.net.topology import VmNetwork
+from hearth.sandbox import link, sandbox
 from hearth.waiting import wait_for
 
 IDP_LINK = ipaddress.IPv4Network("203.0.113.128/30")

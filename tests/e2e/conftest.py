@@ -19,8 +19,8 @@ from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
-from hearth.net.sandbox import nsenter, sandbox
 from hearth.providers.base import Call
+from hearth.sandbox import nsenter, sandbox
 from hearth.vmm.base import kill_pid
 from tests.standins import OF_PROVIDER, REVOKE_PATH
 
@@ -87,11 +87,12 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
 
 
 def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: str,
-                              refusal: str) -> None:
+                              refusal: str,
+                              validate_refusal: str = "refused the access token (401") -> None:
     """On an egress rig with stand-ins: validate says valid; the stand-in at `origin`
     revokes every token (as a user does on the provider's account page); validate then says
-    not valid and why, the credentials' status turns invalid, and a prompt fails saying the
-    provider refused them, its reason holding the CLI's own `refusal`."""
+    not valid and why (`validate_refusal`), the credentials' status turns invalid, and a
+    prompt fails saying the provider refused them, its reason holding the CLI's `refusal`."""
     path = f"/api/auth/validate/{user_id}/{provider}"
     verdict = rig.api.get(path).json()
     assert verdict["valid"] is True and verdict["status"] == "ready", verdict
@@ -100,7 +101,7 @@ def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: st
 
     verdict = rig.api.get(path).json()
     assert verdict["valid"] is False and verdict["status"] == "invalid", verdict
-    assert "refused the access token (401" in verdict["reason"], verdict
+    assert validate_refusal in verdict["reason"], verdict
 
     events = rig.prompt(user_id, provider, "Say hello after the revocation")
     done = events[-1][1]

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hearth import providers
-from hearth.net.sandbox import inside
+from hearth.sandbox import inside
 from hearth.waiting import wait_for
 from tests.e2e.conftest import Hearth, needs_image
 

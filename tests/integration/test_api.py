@@ -14,8 +14,8 @@ from hearth.api.app import MAX_BODY_BYTES, create_app
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.net.sandbox import sandbox
 from hearth.net.topology import VmNetwork
+from hearth.sandbox import sandbox
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """Throwaway network namespaces for the controller: tests, benches and the demo run Hearth
 inside one they create, so nothing they do touches the host's own network, and delete it
-(with everything in it) afterwards."""
+(with everything in it) afterwards.
+
+A test and demo tool, not part of the product's network (hearth.net): the controller never
+makes a namespace of its own accord; only `hearth vm demo`, `hearth demo`, tests and benches do.
+"""
 
 from __future__ import annotations
 
