@@ -1,8 +1,9 @@
 """A stand-in for Google's sign-in, token, userinfo and Code Assist services as Gemini CLI
 0.61.0 uses them (docs/contracts/gemini_cli.md): accounts.google.com's authorize page,
 oauth2.googleapis.com's token and tokeninfo endpoints (form, with the client secret),
-www.googleapis.com's userinfo, and cloudcode-pa.googleapis.com's v1internal methods with
-the streamed answer.
+www.googleapis.com's userinfo, cloudcode-pa.googleapis.com's v1internal methods with
+the streamed answer, and developers.google.com's pages the CLI's callback sends the browser
+to after a sign-in.
 
 It checks the client id and secret, the redirect URI of the authorization, a code used once,
 Bearer tokens it issued, and refresh tokens it issued (Google's refresh tokens do not rotate:
@@ -151,6 +152,16 @@ def app(state: State) -> Starlette:
             return Response(text, media_type="text/event-stream")
         return JSONResponse({})  # recordCodeAssistMetrics and the like
 
+    async def signed_in(request: Request) -> Response:
+        """developers.google.com's pages the CLI's callback redirects the browser to."""
+        outcome = {"success": "successful", "failure": "failed"}.get(
+            request.path_params["outcome"])
+        if outcome is None:
+            return await not_found(request)
+        return HTMLResponse(
+            f"<!doctype html><title>Gemini Code Assist: authentication {outcome} "
+            f"(test stand-in)</title><h1>Authentication {outcome}</h1>")
+
     async def not_found(request: Request) -> Response:
         return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND"}}, 404)
 
@@ -161,6 +172,7 @@ def app(state: State) -> Starlette:
         Route("/tokeninfo", tokeninfo, methods=["POST", "GET"]),
         Route("/oauth2/v2/userinfo", userinfo),
         Route("/v1internal:{method}", code_assist, methods=["POST"]),
+        Route("/gemini-code-assist/auth_{outcome:str}_gemini", signed_in),
         revoke_route(state.revoke_all),
         Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
 

@@ -542,3 +542,17 @@ def test_a_refusal_is_recognised_in_the_clis_own_output() -> None:
     for spec in (claude_code.SPEC, codex.SPEC):
         assert spec.refused('{"type":"result","result":"Hello."}\n') is None
         assert spec.refused("") is None
+
+
+def test_gemini_cli_refusal_is_recognised() -> None:
+    """Exit 41 and its message when Google refuses the sign-in (docs/contracts/gemini_cli.md,
+    4): the status run gives the message, not the stack trace after it, and a prompt's output
+    with it counts as a refusal."""
+    out = ("\x1b[31mManual authorization is required but the current session is non-"
+           "interactive. Please run the Gemini CLI in an interactive terminal to log in.\x1b[0m\n"
+           "    at FatalAuthenticationError (file:///usr/lib/node_modules/x.js:1:1)\n")
+    valid, reason = gemini_cli.SPEC.status_check(41, out)
+    assert not valid and reason.startswith("Manual authorization is required") and \
+        reason.endswith("to log in.")
+    assert gemini_cli.SPEC.refused(out).startswith("Manual authorization is required")
+    assert gemini_cli.SPEC.refused('{"type":"result","status":"success"}') is None

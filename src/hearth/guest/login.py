@@ -288,7 +288,7 @@ class LoginSpec:
             ),
             stop_on_success=_field(data, "stop_on_success", bool, False),
             login_timeout=_seconds(data, "login_timeout", 900),
-            url_timeout=_seconds(data, "url_timeout", 120),
+            url_timeout=_seconds(data, "url_timeout", 180),
         )
 
 

@@ -123,7 +123,7 @@ class ProviderSpec:
     login_timeout: float = 900.0  # seconds before the agent gives up on the user
     # Seconds for the CLI to show its authorize URL: a CLI stopped at a question the spec
     # does not answer fails then, not at login_timeout.
-    url_timeout: float = 120.0
+    url_timeout: float = 180.0
     egress: EgressHosts = EgressHosts()
     contract: tuple[Call, ...] = ()  # the requests the CLI makes, see Call
     # Environment for every run of the CLI (login and prompts): its own switches for
