@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Error as PlaywrightError
 
+from bench.harness import rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.demo import stack
@@ -100,13 +101,6 @@ def timed_sign_in(c: Controller, user_id: str, provider: str) -> tuple[float, fl
             return painted, time.monotonic() - pressed
     finally:
         c.api.post(f"{path}/cancel")  # a no-op once the session ended
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def median(seconds: list[float]) -> float | None:

@@ -3,7 +3,7 @@
 Hearth's image and, in the same run, a baseline of the same distribution booted the stock
 way (the distribution's initramfs, systemd-networkd from ip=, an agent that waits for
 network-online). Everything runs inside a namespace the bench creates and deletes.
-Run as root:  python bench/boot.py --runs 10
+Run as root:  python -m bench.boot --runs 10
 """
 
 from __future__ import annotations
@@ -11,20 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
+from bench.harness import INSIDE, exit_on_sigterm, inside_sandbox, spread
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmError
-from hearth.sandbox import nsenter, sandbox
 from hearth.store.models import VmState
-
-INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
 
 
 def boot_series(vms, image: str, runs: int) -> dict:
@@ -52,51 +45,12 @@ def console_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(f"    | {line}" for line in tail)
 
 
-def spread(seconds: list[float], name: str = "") -> dict:
-    """Median, min and max of `seconds`, rounded (None when there are none)."""
-    return {f"{name}{stat}_s": round(f(seconds), 2) if seconds else None
-            for stat, f in (("median", statistics.median), ("min", min), ("max", max))}
-
-
 def run_inside(args: argparse.Namespace) -> list[dict]:
     vms = runtime.vm_manager(Settings(boot_timeout=300))
     try:
         return [boot_series(vms, image, args.runs) for image in (args.image, args.baseline)]
     finally:
         vms.network.teardown()
-
-
-def exit_on_sigterm() -> None:
-    """Ending a bench by signal still runs its clean-up: VMs, namespaces, files. Only in this
-    process: pyroute2 forks short-lived helpers and ends them with SIGTERM, and a helper
-    that unwound this stack would run the clean-up under the bench's feet."""
-    main_pid = os.getpid()
-    signal.signal(signal.SIGTERM, lambda *_: os.getpid() == main_pid and sys.exit(1))
-
-
-def inside_sandbox(images_dir: Path) -> object:
-    """Run this script again inside a fresh namespace and Hearth home; the JSON it printed.
-
-    The child finds INSIDE in its environment and runs the measurements.
-    """
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
-            sandbox("hearth-bench") as controller:
-        (Path(home) / "images").symlink_to(images_dir.resolve())
-        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
-               "HEARTH_NETNS": f"{controller}-vm"}
-        child = subprocess.Popen([*nsenter(controller), sys.executable, *sys.argv], env=env,
-                                 stdout=subprocess.PIPE, text=True)
-        try:
-            out, _ = child.communicate()
-        except BaseException:
-            # Ended by a signal: the child, ended the same way, destroys its VMs and their
-            # namespace first (a child killed outright would leave both behind).
-            child.terminate()
-            child.wait()
-            raise
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, child.args)
-    return json.loads(out)
 
 
 def main() -> None:

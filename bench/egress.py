@@ -10,7 +10,7 @@ concurrency, the controller's RSS and peak RSS before and after, and whether the
 every egress connection. Both paths run in the same invocation, interleaved: the latency in
 alternating rounds, the load in DIRECT, EGRESS, EGRESS, DIRECT halves. Each client is an
 asyncio subprocess in its path's namespace.
-Run as root from the repository root:  python bench/egress.py --runs 200 --concurrency 32
+Run as root from the repository root:  python -m bench.egress --runs 200 --concurrency 32
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the tests package
-
-from boot import exit_on_sigterm
-
+from bench.harness import exit_on_sigterm
 from hearth.sandbox import nsenter
 from hearth.waiting import Timeout, wait_for
 from tests.egress_rig import FakeVm, Rig, rig

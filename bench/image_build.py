@@ -2,7 +2,7 @@
 agent-only change (the guest layer and the ext4 image rebuilt, the rest from cache).
 
 Run as root; the cold build fetches from the configured mirror and npm registry:
-    python bench/image_build.py --image cli
+    python -m bench.image_build --image cli
 """
 
 from __future__ import annotations

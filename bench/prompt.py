@@ -3,7 +3,7 @@ on one resumed from hibernation, and on the first prompt (which boots the VM col
 
 Runs the demo stack (hearth.demo) in namespaces it creates, signs one user in through the
 live view with a real browser (tests/e2e/browser_user.py), then prompts. Run as root:
-    python bench/prompt.py --runs 5
+    python -m bench.prompt --runs 5
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +18,7 @@ from pathlib import Path
 from hearth.config import Settings
 from hearth.demo import Stack, stack
 from hearth.waiting import wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.e2e.browser_user import sign_in  # noqa: E402 - the test suite's browser user
+from tests.e2e.browser_user import sign_in  # the test suite's browser user
 
 USER = "bench"
 IDLE_HIBERNATE = 5.0

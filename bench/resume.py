@@ -5,7 +5,7 @@ Each round cold-boots a VM (boot-to-agent seconds, the baseline), hibernates it,
 it. The restore's own share is shown, and so is the whole resume call, whose bookkeeping and
 network check come before the restore. Everything runs inside a namespace the bench creates
 and deletes (bench/boot.py's).
-Run as root:  python bench/resume.py --runs 5
+Run as root:  python -m bench.resume --runs 5
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from boot import INSIDE, exit_on_sigterm, inside_sandbox, spread
-
+from bench.harness import INSIDE, exit_on_sigterm, inside_sandbox, spread
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmError, VmManager

@@ -1,0 +1,70 @@
+"""What the benches share: a clean-up that survives a signal, running the measurements again
+inside a namespace and Hearth home of their own, and the figures' summaries.
+
+The benches are modules of the `bench` package, run from the repository root as
+`python -m bench.NAME` (as root), so that `bench` and `tests` import as packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import __main__
+from hearth.sandbox import nsenter, sandbox
+
+INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
+
+
+def exit_on_sigterm() -> None:
+    """Ending a bench by signal still runs its clean-up: VMs, namespaces, files. Only in this
+    process: pyroute2 forks short-lived helpers and ends them with SIGTERM, and a helper
+    that unwound this stack would run the clean-up under the bench's feet."""
+    main_pid = os.getpid()
+    signal.signal(signal.SIGTERM, lambda *_: os.getpid() == main_pid and sys.exit(1))
+
+
+def inside_sandbox(images_dir: Path) -> object:
+    """Run this bench again inside a fresh namespace and Hearth home; the JSON it printed.
+
+    The child finds INSIDE in its environment and runs the measurements.
+    """
+    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
+            sandbox("hearth-bench") as controller:
+        (Path(home) / "images").symlink_to(images_dir.resolve())
+        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
+               "HEARTH_NETNS": f"{controller}-vm"}
+        again = [sys.executable, "-m", __main__.__spec__.name, *sys.argv[1:]]
+        child = subprocess.Popen([*nsenter(controller), *again], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            out, _ = child.communicate()
+        except BaseException:
+            # Ended by a signal: the child, ended the same way, destroys its VMs and their
+            # namespace first (a child killed outright would leave both behind).
+            child.terminate()
+            child.wait()
+            raise
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return json.loads(out)
+
+
+def spread(seconds: list[float], name: str = "") -> dict:
+    """Median, min and max of `seconds`, rounded (None when there are none)."""
+    return {f"{name}{stat}_s": round(f(seconds), 2) if seconds else None
+            for stat, f in (("median", statistics.median), ("min", min), ("max", max))}
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
