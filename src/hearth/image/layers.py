@@ -82,15 +82,6 @@ class LayerStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def prune(self, keep: set[Path]) -> list[Path]:
-        """Remove every layer not in `keep`; return what was removed."""
-        removed = []
-        for layer in self.root.glob("*-*"):
-            if layer.is_dir() and not layer.name.startswith(".") and layer not in keep:
-                shutil.rmtree(layer)
-                removed.append(layer)
-        return removed
-
 
 @contextlib.contextmanager
 def _overlay(lowers: list[Path], upper: Path | None, work: Path) -> Iterator[Path]:

@@ -63,7 +63,6 @@ class VmState(enum.StrEnum):
     hibernated = "hibernated"  # snapshot on disk, no VMM; keeps its TAP and IP lease
     resuming = "resuming"  # a VMM is restoring the snapshot
     stopping = "stopping"
-    stopped = "stopped"
     failed = "failed"
     destroyed = "destroyed"
 
