@@ -76,6 +76,7 @@ def timed_sign_in(c: Controller, user_id: str, provider: str) -> tuple[float, fl
 
     def reached(status: str, timeout: float) -> None:
         """Wait for `status`; a session that ends otherwise fails the run."""
+
         def now() -> dict | None:
             session = c.api.get(path).json()
             return session if session["status"] in (status, *END_STATES) else None
@@ -110,8 +111,10 @@ def median(seconds: list[float]) -> float | None:
 def bench(provider: str, runs: int, images: Path) -> dict:
     """`runs` sign-ins one after another on one controller, each with a cold browser VM."""
     painted, approved, failures, rss = [], [], [], []
-    with (tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as tmp,
-          controller(provider, images, Path(tmp)) as c):
+    with (
+        tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as tmp,
+        controller(provider, images, Path(tmp)) as c,
+    ):
         vms = runtime.vm_manager(c.settings)
         for run in range(runs):
             try:
@@ -122,16 +125,24 @@ def bench(provider: str, runs: int, images: Path) -> dict:
                 failures.append(f"run {run}: {str(e).splitlines()[0]}")
             rss.append(rss_mib(c.pid))
             wait_for(lambda: vms.list() == [], 300, "the browser VM to go")
-    return {"provider": provider, "runs": runs, "ok": len(approved), "failures": failures,
-            "median_start_to_page_s": median(painted),
-            "median_approve_to_completed_s": median(approved),
-            "controller_rss_mib_max": round(max(rss), 1)}
+    return {
+        "provider": provider,
+        "runs": runs,
+        "ok": len(approved),
+        "failures": failures,
+        "median_start_to_page_s": median(painted),
+        "median_approve_to_completed_s": median(approved),
+        "controller_rss_mib_max": round(max(rss), 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--providers", default=",".join(PROVIDERS),
-                        help=f"comma-separated, of {', '.join(PROVIDERS)}")
+    parser.add_argument(
+        "--providers",
+        default=",".join(PROVIDERS),
+        help=f"comma-separated, of {', '.join(PROVIDERS)}",
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--images-dir", type=Path, default=IMAGES)
     parser.add_argument("--json", action="store_true")
@@ -145,10 +156,13 @@ def main() -> None:
         if args.json:
             print(json.dumps(figures), flush=True)
             continue
-        print(f"{provider}: start -> sign-in page {figures['median_start_to_page_s']} s, "
-              f"approve -> completed {figures['median_approve_to_completed_s']} s "
-              f"(medians, {figures['ok']}/{args.runs} runs); controller RSS up to "
-              f"{figures['controller_rss_mib_max']} MiB", flush=True)
+        print(
+            f"{provider}: start -> sign-in page {figures['median_start_to_page_s']} s, "
+            f"approve -> completed {figures['median_approve_to_completed_s']} s "
+            f"(medians, {figures['ok']}/{args.runs} runs); controller RSS up to "
+            f"{figures['controller_rss_mib_max']} MiB",
+            flush=True,
+        )
         for failure in figures["failures"]:
             print(f"  failed: {failure}")
 

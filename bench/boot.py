@@ -32,8 +32,13 @@ def boot_series(vms, image: str, runs: int) -> dict:
                 vms.destroy(vm.id)
                 if vm.state == VmState.failed:  # its console goes with the bench's home
                     failures.append(console_tail(vms.console_archive(vm.id)))
-    return {"image": image, "runs": runs, "ok": len(seconds), "failures": failures,
-            **spread(seconds)}
+    return {
+        "image": image,
+        "runs": runs,
+        "ok": len(seconds),
+        "failures": failures,
+        **spread(seconds),
+    }
 
 
 def console_tail(path: Path, lines: int = 25) -> str:
@@ -68,15 +73,20 @@ def main() -> None:
 
     results = inside_sandbox(args.images_dir)
     hearth, baseline = results
-    ratio = (round(hearth["median_s"] / baseline["median_s"], 3)
-             if hearth["median_s"] and baseline["median_s"] else None)
+    ratio = (
+        round(hearth["median_s"] / baseline["median_s"], 3)
+        if hearth["median_s"] and baseline["median_s"]
+        else None
+    )
     if args.json:
         print(json.dumps({"results": results, "ratio_median": ratio}))
         return
     print(f"{'image':<10} {'agent up':>9} {'median s':>9} {'min s':>7} {'max s':>7}")
     for r in results:
-        print(f"{r['image']:<10} {r['ok']:>4}/{r['runs']:<4} {r['median_s']!s:>9} "
-              f"{r['min_s']!s:>7} {r['max_s']!s:>7}")
+        print(
+            f"{r['image']:<10} {r['ok']:>4}/{r['runs']:<4} {r['median_s']!s:>9} "
+            f"{r['min_s']!s:>7} {r['max_s']!s:>7}"
+        )
         for failure in r["failures"]:
             print(f"  failed: {failure}")
     print(f"median boot-to-agent, {args.image} / {args.baseline}: {ratio}")

@@ -101,10 +101,14 @@ print(json.dumps({**out, "address": address, "failed": len(errors), "errors": er
 def run_client(r: Rig, vm: FakeVm, path: str, ca: Path, **cfg: object) -> dict:
     """The client in DIRECT's namespace (the controller's) or EGRESS's (the VM's)."""
     where = {"address": WEB, "lookups": 0} if path == "direct" else {"lookups": 1}
-    code = f"CFG = {({'ca': str(ca), 'name': NAME, **where, **cfg})!r}\n{CLIENT}"
+    code = f"CFG = { ({'ca': str(ca), 'name': NAME, **where, **cfg})!r}\n{CLIENT}"
     if path == "direct":
-        done = subprocess.run([*nsenter(r.controller_ns), sys.executable, "-c", code],
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [*nsenter(r.controller_ns), sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     else:
         done = vm.python(code, timeout=900)
     if done.returncode:
@@ -113,8 +117,9 @@ def run_client(r: Rig, vm: FakeVm, path: str, ca: Path, **cfg: object) -> dict:
 
 
 def memory_mib(pid: int) -> dict[str, float]:
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
-                  .splitlines())
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
     return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
 
 
@@ -136,8 +141,9 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
     sizes = [args.runs // ROUNDS + (i < args.runs % ROUNDS) for i in range(ROUNDS)]
     for i, size in enumerate(s for s in sizes if s):
         for path in paths if i % 2 == 0 else paths[::-1]:
-            got = run_client(r, vm, path, ca, mode="latency", runs=size, lookups=size
-                             if path == "egress" else 0)
+            got = run_client(
+                r, vm, path, ca, mode="latency", runs=size, lookups=size if path == "egress" else 0
+            )
             first[path] += got["first_byte"]
             failed[path] += got["failed"]
             errors[path] += got["errors"]
@@ -145,8 +151,9 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
             egress_ok += got["ok"] if path == "egress" else 0
     load = {p: {"ok": 0, "failed": 0, "seconds": 0.0} for p in paths}
     for path in ("direct", "egress", "egress", "direct"):
-        got = run_client(r, vm, path, ca, mode="load", concurrency=args.concurrency,
-                         seconds=args.seconds / 2)
+        got = run_client(
+            r, vm, path, ca, mode="load", concurrency=args.concurrency, seconds=args.seconds / 2
+        )
         for key in ("ok", "failed", "seconds"):
             load[path][key] += got[key]
         errors[path] += got["errors"]
@@ -156,24 +163,38 @@ def measure(r: Rig, args: argparse.Namespace, ca: Path) -> None:
     print(f"first byte over HTTPS (connect, TLS, GET / for {NAME}), {args.runs} runs each, ms")
     print(f"{'path':<8} {'median':>8} {'p90':>8} {'failed':>7}")
     for path in paths:
-        print(f"{path:<8} {ms(first[path], 'median'):>8.2f} {ms(first[path], 'p90'):>8.2f} "
-              f"{failed[path]:>7}")
+        print(
+            f"{path:<8} {ms(first[path], 'median'):>8.2f} {ms(first[path], 'p90'):>8.2f} "
+            f"{failed[path]:>7}"
+        )
     added = ms(first["egress"], "median") - ms(first["direct"], "median")
     ratio = ms(first["egress"], "median") / ms(first["direct"], "median")
-    print(f"added to the first byte: {added:.2f} ms (egress/direct {ratio:.2f}x); "
-          f"goal <= {GOAL_ADDED_MS:g} ms: {'met' if added <= GOAL_ADDED_MS else 'NOT met'}")
-    print(f"DNS lookup of {NAME} via the gateway: median {ms(dns, 'median'):.2f} ms "
-          f"({len(dns)} lookups)")
-    print(f"connections/s (connect, TLS, GET, read to close), concurrency {args.concurrency}, "
-          f"{args.seconds:g} s per path")
+    print(
+        f"added to the first byte: {added:.2f} ms (egress/direct {ratio:.2f}x); "
+        f"goal <= {GOAL_ADDED_MS:g} ms: {'met' if added <= GOAL_ADDED_MS else 'NOT met'}"
+    )
+    print(
+        f"DNS lookup of {NAME} via the gateway: median {ms(dns, 'median'):.2f} ms "
+        f"({len(dns)} lookups)"
+    )
+    print(
+        f"connections/s (connect, TLS, GET, read to close), concurrency {args.concurrency}, "
+        f"{args.seconds:g} s per path"
+    )
     rate = {p: load[p]["ok"] / load[p]["seconds"] for p in paths}
     for path in paths:
-        print(f"{path:<8} {rate[path]:>8.1f}/s  ok {load[path]['ok']:>6}  "
-              f"failed {load[path]['failed']}")
-    print(f"egress/direct {rate['egress'] / (rate['direct'] or float('nan')):.2f}x; "
-          f"goal >= {GOAL_RATE:g}/s: {'met' if rate['egress'] >= GOAL_RATE else 'NOT met'}")
-    print(f"controller memory, MiB: RSS {before['VmRSS']} before the load, {after['VmRSS']} "
-          f"after; peak (VmHWM) {before['VmHWM']} before, {after['VmHWM']} after")
+        print(
+            f"{path:<8} {rate[path]:>8.1f}/s  ok {load[path]['ok']:>6}  "
+            f"failed {load[path]['failed']}"
+        )
+    print(
+        f"egress/direct {rate['egress'] / (rate['direct'] or float('nan')):.2f}x; "
+        f"goal >= {GOAL_RATE:g}/s: {'met' if rate['egress'] >= GOAL_RATE else 'NOT met'}"
+    )
+    print(
+        f"controller memory, MiB: RSS {before['VmRSS']} before the load, {after['VmRSS']} "
+        f"after; peak (VmHWM) {before['VmHWM']} before, {after['VmHWM']} after"
+    )
     for path in paths:
         for error in dict.fromkeys(errors[path]):
             print(f"  {path} error: {error}")

@@ -35,14 +35,16 @@ def inside_sandbox(images_dir: Path) -> object:
 
     The child finds INSIDE in its environment and runs the measurements.
     """
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as home, \
-            sandbox("hearth-bench") as controller:
+    with (
+        tempfile.TemporaryDirectory(prefix="hearth-bench-") as home,
+        sandbox("hearth-bench") as controller,
+    ):
         (Path(home) / "images").symlink_to(images_dir.resolve())
-        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home,
-               "HEARTH_NETNS": f"{controller}-vm"}
+        env = {**os.environ, INSIDE: "1", "HEARTH_HOME": home, "HEARTH_NETNS": f"{controller}-vm"}
         again = [sys.executable, "-m", __main__.__spec__.name, *sys.argv[1:]]
-        child = subprocess.Popen([*nsenter(controller), *again], env=env,
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [*nsenter(controller), *again], env=env, stdout=subprocess.PIPE, text=True
+        )
         try:
             out, _ = child.communicate()
         except BaseException:
@@ -58,8 +60,10 @@ def inside_sandbox(images_dir: Path) -> object:
 
 def spread(seconds: list[float], name: str = "") -> dict:
     """Median, min and max of `seconds`, rounded (None when there are none)."""
-    return {f"{name}{stat}_s": round(f(seconds), 2) if seconds else None
-            for stat, f in (("median", statistics.median), ("min", min), ("max", max))}
+    return {
+        f"{name}{stat}_s": round(f(seconds), 2) if seconds else None
+        for stat, f in (("median", statistics.median), ("min", min), ("max", max))
+    }
 
 
 def rss_mib(pid: int) -> float:

@@ -27,8 +27,12 @@ def timed_build(settings: Settings, image: str, guest_dir: Path) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="cli")
-    parser.add_argument("--home", type=Path, help="a Hearth home to build in (default: a new "
-                        "temporary one, which makes the first build cold)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="a Hearth home to build in (default: a new "
+        "temporary one, which makes the first build cold)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -39,8 +43,7 @@ def main() -> None:
         with (changed / "agent.py").open("a") as agent:
             agent.write("\n# bench: an agent-only change\n")
         figures = {}
-        figures["first_s"], figures["first_rebuilt"] = timed_build(settings, args.image,
-                                                                   GUEST_DIR)
+        figures["first_s"], figures["first_rebuilt"] = timed_build(settings, args.image, GUEST_DIR)
         figures["unchanged_s"], _ = timed_build(settings, args.image, GUEST_DIR)
         figures["agent_change_s"], _ = timed_build(settings, args.image, changed)
         if args.home is None:
@@ -49,9 +52,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"{args.image}: first build ({figures['first_kind']}) {figures['first_s']}s, "
-          f"unchanged {figures['unchanged_s']}s, after an agent-only change "
-          f"{figures['agent_change_s']}s")
+    print(
+        f"{args.image}: first build ({figures['first_kind']}) {figures['first_s']}s, "
+        f"unchanged {figures['unchanged_s']}s, after an agent-only change "
+        f"{figures['agent_change_s']}s"
+    )
 
 
 if __name__ == "__main__":

@@ -51,15 +51,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hearth-bench-prompt-") as home:
         (Path(home) / "images").symlink_to(args.images_dir.resolve())
         # Idle time long enough for back-to-back warm prompts, short enough to wait out.
-        with stack(Settings(home=Path(home)),
-                   controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)}) as running:
+        with stack(
+            Settings(home=Path(home)), controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)}
+        ) as running:
             sign_in(running, USER, Path(home) / "shots")
             cold = first_chunk(running)
             for _ in range(args.runs):
                 warm.append(first_chunk(running))
             for _ in range(args.runs):
-                wait_for(lambda: vm_state(running) == "hibernated", IDLE_HIBERNATE + 60,
-                         "the CLI VM to hibernate", interval=0.2)
+                wait_for(
+                    lambda: vm_state(running) == "hibernated",
+                    IDLE_HIBERNATE + 60,
+                    "the CLI VM to hibernate",
+                    interval=0.2,
+                )
                 resumed.append(first_chunk(running))
 
     def median(pairs: list[tuple[float, float]], i: int) -> float:
@@ -67,21 +72,27 @@ def main() -> None:
 
     figures = {
         "runs": args.runs,
-        "cold_vm_first_chunk_s": round(cold[0], 3), "cold_vm_done_s": round(cold[1], 3),
-        "warm_first_chunk_median_s": median(warm, 0), "warm_done_median_s": median(warm, 1),
+        "cold_vm_first_chunk_s": round(cold[0], 3),
+        "cold_vm_done_s": round(cold[1], 3),
+        "warm_first_chunk_median_s": median(warm, 0),
+        "warm_done_median_s": median(warm, 1),
         "resumed_first_chunk_median_s": median(resumed, 0),
         "resumed_done_median_s": median(resumed, 1),
     }
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"first output chunk of a demo prompt: warm VM median "
-          f"{figures['warm_first_chunk_median_s']} s ({args.runs} runs), after hibernation "
-          f"median {figures['resumed_first_chunk_median_s']} s, first prompt (cold VM) "
-          f"{figures['cold_vm_first_chunk_s']} s")
-    print(f"whole prompt (the demo CLI paces 5 lines 0.3 s apart): warm "
-          f"{figures['warm_done_median_s']} s, resumed {figures['resumed_done_median_s']} s, "
-          f"cold {figures['cold_vm_done_s']} s")
+    print(
+        f"first output chunk of a demo prompt: warm VM median "
+        f"{figures['warm_first_chunk_median_s']} s ({args.runs} runs), after hibernation "
+        f"median {figures['resumed_first_chunk_median_s']} s, first prompt (cold VM) "
+        f"{figures['cold_vm_first_chunk_s']} s"
+    )
+    print(
+        f"whole prompt (the demo CLI paces 5 lines 0.3 s apart): warm "
+        f"{figures['warm_done_median_s']} s, resumed {figures['resumed_done_median_s']} s, "
+        f"cold {figures['cold_vm_done_s']} s"
+    )
 
 
 if __name__ == "__main__":

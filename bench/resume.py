@@ -40,7 +40,8 @@ class StepClock:
 
 def rounds(vms: VmManager, image: str, runs: int) -> dict:
     found: dict[str, list[float]] = {
-        k: [] for k in ("cold", "hibernate", "resume", "restore", "call")}
+        k: [] for k in ("cold", "hibernate", "resume", "restore", "call")
+    }
     snapshot_mib: list[float] = []
     failures = []
     for _ in range(runs):
@@ -67,9 +68,14 @@ def rounds(vms: VmManager, image: str, runs: int) -> dict:
         found["restore"].append(restore)
         found["call"].append(call)
         snapshot_mib.append(size / 2**20)
-    return {"image": image, "runs": runs, "ok": len(found["resume"]), "failures": failures,
-            **{k: spread(v, f"{k}_") for k, v in found.items()},
-            "snapshot_mib": round(statistics.median(snapshot_mib), 1) if snapshot_mib else None}
+    return {
+        "image": image,
+        "runs": runs,
+        "ok": len(found["resume"]),
+        "failures": failures,
+        **{k: spread(v, f"{k}_") for k, v in found.items()},
+        "snapshot_mib": round(statistics.median(snapshot_mib), 1) if snapshot_mib else None,
+    }
 
 
 def run_inside(args: argparse.Namespace) -> dict:
@@ -100,12 +106,18 @@ def main() -> None:
         return
     print(f"{args.image}: {r['ok']}/{r['runs']} rounds booted, hibernated and resumed")
     print(f"{'seconds':<28} {'median':>7} {'min':>7} {'max':>7}")
-    for key, label in (("cold", "cold boot to agent"), ("hibernate", "hibernate"),
-                       ("resume", "resume to agent"), ("restore", "  of which restore"),
-                       ("call", "resume, all its steps")):
+    for key, label in (
+        ("cold", "cold boot to agent"),
+        ("hibernate", "hibernate"),
+        ("resume", "resume to agent"),
+        ("restore", "  of which restore"),
+        ("call", "resume, all its steps"),
+    ):
         stats = r[key]
-        print(f"{label:<28} {stats[f'{key}_median_s']!s:>7} {stats[f'{key}_min_s']!s:>7} "
-              f"{stats[f'{key}_max_s']!s:>7}")
+        print(
+            f"{label:<28} {stats[f'{key}_median_s']!s:>7} {stats[f'{key}_min_s']!s:>7} "
+            f"{stats[f'{key}_max_s']!s:>7}"
+        )
     for failure in r["failures"]:
         print(f"  failed: {failure}")
     print(f"snapshot file: {r['snapshot_mib']} MiB (median)")

@@ -16,4 +16,5 @@ export HEARTH_TEST_IMAGES="$HEARTH_HOME/images"
 export HEARTH_TEST_NO_PACKAGE_SKIPS=1
 
 "$venv/bin/ruff" check src tests bench
+"$venv/bin/ruff" format --check src tests bench
 exec "$venv/bin/pytest" -q -p no:cacheprovider "$@"

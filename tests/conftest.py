@@ -22,8 +22,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         reason = report.longrepr[2]
         if PREFIX in reason:
             report.outcome = "failed"
-            report.longrepr = (f"{reason}: scripts/bootstrap.sh should have installed it "
-                               f"({STRICT_ENV} is set)")
+            report.longrepr = (
+                f"{reason}: scripts/bootstrap.sh should have installed it ({STRICT_ENV} is set)"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -48,8 +48,12 @@ class FakeVm:
     namespace: str
 
     def python(self, code: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-c", code],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @dataclass
@@ -65,12 +69,15 @@ class Rig:
     controller_pid: int
     ca: Path  # the fake internet's CA, as a PEM file
 
-    def prompt(self, user_id: str, provider: str, text: str
-               ) -> list[tuple[str, dict, float]]:
+    def prompt(self, user_id: str, provider: str, text: str) -> list[tuple[str, dict, float]]:
         """POST /api/prompts: each Server-Sent Event (kind, data, when it came)."""
         events, kind = [], None
-        with self.api.stream("POST", "/api/prompts", timeout=None, json={
-                "user_id": user_id, "provider": provider, "prompt": text}) as response:
+        with self.api.stream(
+            "POST",
+            "/api/prompts",
+            timeout=None,
+            json={"user_id": user_id, "provider": provider, "prompt": text},
+        ) as response:
             assert response.status_code == 200, response.read()
             for line in response.iter_lines():
                 if line.startswith("event: "):
@@ -81,17 +88,22 @@ class Rig:
 
     def hearth(self, *args: str, timeout: float = 600) -> str:
         """A `hearth` command as the controller would run it; its output."""
-        done = subprocess.run([*nsenter(self.controller_ns), sys.executable, "-m", "hearth",
-                               *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [*nsenter(self.controller_ns), sys.executable, "-m", "hearth", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, f"hearth {' '.join(args)}: {done.stderr}{done.stdout}"
         return done.stdout
 
     def assert_nowhere(self, *secrets: str) -> None:
         """No secret is in the controller's log, the database file or any VM's console."""
         log, db = self.log.read_text(), (self.settings.home / "hearth.db").read_bytes()
-        consoles = [c.read_text(errors="replace")
-                    for c in self.settings.vms_dir.glob("*/console.log")]
+        consoles = [
+            c.read_text(errors="replace") for c in self.settings.vms_dir.glob("*/console.log")
+        ]
         for secret in secrets:
             assert secret not in log and secret.encode() not in db
             assert not any(secret in console for console in consoles)
@@ -103,9 +115,17 @@ class Rig:
         """A browser VM serving a sign-in to `provider` that awaits the user."""
         vm = self._vm(user_id=None)
         with self.db.session() as s:
-            s.add(AuthSession(id=uuid.uuid4().hex, user_id=user_id, provider=provider,
-                              status="awaiting_user", vm_id=vm.vm_id, live_token_hash="x",
-                              expires_at=datetime.now(UTC) + timedelta(hours=1)))
+            s.add(
+                AuthSession(
+                    id=uuid.uuid4().hex,
+                    user_id=user_id,
+                    provider=provider,
+                    status="awaiting_user",
+                    vm_id=vm.vm_id,
+                    live_token_hash="x",
+                    expires_at=datetime.now(UTC) + timedelta(hours=1),
+                )
+            )
             s.commit()
         return vm
 
@@ -114,15 +134,25 @@ class Rig:
         vm = self._vm(user_id=user_id)
         with self.db.session() as s:
             for n, provider in enumerate(connected):
-                s.add(Credential(user_id=user_id, provider=provider, version=1, key_id="k",
-                                 wrapped_key=b"", nonce=bytes([n]), ciphertext=b""))
+                s.add(
+                    Credential(
+                        user_id=user_id,
+                        provider=provider,
+                        version=1,
+                        key_id="k",
+                        wrapped_key=b"",
+                        nonce=bytes([n]),
+                        ciphertext=b"",
+                    )
+                )
             s.commit()
         return vm
 
     def audit(self, vm: FakeVm) -> list[EgressConnection]:
         with self.db.session() as s:
-            return list(s.query(EgressConnection).filter_by(vm_id=vm.vm_id)
-                        .order_by(EgressConnection.id))
+            return list(
+                s.query(EgressConnection).filter_by(vm_id=vm.vm_id).order_by(EgressConnection.id)
+            )
 
     def audit_all(self) -> list[EgressConnection]:
         with self.db.session() as s:
@@ -132,8 +162,18 @@ class Rig:
         vm_id = uuid.uuid4().hex[:12]
         port = f"hthf{vm_id[:6]}"
         with self.db.session() as s:
-            s.add(Vm(id=vm_id, image="browser", vmm="qemu", state=VmState.ready, tap=port,
-                     agent_token="x", user_id=user_id, last_active_at=datetime.now(UTC)))
+            s.add(
+                Vm(
+                    id=vm_id,
+                    image="browser",
+                    vmm="qemu",
+                    state=VmState.ready,
+                    tap=port,
+                    agent_token="x",
+                    user_id=user_id,
+                    last_active_at=datetime.now(UTC),
+                )
+            )
             s.commit()
         ip = IpPool(self.db, self.settings.gateway).lease(vm_id)
         self.db.update(Vm, vm_id, ip=ip, mac=mac_for(ip))
@@ -143,24 +183,54 @@ class Rig:
         self.stack.callback(shutil.rmtree, etc, True)
         (etc / "resolv.conf").write_text(f"nameserver {self.settings.gateway.ip}\n")
         net = self.settings.netns
-        subprocess.run(["ip", "link", "add", port, "netns", net, "type", "veth", "peer", "name",
-                        "eth0", "netns", ns], check=True)
-        for argv in (["-n", net, "link", "set", port, "master", self.settings.bridge, "up"],
-                     ["-n", net, "link", "set", "dev", port, "type", "bridge_slave",
-                      "isolated", "on"],
-                     ["-n", ns, "link", "set", "eth0", "address", mac_for(ip), "up"],
-                     ["-n", ns, "addr", "add", f"{ip}/{self.settings.gateway.network.prefixlen}",
-                      "dev", "eth0"],
-                     ["-n", ns, "route", "add", "default", "via", str(self.settings.gateway.ip)]):
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                port,
+                "netns",
+                net,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ],
+            check=True,
+        )
+        for argv in (
+            ["-n", net, "link", "set", port, "master", self.settings.bridge, "up"],
+            ["-n", net, "link", "set", "dev", port, "type", "bridge_slave", "isolated", "on"],
+            ["-n", ns, "link", "set", "eth0", "address", mac_for(ip), "up"],
+            [
+                "-n",
+                ns,
+                "addr",
+                "add",
+                f"{ip}/{self.settings.gateway.network.prefixlen}",
+                "dev",
+                "eth0",
+            ],
+            ["-n", ns, "route", "add", "default", "via", str(self.settings.gateway.ip)],
+        ):
             subprocess.run(["ip", *argv], check=True)
         VmNetwork.from_settings(self.settings).bind_port(port, mac_for(ip), ip)
         return FakeVm(vm_id, ip, ns)
 
 
 @contextlib.contextmanager
-def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
-        images: Path | None = None, browsers: bool = False, standins: bool = False,
-        trust_ca: bool = False, **controller_env: str) -> Iterator[Rig]:
+def rig(
+    tmp_path: Path,
+    upstreams: Callable[[FakeInternet], dict[str, str]] | None = None,
+    images: Path | None = None,
+    browsers: bool = False,
+    standins: bool = False,
+    trust_ca: bool = False,
+    **controller_env: str,
+) -> Iterator[Rig]:
     """The controller with egress, the fake internet behind it, until the block ends;
     `upstreams` gives settings that name the fake internet's parts, `images` the built
     images VMs boot from, `browsers` a loopback port relayed to the controller (for a live
@@ -173,10 +243,17 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
         if images:
             (home / "images").symlink_to(images)
         inet = stack.enter_context(fake_internet(controller, tmp_path / "inet", standins))
-        env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
-               "HEARTH_CONTROLLER_NETNS": controller, "HEARTH_EGRESS_RESOLVER": RESOLVER,
-               "HEARTH_IDLE_HIBERNATE": "86400", "PYTHONPATH": str(SRC), **controller_env,
-               **(upstreams(inet) if upstreams else {})}
+        env = {
+            **os.environ,
+            "HEARTH_HOME": str(home),
+            "HEARTH_NETNS": f"{controller}-vm",
+            "HEARTH_CONTROLLER_NETNS": controller,
+            "HEARTH_EGRESS_RESOLVER": RESOLVER,
+            "HEARTH_IDLE_HIBERNATE": "86400",
+            "PYTHONPATH": str(SRC),
+            **controller_env,
+            **(upstreams(inet) if upstreams else {}),
+        }
         ca = tmp_path / "ca.pem"
         ca.write_bytes(inet.ca.pem)
         if trust_ca:
@@ -190,14 +267,30 @@ def rig(tmp_path: Path, upstreams: Callable[[FakeInternet], dict[str, str]] | No
             env["HEARTH_PUBLIC_URL"] = f"http://localhost:{public_port}"
         log = tmp_path / "controller.log"
         with log.open("ab") as out:
-            proc = subprocess.Popen([*nsenter(controller), sys.executable, "-m", "hearth",
-                                     "serve", "--uds", str(socket_path)], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [
+                    *nsenter(controller),
+                    sys.executable,
+                    "-m",
+                    "hearth",
+                    "serve",
+                    "--uds",
+                    str(socket_path),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         stack.callback(_stop, proc)
         key = create_key(db, "admin", "egress tests")
-        api = stack.enter_context(httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://controller",
-            headers={"Authorization": f"Bearer {key}"}, timeout=30))
+        api = stack.enter_context(
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(socket_path)),
+                base_url="http://controller",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+        )
 
         def answers() -> bool:
             if proc.poll() is not None:
@@ -272,5 +365,3 @@ def run_json(vm: FakeVm, template: str, **values) -> dict:
     done = vm.python(template % values)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-

@@ -33,22 +33,44 @@ INTRANET = "10.99.0.10"
 HTTP_PROXY, SOCKS_PROXY = "203.0.113.8", "203.0.113.9"
 HTTP_PROXY_PORT, SOCKS_PROXY_PORT = 3128, 1080
 # The names the web server answers for (each with its own certificate).
-SITES = ("claude.com", "platform.claude.com", "api.anthropic.com", "auth.openai.com",
-         "chatgpt.com", "accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
-         "cloudcode-pa.googleapis.com", "developers.google.com", "example.org", "example.net",
-         "intranet.example.org")
+SITES = (
+    "claude.com",
+    "platform.claude.com",
+    "api.anthropic.com",
+    "auth.openai.com",
+    "chatgpt.com",
+    "accounts.google.com",
+    "oauth2.googleapis.com",
+    "www.googleapis.com",
+    "cloudcode-pa.googleapis.com",
+    "developers.google.com",
+    "example.org",
+    "example.net",
+    "intranet.example.org",
+)
 # The providers' services, answered by their stand-ins (tests/standins/) when asked for:
 # module -> (its port in the fake internet, the names it serves).
 STANDINS = {
     "anthropic": (9101, ("claude.com", "platform.claude.com", "api.anthropic.com")),
     "openai": (9102, ("auth.openai.com", "chatgpt.com")),
-    "google": (9103, ("accounts.google.com", "oauth2.googleapis.com", "www.googleapis.com",
-                      "cloudcode-pa.googleapis.com", "developers.google.com")),
+    "google": (
+        9103,
+        (
+            "accounts.google.com",
+            "oauth2.googleapis.com",
+            "www.googleapis.com",
+            "cloudcode-pa.googleapis.com",
+            "developers.google.com",
+        ),
+    ),
 }
 STANDIN_ANSWER = "Hello from the provider's stand-in."
 # Names that resolve where no VM may go: a private address, cloud metadata, the controller.
-TRAPS = {"internal.example.org": "10.20.30.40", "metadata.example.org": "169.254.169.254",
-         "controller.example.org": CONTROLLER_SIDE}
+TRAPS = {
+    "internal.example.org": "10.20.30.40",
+    "metadata.example.org": "169.254.169.254",
+    "controller.example.org": CONTROLLER_SIDE,
+}
 
 
 @dataclass
@@ -83,8 +105,9 @@ class FakeInternet:
 
 
 @contextlib.contextmanager
-def fake_internet(controller_ns: str, directory: Path, standins: bool = False
-                  ) -> Iterator[FakeInternet]:
+def fake_internet(
+    controller_ns: str, directory: Path, standins: bool = False
+) -> Iterator[FakeInternet]:
     """The fake internet behind `controller_ns` (which gets a default route into it); with
     `standins`, the providers' names are served by their stand-ins (tests/standins/)."""
     with sandbox("hearth-test-inet") as ns, contextlib.ExitStack() as stack:
@@ -96,33 +119,76 @@ def fake_internet(controller_ns: str, directory: Path, standins: bool = False
         inet = FakeInternet(ns, directory, ca, "hearth", secrets.token_urlsafe(12))
         directory.mkdir(parents=True, exist_ok=True)
         run = _starter(ns, directory, stack)
-        run("dnsmasq", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                        "--bind-interfaces", f"--listen-address={RESOLVER}", "--port=53",
-                        f"--pid-file={directory / 'dnsmasq.pid'}", "--log-queries",
-                        f"--log-facility={directory / 'dnsmasq.log'}",
-                        # Records with a TTL, and no data (not a refusal) for AAAA: as a
-                        # real zone would answer.
-                        "--local-ttl=60",
-                        *[f"--host-record={name},{address}" for name, address in
-                          [*((site, WEB) for site in SITES), *TRAPS.items()]]],
-            ready=(RESOLVER, 53))
+        run(
+            "dnsmasq",
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={RESOLVER}",
+                "--port=53",
+                f"--pid-file={directory / 'dnsmasq.pid'}",
+                "--log-queries",
+                f"--log-facility={directory / 'dnsmasq.log'}",
+                # Records with a TTL, and no data (not a refusal) for AAAA: as a
+                # real zone would answer.
+                "--local-ttl=60",
+                *[
+                    f"--host-record={name},{address}"
+                    for name, address in [*((site, WEB) for site in SITES), *TRAPS.items()]
+                ],
+            ],
+            ready=(RESOLVER, 53),
+        )
         proxied: dict[str, int] = {}
         for module, (port, names) in STANDINS.items() if standins else ():
-            run(module, [sys.executable, "-m", f"tests.standins.{module}", "--port", str(port),
-                         "--answer", STANDIN_ANSWER, "--record", str(inet.requests(module))],
-                ready=("127.0.0.1", port))
+            run(
+                module,
+                [
+                    sys.executable,
+                    "-m",
+                    f"tests.standins.{module}",
+                    "--port",
+                    str(port),
+                    "--answer",
+                    STANDIN_ANSWER,
+                    "--record",
+                    str(inet.requests(module)),
+                ],
+                ready=("127.0.0.1", port),
+            )
             proxied.update(dict.fromkeys(names, port))
         _nginx(inet, run, proxied)
         (directory / "tinyproxy.conf").write_text(
             f"Port {HTTP_PROXY_PORT}\nListen {HTTP_PROXY}\nBind {HTTP_PROXY}\nTimeout 60\n"
-            f"LogFile \"{directory / 'tinyproxy.log'}\"\nLogLevel Connect\nMaxClients 200\n"
+            f'LogFile "{directory / "tinyproxy.log"}"\nLogLevel Connect\nMaxClients 200\n'
             f"BasicAuth {inet.proxy_user} {inet.proxy_password}\nConnectPort 443\n"
-            "ConnectPort 80\nUser root\nGroup root\n")
-        run("tinyproxy", ["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")],
-            ready=(HTTP_PROXY, HTTP_PROXY_PORT))
-        run("microsocks", ["microsocks", "-i", SOCKS_PROXY, "-p", str(SOCKS_PROXY_PORT),
-                           "-b", SOCKS_PROXY, "-u", inet.proxy_user, "-P", inet.proxy_password],
-            ready=(SOCKS_PROXY, SOCKS_PROXY_PORT))
+            "ConnectPort 80\nUser root\nGroup root\n"
+        )
+        run(
+            "tinyproxy",
+            ["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")],
+            ready=(HTTP_PROXY, HTTP_PROXY_PORT),
+        )
+        run(
+            "microsocks",
+            [
+                "microsocks",
+                "-i",
+                SOCKS_PROXY,
+                "-p",
+                str(SOCKS_PROXY_PORT),
+                "-b",
+                SOCKS_PROXY,
+                "-u",
+                inet.proxy_user,
+                "-P",
+                inet.proxy_password,
+            ],
+            ready=(SOCKS_PROXY, SOCKS_PROXY_PORT),
+        )
         yield inet
 
 
@@ -135,8 +201,10 @@ def _nginx(inet: FakeInternet, run, proxied: dict[str, int]) -> None:
         page = f"""return 200 "<!doctype html><title>{name} (test site)</title>
             <h1>hello from {name}</h1>\\n";"""
         if name in proxied:
-            page = (f"proxy_pass http://127.0.0.1:{proxied[name]}; proxy_set_header Host $host;"
-                    " proxy_buffering off; proxy_http_version 1.1;")
+            page = (
+                f"proxy_pass http://127.0.0.1:{proxied[name]}; proxy_set_header Host $host;"
+                " proxy_buffering off; proxy_http_version 1.1;"
+            )
         servers.append(f"""
     server {{
         listen {WEB}:443 ssl; listen {WEB}:80; listen {INTRANET}:443 ssl;
@@ -145,17 +213,17 @@ def _nginx(inet: FakeInternet, run, proxied: dict[str, int]) -> None:
         location / {{ {page} }}
     }}""")
     (d / "nginx.conf").write_text(f"""
-user root; worker_processes 1; daemon off; pid {d / 'nginx.pid'};
-error_log {d / 'nginx-error.log'};
+user root; worker_processes 1; daemon off; pid {d / "nginx.pid"};
+error_log {d / "nginx-error.log"};
 events {{ worker_connections 4096; }}
 http {{
     log_format hearth '$remote_addr $host $scheme';
-    access_log {d / 'access.log'} hearth;
+    access_log {d / "access.log"} hearth;
     client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
     uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
     default_type text/html;
     server {{ listen {WEB}:80 default_server; return 421 "no such site\\n"; }}
-    {''.join(servers)}
+    {"".join(servers)}
 }}
 """)
     (d / "tmp").mkdir(exist_ok=True)
@@ -165,23 +233,31 @@ http {{
 def _starter(ns: str, directory: Path, stack: contextlib.ExitStack):
     def run(name: str, argv: list[str], ready: tuple[str, int]) -> None:
         out = (directory / f"{name}.out").open("ab")
-        proc = subprocess.Popen([*nsenter(ns), *argv], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)  # where `python -m tests.…` finds the tests
+        proc = subprocess.Popen(
+            [*nsenter(ns), *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )  # where `python -m tests.…` finds the tests
         out.close()
         stack.callback(_end, proc)
-        wait_for(lambda: proc.poll() is not None or _listening(ns, *ready), 20,
-                 f"{name} in the fake internet")
+        wait_for(
+            lambda: proc.poll() is not None or _listening(ns, *ready),
+            20,
+            f"{name} in the fake internet",
+        )
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}: "
-                               f"{(directory / f'{name}.out').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{name} exited with {proc.returncode}: "
+                f"{(directory / f'{name}.out').read_text()[-2000:]}"
+            )
+
     return run
 
 
 def _listening(ns: str, host: str, port: int) -> bool:
     """Whether something listens on host:port (TCP; for the resolver, UDP is what counts,
     and dnsmasq opens both)."""
-    probe = subprocess.run([*nsenter(ns), "ss", "-Hltun", f"src {host}:{port}"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [*nsenter(ns), "ss", "-Hltun", f"src {host}:{port}"], capture_output=True, text=True
+    )
     return bool(probe.stdout.strip())
 
 

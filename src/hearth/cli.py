@@ -41,6 +41,7 @@ def fail(message: str) -> typer.Exit:
 
 # -- images --------------------------------------------------------------------------------
 
+
 @image_app.command("build")
 def image_build(
     names: Annotated[list[str], typer.Argument(help="browser, cli or baseline")],
@@ -55,6 +56,7 @@ def image_build(
             raise fail(str(e)) from None
     for name in names:
         with out.status(f"[bold]{name}[/bold]: starting") as status:
+
             def progress(step: str, status=status) -> None:
                 status.update(f"[bold]{step}")
                 out.log(step)
@@ -64,8 +66,10 @@ def image_build(
             except BuildError as e:
                 raise fail(str(e)) from None
         m = result.manifest
-        out.print(f"[green]{name}[/green] {result.path} inputs={m['inputs']} "
-                  f"({'built' if result.rebuilt else 'up to date'}, {m['build_seconds']}s)")
+        out.print(
+            f"[green]{name}[/green] {result.path} inputs={m['inputs']} "
+            f"({'built' if result.rebuilt else 'up to date'}, {m['build_seconds']}s)"
+        )
 
 
 @image_app.command("ls")
@@ -76,9 +80,14 @@ def image_ls() -> None:
     for name in sorted(recipes.RECIPES):
         m = read_manifest(settings.images_dir / name)
         if m:
-            table.add_row(name, m["inputs"], m["versions"]["kernel"],
-                          str(m["artefacts"]["rootfs.ext4"]["size"] // 2**20), m["built_at"],
-                          str(m["build_seconds"]))
+            table.add_row(
+                name,
+                m["inputs"],
+                m["versions"]["kernel"],
+                str(m["artefacts"]["rootfs.ext4"]["size"] // 2**20),
+                m["built_at"],
+                str(m["build_seconds"]),
+            )
     out.print(table)
 
 
@@ -93,6 +102,7 @@ def image_rm(name: str) -> None:
 
 
 # -- VMs -----------------------------------------------------------------------------------
+
 
 @vm_app.command("boot")
 def vm_boot(
@@ -114,17 +124,30 @@ def vm_boot(
 
 def _report_vm(vm, health: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"id": vm.id, "image": vm.image, "ip": vm.ip, "tap": vm.tap,
-                          "mac": vm.mac, "netns": vm.netns,
-                          "boot_to_agent_seconds": round(vm.boot_seconds, 2), "agent": health}))
+        print(
+            json.dumps(
+                {
+                    "id": vm.id,
+                    "image": vm.image,
+                    "ip": vm.ip,
+                    "tap": vm.tap,
+                    "mac": vm.mac,
+                    "netns": vm.netns,
+                    "boot_to_agent_seconds": round(vm.boot_seconds, 2),
+                    "agent": health,
+                }
+            )
+        )
         return
     out.print(f"[green]VM {vm.id}[/green] ready in {vm.boot_seconds:.1f}s: {vm.ip} on {vm.tap}")
     for a in health["network"]["addresses"]:
         out.print(f"  address {a['ifname']} {a['address']}/{a['prefixlen']}")
     for r in health["network"]["routes"]:
         out.print(f"  route   {r['dst']} via {r.get('gateway') or '-'} dev {r['dev']}")
-    out.print(f"  agent   {health['status']}, serving since guest uptime "
-              f"{health['started_at_uptime']:.1f}s, hostname {health['hostname']}")
+    out.print(
+        f"  agent   {health['status']}, serving since guest uptime "
+        f"{health['started_at_uptime']:.1f}s, hostname {health['hostname']}"
+    )
 
 
 @vm_app.command("ls")
@@ -134,17 +157,33 @@ def vm_ls(
 ) -> None:
     """List VMs."""
     vms = runtime.vm_manager(config.load()).list(include_destroyed=all_)
-    rows = [{"id": v.id, "image": v.image, "state": v.state, "ip": v.ip, "tap": v.tap,
-             "boot_seconds": v.boot_seconds, "failed_step": v.failed_step} for v in vms]
+    rows = [
+        {
+            "id": v.id,
+            "image": v.image,
+            "state": v.state,
+            "ip": v.ip,
+            "tap": v.tap,
+            "boot_seconds": v.boot_seconds,
+            "failed_step": v.failed_step,
+        }
+        for v in vms
+    ]
     if as_json:
         print(json.dumps(rows))
         return
     # "start s": from the VMM's start, a boot's or a resume's, to the agent's first answer.
     table = Table("id", "image", "state", "ip", "tap", "start s", "failed step")
     for r in rows:
-        table.add_row(r["id"], r["image"], r["state"], r["ip"] or "", r["tap"],
-                      f"{r['boot_seconds']:.1f}" if r["boot_seconds"] else "",
-                      r["failed_step"] or "")
+        table.add_row(
+            r["id"],
+            r["image"],
+            r["state"],
+            r["ip"] or "",
+            r["tap"],
+            f"{r['boot_seconds']:.1f}" if r["boot_seconds"] else "",
+            r["failed_step"] or "",
+        )
     out.print(table)
 
 
@@ -173,8 +212,16 @@ def vm_resume(
     except Exception as e:  # noqa: BLE001 - the message is the user's answer
         raise fail(str(e)) from None
     if as_json:
-        print(json.dumps({"id": vm.id, "ip": vm.ip, "state": vm.state,
-                          "resume_to_agent_seconds": round(vm.boot_seconds, 2)}))
+        print(
+            json.dumps(
+                {
+                    "id": vm.id,
+                    "ip": vm.ip,
+                    "state": vm.state,
+                    "resume_to_agent_seconds": round(vm.boot_seconds, 2),
+                }
+            )
+        )
     else:
         out.print(f"[green]VM {vm.id}[/green] resumed in {vm.boot_seconds:.2f}s: {vm.ip}")
 
@@ -207,6 +254,7 @@ def vm_rm(
 
 
 # -- network and reconciliation ------------------------------------------------------------
+
 
 @net_app.command("up")
 def net_up() -> None:
@@ -246,17 +294,21 @@ def demo(
     with demo_stack.stack(settings, port) as running:
         started = running.start_session("demo")
         show_sign_in(out, started["connect_url"], running.user, running.password)
-        running.follow(started["session_id"], lambda e: out.print(
-            f"session {e['status']}" + (f": {e['detail']}" if e.get("detail") else "")))
+        running.follow(
+            started["session_id"],
+            lambda e: out.print(
+                f"session {e['status']}" + (f": {e['detail']}" if e.get("detail") else "")
+            ),
+        )
         status = running.api.get(
-            f"/api/auth/session/{started['session_id']}/credentials/status").json()
+            f"/api/auth/session/{started['session_id']}/credentials/status"
+        ).json()
         out.print(f"credential status: {json.dumps(status)}")
         if status.get("status") != "ready":
             raise typer.Exit(1)
         out.print("[bold]Prompt[/bold] through the demo CLI in your CLI VM:")
         for kind, data in running.prompt("demo", "Hello from Hearth"):
-            out.print(f"{kind}: {data.get('data', '').rstrip() or json.dumps(data)}",
-                      markup=False)
+            out.print(f"{kind}: {data.get('data', '').rstrip() or json.dumps(data)}", markup=False)
             if kind == "error":
                 raise typer.Exit(1)
 
@@ -276,8 +328,9 @@ def vm_demo(
         env = {**os.environ, "HEARTH_NETNS": f"{controller}-vm"}
 
         def hearth(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([*nsenter(controller), sys.executable, "-m", "hearth", *args],
-                                  env=env, check=False)
+            return subprocess.run(
+                [*nsenter(controller), sys.executable, "-m", "hearth", *args], env=env, check=False
+            )
 
         try:
             booted = hearth("vm", "boot", "--image", image).returncode == 0
@@ -286,8 +339,10 @@ def vm_demo(
                 hearth("vm", "rm", "--all")
                 hearth("net", "down")
         if keep:
-            out.print(f"kept: {' '.join(nsenter(controller))} "
-                      f"env HEARTH_NETNS={controller}-vm hearth vm ls")
+            out.print(
+                f"kept: {' '.join(nsenter(controller))} "
+                f"env HEARTH_NETNS={controller}-vm hearth vm ls"
+            )
         if not booted:
             raise typer.Exit(1)
 
@@ -332,8 +387,11 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("rotate")
 def keys_rotate(
-    new_key_env: Annotated[str, typer.Option(
-        help="with HEARTH_MASTER_KEY: the environment variable holding the new base64 key")
+    new_key_env: Annotated[
+        str,
+        typer.Option(
+            help="with HEARTH_MASTER_KEY: the environment variable holding the new base64 key"
+        ),
     ] = "",
 ) -> None:
     """Re-wrap every credential's data key under a new master key."""
@@ -343,12 +401,15 @@ def keys_rotate(
     store = runtime.controller(settings).credentials
     try:
         report = store.rotate_master_key(
-            settings, new_key=os.environ.get(new_key_env) if new_key_env else None)
+            settings, new_key=os.environ.get(new_key_env) if new_key_env else None
+        )
     except CryptoError as e:
         raise fail(str(e)) from None
-    out.print(f"master key {report.new_key_id}: {report.rewrapped} credentials re-wrapped, "
-              f"old keys dropped: {', '.join(report.dropped_key_ids) or 'none'}"
-              + (f", {report.remaining} still under old keys" if report.remaining else ""))
+    out.print(
+        f"master key {report.new_key_id}: {report.rewrapped} credentials re-wrapped, "
+        f"old keys dropped: {', '.join(report.dropped_key_ids) or 'none'}"
+        + (f", {report.remaining} still under old keys" if report.remaining else "")
+    )
 
 
 egress_app = typer.Typer(no_args_is_help=True, help="What VMs reach: the egress audit.")
@@ -375,9 +436,17 @@ def egress_log(
         return
     table = Table("when", "vm", "user", "name", "port", "verdict", "reason", "up", "down")
     for c in rows:
-        table.add_row(c.started_at.strftime("%H:%M:%S"), c.vm_id or "-", c.user_id or "-",
-                      c.name or "-", str(c.port), c.verdict, c.reason or "",
-                      str(c.bytes_up), str(c.bytes_down))
+        table.add_row(
+            c.started_at.strftime("%H:%M:%S"),
+            c.vm_id or "-",
+            c.user_id or "-",
+            c.name or "-",
+            str(c.port),
+            c.verdict,
+            c.reason or "",
+            str(c.bytes_up),
+            str(c.bytes_down),
+        )
     out.print(table)
 
 

@@ -18,8 +18,9 @@ from hearth.net.egress.upstream import Upstream
 
 class Settings(BaseSettings):
     # Inputs stay out of error messages: some are secrets (master key, proxy passwords).
-    model_config = SettingsConfigDict(env_prefix="HEARTH_", extra="ignore",
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTH_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Path("/var/lib/hearth")
     database_url: str = ""  # empty: SQLite file under home
@@ -95,8 +96,10 @@ class Settings(BaseSettings):
     @field_validator("egress_hosts")
     @classmethod
     def _hosts(cls, value: dict[str, str]) -> dict[str, str]:
-        return {names.normalize(name): str(ipaddress.ip_address(address))
-                for name, address in value.items()}
+        return {
+            names.normalize(name): str(ipaddress.ip_address(address))
+            for name, address in value.items()
+        }
 
     @field_validator("egress_resolver")
     @classmethod

@@ -55,20 +55,26 @@ class Stack:
 
     def hearth(self, *args: str) -> subprocess.CompletedProcess:
         """Run a `hearth` command as the controller would, in its namespace."""
-        return subprocess.run([*nsenter(self.controller_ns), sys.executable, "-m", "hearth",
-                               *args], env=self.env, capture_output=True, text=True)
+        return subprocess.run(
+            [*nsenter(self.controller_ns), sys.executable, "-m", "hearth", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
 
     def start_session(self, user_id: str, provider: str = "demo") -> dict:
-        response = self.api.post("/api/auth/start",
-                                 json={"user_id": user_id, "provider": provider})
+        response = self.api.post("/api/auth/start", json={"user_id": user_id, "provider": provider})
         response.raise_for_status()
         return response.json()
 
-    def prompt(self, user_id: str, text: str, provider: str = "demo"
-               ) -> Iterator[tuple[str, dict]]:
+    def prompt(self, user_id: str, text: str, provider: str = "demo") -> Iterator[tuple[str, dict]]:
         """Run a prompt through the user's CLI VM: its Server-Sent Events as they come."""
-        with self.api.stream("POST", "/api/prompts", timeout=None, json={
-                "user_id": user_id, "provider": provider, "prompt": text}) as response:
+        with self.api.stream(
+            "POST",
+            "/api/prompts",
+            timeout=None,
+            json={"user_id": user_id, "provider": provider, "prompt": text},
+        ) as response:
             if response.is_error:
                 response.read()
                 response.raise_for_status()
@@ -89,9 +95,13 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
-          token_ttl: float | None = None, controller_env: Mapping[str, str] | None = None
-          ) -> Iterator[Stack]:
+def stack(
+    settings: Settings,
+    port: int = 0,
+    session_ttl: float | None = None,
+    token_ttl: float | None = None,
+    controller_env: Mapping[str, str] | None = None,
+) -> Iterator[Stack]:
     """Start the whole stack; on exit stop it and remove every VM and namespace it made.
 
     `token_ttl` is the IdP's access-token lifetime (short ones make the demo CLI refresh);
@@ -100,8 +110,11 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
     with contextlib.ExitStack() as exits:
         controller_ns = exits.enter_context(sandbox("hearth-demo"))
         idp_ns = exits.enter_context(sandbox("hearth-demo-idp"))
-        network = VmNetwork.from_settings(settings.model_copy(update={
-            "netns": f"{controller_ns}-vm", "controller_netns": controller_ns}))
+        network = VmNetwork.from_settings(
+            settings.model_copy(
+                update={"netns": f"{controller_ns}-vm", "controller_netns": controller_ns}
+            )
+        )
         network.ensure()
         exits.callback(network.teardown)
         _, idp_ip = link(controller_ns, idp_ns, IDP_LINK)
@@ -111,39 +124,88 @@ def stack(settings: Settings, port: int = 0, session_ttl: float | None = None,
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         idp_log, controller_log = logs / "demo-idp.log", logs / "demo-controller.log"
-        exits.enter_context(_process(
-            [*nsenter(idp_ns), sys.executable, "-m", "hearth.demo_idp", "--host", "0.0.0.0",
-             "--port", "80", "--issuer", issuer, "--user", DEMO_USER,
-             *(["--token-ttl", str(token_ttl)] if token_ttl else [])],
-            {**os.environ, "HEARTH_DEMO_IDP_PASSWORD": password}, idp_log))
+        exits.enter_context(
+            _process(
+                [
+                    *nsenter(idp_ns),
+                    sys.executable,
+                    "-m",
+                    "hearth.demo_idp",
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    "80",
+                    "--issuer",
+                    issuer,
+                    "--user",
+                    DEMO_USER,
+                    *(["--token-ttl", str(token_ttl)] if token_ttl else []),
+                ],
+                {**os.environ, "HEARTH_DEMO_IDP_PASSWORD": password},
+                idp_log,
+            )
+        )
 
         port = port or _free_port()
         socket_path = settings.home / "controller.sock"
         socket_path.unlink(missing_ok=True)
-        overrides = {"HEARTH_HOME": str(settings.home), "HEARTH_NETNS": f"{controller_ns}-vm",
-                     "HEARTH_CONTROLLER_NETNS": controller_ns,
-                     "HEARTH_EGRESS_HOSTS": json.dumps({IDP_NAME: idp_ip}),
-                     "HEARTH_EGRESS_ALLOW": json.dumps({"demo": [IDP_NAME]}),
-                     "HEARTH_DEMO_ISSUER": issuer,
-                     "HEARTH_PUBLIC_URL": f"http://localhost:{port}"}
+        overrides = {
+            "HEARTH_HOME": str(settings.home),
+            "HEARTH_NETNS": f"{controller_ns}-vm",
+            "HEARTH_CONTROLLER_NETNS": controller_ns,
+            "HEARTH_EGRESS_HOSTS": json.dumps({IDP_NAME: idp_ip}),
+            "HEARTH_EGRESS_ALLOW": json.dumps({"demo": [IDP_NAME]}),
+            "HEARTH_DEMO_ISSUER": issuer,
+            "HEARTH_PUBLIC_URL": f"http://localhost:{port}",
+        }
         if session_ttl is not None:
             overrides["HEARTH_SESSION_TTL"] = str(session_ttl)
         env = {**os.environ, **overrides, **(controller_env or {})}
-        controller = exits.enter_context(_process(
-            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "serve",
-             "--uds", str(socket_path)], env, controller_log))
-        exits.callback(subprocess.run, [*nsenter(controller_ns), sys.executable, "-m",
-                                        "hearth", "vm", "rm", "--all"],
-                       env=env, check=False, capture_output=True)
+        controller = exits.enter_context(
+            _process(
+                [
+                    *nsenter(controller_ns),
+                    sys.executable,
+                    "-m",
+                    "hearth",
+                    "serve",
+                    "--uds",
+                    str(socket_path),
+                ],
+                env,
+                controller_log,
+            )
+        )
+        exits.callback(
+            subprocess.run,
+            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "vm", "rm", "--all"],
+            env=env,
+            check=False,
+            capture_output=True,
+        )
         exits.enter_context(forward(port, socket_path))
 
         key = create_key(runtime.open_database(settings), "app", "demo")
-        api = exits.enter_context(httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://controller",
-            timeout=30, headers={"Authorization": f"Bearer {key}"}))
+        api = exits.enter_context(
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(socket_path)),
+                base_url="http://controller",
+                timeout=30,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        )
         wait_for(lambda: _answers(api), 60, "the controller")
-        yield Stack(Settings.from_environ(env), env, controller_ns, api, f"http://localhost:{port}",
-                    DEMO_USER, password, controller.pid, [idp_log, controller_log])
+        yield Stack(
+            Settings.from_environ(env),
+            env,
+            controller_ns,
+            api,
+            f"http://localhost:{port}",
+            DEMO_USER,
+            password,
+            controller.pid,
+            [idp_log, controller_log],
+        )
 
 
 def _answers(api: httpx.Client) -> bool:

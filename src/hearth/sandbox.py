@@ -48,10 +48,27 @@ def link(left: str, right: str, network: ipaddress.IPv4Network) -> tuple[str, st
     left_ip, right_ip = (str(a) for a in list(network.hosts())[:2])
     left_if, right_if = f"l{secrets.token_hex(3)}", f"r{secrets.token_hex(3)}"
     prefix = network.prefixlen
-    subprocess.run(["ip", "link", "add", left_if, "netns", left, "type", "veth", "peer",
-                    "name", right_if, "netns", right], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "link",
+            "add",
+            left_if,
+            "netns",
+            left,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            right_if,
+            "netns",
+            right,
+        ],
+        check=True,
+    )
     for ns, name, address in ((left, left_if, left_ip), (right, right_if, right_ip)):
-        subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/{prefix}", "dev", name],
-                       check=True)
+        subprocess.run(
+            ["ip", "-n", ns, "addr", "add", f"{address}/{prefix}", "dev", name], check=True
+        )
         subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
     return left_ip, right_ip

@@ -13,9 +13,7 @@ class Timeout(TimeoutError):
     pass
 
 
-def wait_for(
-    check: Callable[[], T], timeout: float, what: str, interval: float = 0.05
-) -> T:
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Call `check` until it returns something truthy; raise `Timeout` naming `what`."""
     deadline = time.monotonic() + timeout
     while True:

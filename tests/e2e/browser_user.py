@@ -21,9 +21,15 @@ from playwright.sync_api import Locator, Page, sync_playwright
 from hearth.waiting import Timeout, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 END_STATES = ("completed", "failed", "cancelled", "expired")
 
 
@@ -45,7 +51,8 @@ def main(url: str, username: str, password: str, shots: Path) -> None:
         # The session turns awaiting_user once the agent sees Firefox showing the page.
         ended = ", ".join(f'#status[data-status="{state}"]' for state in END_STATES)
         page.locator(f'#status[data-status="awaiting_user"], {ended}').wait_for(
-            state="attached", timeout=600_000)
+            state="attached", timeout=600_000
+        )
         if status.get_attribute("data-status") != "awaiting_user":
             shot(page, "ended-early")
             raise SystemExit(f"the session ended: {status.inner_text()}")
@@ -86,16 +93,21 @@ def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
     """A sign-in to a provider's stand-in on an egress rig (tests/egress_rig.py): started
     through the API, approved through the live view (Enter on the page the VM's Firefox
     shows: the stand-ins focus their approve button); the session as it ended."""
-    started = rig.api.post("/api/auth/start", json={"user_id": user_id,
-                                                    "provider": provider}).json()
+    started = rig.api.post(
+        "/api/auth/start", json={"user_id": user_id, "provider": provider}
+    ).json()
     path = f"/api/auth/session/{started['session_id']}"
 
     def ended(statuses: tuple[str, ...]) -> dict | None:
         session = rig.api.get(path).json()
         return session if session["status"] in statuses else None
 
-    session = wait_for(lambda: ended(("awaiting_user", *END_STATES)), 600,
-                       "the stand-in's authorize page in Firefox", interval=1)
+    session = wait_for(
+        lambda: ended(("awaiting_user", *END_STATES)),
+        600,
+        "the stand-in's authorize page in Firefox",
+        interval=1,
+    )
     if session["status"] != "awaiting_user":
         return session
     with live_view(started["connect_url"]) as (page, canvas):
@@ -106,8 +118,7 @@ def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
             # until the sign-in ends (Enter on the CLI's success page does nothing).
             page.keyboard.press("Enter")
             try:
-                return wait_for(lambda: ended(END_STATES), 15, "the sign-in to end",
-                                interval=1)
+                return wait_for(lambda: ended(END_STATES), 15, "the sign-in to end", interval=1)
             except Timeout:
                 return None
 
@@ -119,8 +130,11 @@ def sign_in(stack, user_id: str, shots: Path) -> dict:
     as a person would, through the live view; returns the completed session."""
     started = stack.start_session(user_id)
     person = subprocess.run(
-        [sys.executable, __file__, started["connect_url"], stack.user, stack.password,
-         str(shots)], capture_output=True, text=True, timeout=1500)
+        [sys.executable, __file__, started["connect_url"], stack.user, stack.password, str(shots)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     if person.returncode != 0:
         raise RuntimeError(f"the browser user failed: {person.stderr[-3000:]}")
     session = stack.api.get(f"/api/auth/session/{started['session_id']}").json()

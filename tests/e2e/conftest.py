@@ -30,8 +30,10 @@ IMAGES = Path(os.environ.get("HEARTH_TEST_IMAGES", "/var/lib/hearth/images"))
 def needs_image(name: str) -> Path:
     image = IMAGES / name
     if not (image / "manifest.json").exists():
-        pytest.skip(f"needs a built {name} image in {IMAGES} (hearth image build {name}; "
-                    "set HEARTH_TEST_IMAGES)")
+        pytest.skip(
+            f"needs a built {name} image in {IMAGES} (hearth image build {name}; "
+            "set HEARTH_TEST_IMAGES)"
+        )
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, TAP devices)")
     return image
@@ -48,8 +50,9 @@ class Hearth:
         return [*nsenter(self.namespace), sys.executable, "-m", "hearth", *args]
 
     def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.argv(*args), env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            self.argv(*args), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         assert proc.returncode == 0, f"hearth {' '.join(args)}: {proc.stderr}{proc.stdout}"
         return proc
 
@@ -59,8 +62,9 @@ class Hearth:
     def popen(self, *args: str, log: Path | None = None) -> subprocess.Popen:
         """Start `hearth ARGS` in the background; its output goes to `log` (or nowhere)."""
         out = log.open("ab") if log else subprocess.DEVNULL
-        return subprocess.Popen(self.argv(*args), env=self.env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            self.argv(*args), env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
 
     @property
     def settings(self) -> Settings:
@@ -76,9 +80,13 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
     home.mkdir()
     (home / "images").symlink_to(IMAGES)
     with sandbox() as controller:
-        env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_NETNS": f"{controller}-vm",
-               "HEARTH_CONTROLLER_NETNS": controller,
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+        env = {
+            **os.environ,
+            "HEARTH_HOME": str(home),
+            "HEARTH_NETNS": f"{controller}-vm",
+            "HEARTH_CONTROLLER_NETNS": controller,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        }
         h = Hearth(controller, env)
         try:
             yield h
@@ -86,9 +94,15 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
             _leave_nothing(h, home)
 
 
-def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: str,
-                              refusal: str,
-                              validate_refusal: str = "refused the access token (401") -> None:
+def assert_revocation_is_told(
+    rig,
+    call,
+    user_id: str,
+    provider: str,
+    origin: str,
+    refusal: str,
+    validate_refusal: str = "refused the access token (401",
+) -> None:
     """On an egress rig with stand-ins: validate says valid; the stand-in at `origin`
     revokes every token (as a user does on the provider's account page); validate then says
     not valid and why (`validate_refusal`), the credentials' status turns invalid, and a
@@ -96,7 +110,7 @@ def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: st
     path = f"/api/auth/validate/{user_id}/{provider}"
     verdict = rig.api.get(path).json()
     assert verdict["valid"] is True and verdict["status"] == "ready", verdict
-    (status, _, body), = call(["POST", f"{origin}{REVOKE_PATH}", {}])
+    ((status, _, body),) = call(["POST", f"{origin}{REVOKE_PATH}", {}])
     assert status == 200 and json.loads(body)["revoked"] > 0, body
 
     verdict = rig.api.get(path).json()
@@ -108,14 +122,16 @@ def assert_revocation_is_told(rig, call, user_id: str, provider: str, origin: st
     assert events[-1][0] == "done" and done["status"] == "failed" and done["exit_code"], events
     assert "the provider refused the stored credentials" in done["reason"], done
     assert refusal in done["reason"], done
-    stored, = rig.api.get(f"/api/users/{user_id}/credentials").json()["credentials"]
+    (stored,) = rig.api.get(f"/api/users/{user_id}/credentials").json()["credentials"]
     assert stored["status"] == "invalid" and refusal in stored["invalid_reason"], stored
 
 
 def _made(call: Call, request: dict) -> bool:
-    return (call.method == request["method"]
-            and call.url == f"https://{request['host']}{request['path']}"
-            and set(call.sends) <= set(request["fields"]))
+    return (
+        call.method == request["method"]
+        and call.url == f"https://{request['host']}{request['path']}"
+        and set(call.sends) <= set(request["fields"])
+    )
 
 
 def assert_contract(rig, provider: str, phases: tuple[str, ...]) -> None:
@@ -125,13 +141,22 @@ def assert_contract(rig, provider: str, phases: tuple[str, ...]) -> None:
     fails here, naming the request."""
     spec = providers.get(provider)
     recorded = rig.inet.requests(OF_PROVIDER[provider]).read_text().splitlines()
-    made = [r for r in map(json.loads, recorded)
-            if r["caller"] == "cli" and not r["path"].startswith("/standin/")]
-    unknown = {f"{r['method']} https://{r['host']}{r['path']} {r['fields']}" for r in made
-               if not any(_made(call, r) for call in spec.contract)}
+    made = [
+        r
+        for r in map(json.loads, recorded)
+        if r["caller"] == "cli" and not r["path"].startswith("/standin/")
+    ]
+    unknown = {
+        f"{r['method']} https://{r['host']}{r['path']} {r['fields']}"
+        for r in made
+        if not any(_made(call, r) for call in spec.contract)
+    }
     assert not unknown, f"{provider} made requests its contract does not list: {unknown}"
-    missing = [f"{c.phase}: {c.method} {c.url}" for c in spec.contract
-               if c.phase in phases and c.needed and not any(_made(c, r) for r in made)]
+    missing = [
+        f"{c.phase}: {c.method} {c.url}"
+        for c in spec.contract
+        if c.phase in phases and c.needed and not any(_made(c, r) for r in made)
+    ]
     assert not missing, f"{provider} did not make these needed requests: {missing}"
 
 

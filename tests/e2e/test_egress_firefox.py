@@ -21,8 +21,10 @@ from tests.fake_internet import CONTROLLER_SIDE
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
-ARTIFACTS = Path(os.environ.get("HEARTH_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "artifacts")) / "egress"
+ARTIFACTS = (
+    Path(os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
+    / "egress"
+)
 REFUSED_TITLES = ("Server Not Found", "Problem loading page")
 
 
@@ -30,15 +32,20 @@ def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_
     needs_image("browser")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with rig(tmp_path, images=IMAGES, browsers=True, trust_ca=True) as r:
-        started = r.api.post("/api/auth/start", json={"user_id": "erin",
-                                                      "provider": "claude_code"}).json()
+        started = r.api.post(
+            "/api/auth/start", json={"user_id": "erin", "provider": "claude_code"}
+        ).json()
         session_id = started["session_id"]
 
         def status() -> dict:
             return r.api.get(f"/api/auth/session/{session_id}").json()
 
-        wait_for(lambda: status()["status"] in ("awaiting_user", "failed"), 600,
-                 "Firefox to show the authorize page", interval=1)
+        wait_for(
+            lambda: status()["status"] in ("awaiting_user", "failed"),
+            600,
+            "Firefox to show the authorize page",
+            interval=1,
+        )
         assert status()["status"] == "awaiting_user", status()
         assert f"{CONTROLLER_SIDE} claude.com https" in r.inet.web_log()
         manager = r.manager()
@@ -56,14 +63,22 @@ def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_
 
             with inside(r.controller_ns), manager.agent(vm) as agent:
                 agent.open_url("https://example.net/")
-            wait_for(lambda: title().startswith(REFUSED_TITLES), 120,
-                     "Firefox's error page for a refused name")
-            refused = wait_for(lambda: (shot := _painted(canvas)) != allowed and shot, 60,
-                               "the live view to show the error page")
+            wait_for(
+                lambda: title().startswith(REFUSED_TITLES),
+                120,
+                "Firefox's error page for a refused name",
+            )
+            refused = wait_for(
+                lambda: (shot := _painted(canvas)) != allowed and shot,
+                60,
+                "the live view to show the error page",
+            )
             (ARTIFACTS / "02-refused-example.net.png").write_bytes(refused)
+
         def names(verdict: str) -> set[str]:
-            rows = r.api.get("/api/admin/egress", params={
-                "vm_id": vm.id, "verdict": verdict, "limit": 1000}).json()["connections"]
+            rows = r.api.get(
+                "/api/admin/egress", params={"vm_id": vm.id, "verdict": verdict, "limit": 1000}
+            ).json()["connections"]
             return {c["name"] for c in rows}
 
         assert "claude.com" in names("allowed") and "example.net" in names("refused")

@@ -34,15 +34,34 @@ REDIRECT = "http://127.0.0.1:45289/oauth2callback"
 
 def _tokens(call: Caller) -> dict:
     """Tokens from the stand-in's sign-in, done as the CLI's browser flow does it."""
-    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "response_type": "code",
-              "access_type": "offline", "scope": "openid", "state": "st"}
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT,
+        "response_type": "code",
+        "access_type": "offline",
+        "scope": "openid",
+        "state": "st",
+    }
     _, approved = call(
         ["GET", "https://accounts.google.com/o/oauth2/v2/auth", {"params": params}],
-        ["POST", "https://accounts.google.com/o/oauth2/approve", {"data": params}])
+        ["POST", "https://accounts.google.com/o/oauth2/approve", {"data": params}],
+    )
     code = parse_qs(urlsplit(approved[1]["location"]).query)["code"][0]
-    (status, _, body), = call(["POST", "https://oauth2.googleapis.com/token", {"data": {
-        "grant_type": "authorization_code", "code": code, "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT}}])
+    ((status, _, body),) = call(
+        [
+            "POST",
+            "https://oauth2.googleapis.com/token",
+            {
+                "data": {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "redirect_uri": REDIRECT,
+                }
+            },
+        ]
+    )
     assert status == 200, body
     return json.loads(body)
 
@@ -54,9 +73,15 @@ def test_a_prompt_refreshes_streams_and_the_new_token_is_stored(tmp_path):
         tokens = _tokens(call)
         creds = {**tokens, "expiry_date": int((time.time() - 60) * 1000)}  # expired
         store = runtime.controller(r.settings).credentials
-        store.put(USER, "gemini_cli", {
-            CREDS: json.dumps(creds).encode(),
-            ACCOUNTS: json.dumps({"active": EMAIL, "old": []}).encode()}, account_email=EMAIL)
+        store.put(
+            USER,
+            "gemini_cli",
+            {
+                CREDS: json.dumps(creds).encode(),
+                ACCOUNTS: json.dumps({"active": EMAIL, "old": []}).encode(),
+            },
+            account_email=EMAIL,
+        )
 
         events = r.prompt(USER, "gemini_cli", "Say hello")
         kinds = [kind for kind, _, _ in events]
@@ -64,8 +89,11 @@ def test_a_prompt_refreshes_streams_and_the_new_token_is_stored(tmp_path):
         done = events[-1][1]
         text = "".join(data["data"] for kind, data, _ in events if kind == "output")
         assert done["exit_code"] == 0, events
-        answer = "".join(json.loads(line).get("content", "") for line in text.splitlines()
-                         if line.startswith("{") and '"role":"assistant"' in line)
+        answer = "".join(
+            json.loads(line).get("content", "")
+            for line in text.splitlines()
+            if line.startswith("{") and '"role":"assistant"' in line
+        )
         assert answer == STANDIN_ANSWER, text
         assert done["credentials"] == "updated"
         stored = json.loads(store.files(USER, "gemini_cli")[CREDS])
@@ -74,9 +102,15 @@ def test_a_prompt_refreshes_streams_and_the_new_token_is_stored(tmp_path):
         assert stored["expiry_date"] > time.time() * 1000
         assert store.info(USER, "gemini_cli").version == 2
         # Gemini CLI's status run asks Google itself (tokeninfo, after a refresh if due).
-        assert_revocation_is_told(r, call, USER, "gemini_cli", "https://oauth2.googleapis.com",
-                                  "Manual authorization is required",
-                                  validate_refusal="Manual authorization is required")
+        assert_revocation_is_told(
+            r,
+            call,
+            USER,
+            "gemini_cli",
+            "https://oauth2.googleapis.com",
+            "Manual authorization is required",
+            validate_refusal="Manual authorization is required",
+        )
         r.assert_nowhere(tokens["access_token"], tokens["refresh_token"], stored["access_token"])
         assert_contract(r, "gemini_cli", ("prompt", "refresh"))
         r.hearth("vm", "rm", "--all")
@@ -88,7 +122,8 @@ def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
         session = sign_in_with_standin(r, USER, "gemini_cli")
         assert session["status"] == "completed", session
         credentials = r.api.get(
-            f"/api/auth/session/{session['session_id']}/credentials/status").json()
+            f"/api/auth/session/{session['session_id']}/credentials/status"
+        ).json()
         assert credentials["status"] == "ready"
         assert credentials["account_email"] == EMAIL
         files = runtime.controller(r.settings).credentials.files(USER, "gemini_cli")
@@ -97,8 +132,13 @@ def test_a_sign_in_through_the_live_view_stores_the_account(tmp_path):
         assert creds["refresh_token"] and creds["expiry_date"] > time.time() * 1000
         # The CLI's callback sent the VM's Firefox on to its success page.
         recorded = [json.loads(line) for line in r.inet.requests("google").read_text().splitlines()]
-        assert {"host": "developers.google.com", "method": "GET", "caller": "browser",
-                "path": "/gemini-code-assist/auth_success_gemini", "fields": [], "status": 200
-                } in recorded, recorded
+        assert {
+            "host": "developers.google.com",
+            "method": "GET",
+            "caller": "browser",
+            "path": "/gemini-code-assist/auth_success_gemini",
+            "fields": [],
+            "status": 200,
+        } in recorded, recorded
         r.assert_nowhere(creds["access_token"], creds["refresh_token"])
         assert_contract(r, "gemini_cli", ("login",))

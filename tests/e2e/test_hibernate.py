@@ -31,8 +31,13 @@ def test_a_resumed_vm_is_the_same_running_guest_and_destroy_leaves_nothing(heart
     # A full disk: the hibernation fails, and the VM runs on as it was.
     partial = vms.workdir(vm.id) / "snapshot.migration.next"
     partial.symlink_to("/dev/full")
-    failed = subprocess.run(hearth.argv("vm", "hibernate", vm.id), env=hearth.env,
-                            capture_output=True, text=True, timeout=600)
+    failed = subprocess.run(
+        hearth.argv("vm", "hibernate", vm.id),
+        env=hearth.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert failed.returncode == 1
     after = vms.get(vm.id)
     assert after.state == VmState.ready and after.failed_step == "snapshot"
@@ -113,8 +118,11 @@ def _assert_same_guest(hearth: Hearth, vm_id: str, booted: dict) -> None:
         health = agent.health()
         assert health["started_at_uptime"] == booted["agent"]["started_at_uptime"]
         assert health["hostname"] == booted["agent"]["hostname"]
-        assert [a["address"] for a in health["network"]["addresses"]
-                if a["ifname"] == "eth0" and a["family"] == "inet"] == [vm.ip]
+        assert [
+            a["address"]
+            for a in health["network"]["addresses"]
+            if a["ifname"] == "eth0" and a["family"] == "inet"
+        ] == [vm.ip]
         assert agent.ping(str(vms.settings.gateway.ip))["ok"] is True
 
 
@@ -131,8 +139,12 @@ def _crash_after(hearth: Hearth, plan: str, vm_id: str, step: str) -> None:
         f"names = [s.name for s in steps]\n"
         f"run_plan(steps[:names.index({step!r}) + 1])\n"
     )
-    subprocess.run([*nsenter(hearth.namespace), sys.executable, "-c", code], env=hearth.env,
-                   check=True, timeout=600)
+    subprocess.run(
+        [*nsenter(hearth.namespace), sys.executable, "-c", code],
+        env=hearth.env,
+        check=True,
+        timeout=600,
+    )
 
 
 def _reconcile(hearth: Hearth, vm_id: str, state: VmState) -> None:

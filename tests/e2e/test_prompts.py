@@ -43,8 +43,11 @@ def signed_in(tmp_path_factory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("prompts") / "home"
     home.mkdir()
     (home / "images").symlink_to(IMAGES)
-    with stack(Settings(home=home), token_ttl=TOKEN_TTL,
-               controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)}) as s:
+    with stack(
+        Settings(home=home),
+        token_ttl=TOKEN_TTL,
+        controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)},
+    ) as s:
         sign_in(s, USER, home / "shots")
         yield s
     assert vmm_processes(home / "vms") == []
@@ -109,8 +112,13 @@ def test_a_prompt_streams_its_output_and_the_refreshed_tokens_come_back(signed_i
 
 def test_validate_runs_the_cli_status_check_in_the_vm(signed_in: Stack):
     body = signed_in.api.get(f"/api/auth/validate/{USER}/demo").json()
-    assert body == {"user_id": USER, "provider": "demo", "valid": True, "reason": None,
-                    "status": "ready"}
+    assert body == {
+        "user_id": USER,
+        "provider": "demo",
+        "valid": True,
+        "reason": None,
+        "status": "ready",
+    }
 
 
 def test_an_idle_vm_hibernates_and_the_next_prompt_resumes_it(signed_in: Stack):
@@ -118,8 +126,12 @@ def test_an_idle_vm_hibernates_and_the_next_prompt_resumes_it(signed_in: Stack):
     controller, vm = cli_vm(s)
     with inside(s.controller_ns), controller.vms.agent(vm) as agent:
         before = agent.health()
-    wait_for(lambda: user_view(s)["vm"]["state"] == "hibernated", IDLE_HIBERNATE + 60,
-             "the idle CLI VM to hibernate", interval=1)
+    wait_for(
+        lambda: user_view(s)["vm"]["state"] == "hibernated",
+        IDLE_HIBERNATE + 60,
+        "the idle CLI VM to hibernate",
+        interval=1,
+    )
     assert not controller.vms.vmm_alive(controller.vms.get(vm.id))
     assert controller.vms.network.tap_state(vm.tap) is not None  # kept for the resume
     assert controller.vms.pool.leases()[vm.id] == vm.ip
@@ -192,8 +204,9 @@ def test_removing_the_provider_wipes_the_files_in_the_vm(signed_in: Stack):
         with agent.run(["test", "-e", f"/root/{CREDENTIALS}"]) as run:
             exit_event = [e for e in run if e["event"] == "exit"][0]
     assert exit_event["exit_code"] == 1
-    response = s.api.post("/api/prompts",
-                          json={"user_id": USER, "provider": "demo", "prompt": "hi"})
+    response = s.api.post(
+        "/api/prompts", json={"user_id": USER, "provider": "demo", "prompt": "hi"}
+    )
     assert response.status_code == 409
 
 
@@ -202,8 +215,12 @@ def test_a_vm_unused_for_long_is_destroyed_with_everything_it_held(signed_in: St
     controller, vm = cli_vm(s)
     # Fourteen days pass, as far as the controller's idle sweep can tell.
     controller.db.update(Vm, vm.id, last_active_at=utcnow() - timedelta(days=15))
-    wait_for(lambda: controller.vms.get(vm.id).state == "destroyed", 60,
-             "the long-idle CLI VM to be destroyed", interval=1)
+    wait_for(
+        lambda: controller.vms.get(vm.id).state == "destroyed",
+        60,
+        "the long-idle CLI VM to be destroyed",
+        interval=1,
+    )
     # No credentials (removed above) and no VM: Hearth holds nothing for this user now.
     assert s.api.get(f"/api/users/{USER}/credentials").status_code == 404
     assert controller.vms.network.tap_state(vm.tap) is None

@@ -18,13 +18,24 @@ pytestmark = pytest.mark.vm
 
 # provider -> (authorize host, client id, redirect prefix, PKCE used)
 EXPECTED = {
-    "claude_code": ("claude.com", "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
-                    "http://localhost:", True),
-    "codex": ("auth.openai.com", "app_EMoamEEZ73f0CkXaXp7hrann",
-              "http://127.0.0.1:1455/auth/callback", True),
-    "gemini_cli": ("accounts.google.com",
-                   "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com",
-                   "http://127.0.0.1:", False),
+    "claude_code": (
+        "claude.com",
+        "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+        "http://localhost:",
+        True,
+    ),
+    "codex": (
+        "auth.openai.com",
+        "app_EMoamEEZ73f0CkXaXp7hrann",
+        "http://127.0.0.1:1455/auth/callback",
+        True,
+    ),
+    "gemini_cli": (
+        "accounts.google.com",
+        "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com",
+        "http://127.0.0.1:",
+        False,
+    ),
 }
 
 
@@ -36,8 +47,11 @@ def test_each_real_cli_hands_firefox_its_authorize_url(hearth: Hearth):
     with inside(hearth.namespace), vms.agent(vm) as agent:
         for name, (host, client_id, redirect, pkce) in EXPECTED.items():
             agent.start_login(providers.get(name).to_agent({}))
-            status = wait_for(lambda: _opened(agent.login_status()), timeout=300,
-                              what=f"{name}'s authorize URL in Firefox")
+            status = wait_for(
+                lambda: _opened(agent.login_status()),
+                timeout=300,
+                what=f"{name}'s authorize URL in Firefox",
+            )
             url = urlsplit(status["url"])
             query = parse_qs(url.query)
             assert url.scheme == "https" and url.hostname == host, status["url"]
@@ -48,8 +62,9 @@ def test_each_real_cli_hands_firefox_its_authorize_url(hearth: Hearth):
                 assert query["code_challenge_method"] == ["S256"] and query["code_challenge"]
             assert not status["exited"], f"{name} exited before the sign-in"
             agent.cancel_login()
-            wait_for(lambda: agent.login_status()["exited"], timeout=60,
-                     what=f"the {name} login to end")
+            wait_for(
+                lambda: agent.login_status()["exited"], timeout=60, what=f"the {name} login to end"
+            )
     hearth("vm", "rm", vm.id)
 
 
@@ -57,5 +72,4 @@ def _opened(status: dict) -> dict | None:
     if status.get("exited") and not status.get("url"):
         raise AssertionError(f"the login exited without a URL: {status.get('error')}")
     firefox = status.get("firefox") or {}
-    return status if status.get("url") and firefox.get("opened") and firefox.get("title") \
-        else None
+    return status if status.get("url") and firefox.get("opened") and firefox.get("title") else None

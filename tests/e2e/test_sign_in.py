@@ -23,12 +23,12 @@ from tests.e2e.conftest import IMAGES, needs_image
 
 pytestmark = pytest.mark.vm
 
-ARTIFACTS = Path(os.environ.get("HEARTH_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts")
+)
 
 
-def wait_status(running: Stack, session_id: str, statuses: tuple[str, ...],
-                timeout: float) -> dict:
+def wait_status(running: Stack, session_id: str, statuses: tuple[str, ...], timeout: float) -> dict:
     def reached() -> dict | None:
         body = running.api.get(f"/api/auth/session/{session_id}").json()
         return body if body["status"] in statuses else None
@@ -54,15 +54,28 @@ def test_demo_sign_in_through_the_live_view(running: Stack):
 
     shots = ARTIFACTS / "sign-in"
     user = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("browser_user.py")), connect_url,
-         running.user, running.password, str(shots)],
-        capture_output=True, text=True, timeout=1500)
+        [
+            sys.executable,
+            str(Path(__file__).with_name("browser_user.py")),
+            connect_url,
+            running.user,
+            running.password,
+            str(shots),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert user.returncode == 0, user.stderr[-3000:]
     assert json.loads(user.stdout.splitlines()[-1])["status"].startswith("completed")
 
     session = wait_status(running, session_id, ("completed",), timeout=60)
     assert [e["status"] for e in session["timeline"]] == [
-        "started", "vm_booting", "awaiting_user", "completed"]
+        "started",
+        "vm_booting",
+        "awaiting_user",
+        "completed",
+    ]
     oauth = running.api.get(f"/api/auth/session/{session_id}/oauth").json()["url"]
     assert oauth.startswith(running.settings.demo_issuer + "/authorize?")
     status = running.api.get(f"/api/auth/session/{session_id}/credentials/status").json()

@@ -35,8 +35,14 @@ def test_browser_vm_boots_with_network_agent_and_vnc_and_leaves_nothing(hearth: 
 
     network = booted["agent"]["network"]
     eth0 = [a for a in network["addresses"] if a["ifname"] == "eth0" and a["family"] == "inet"]
-    assert eth0 == [{"ifname": "eth0", "family": "inet", "address": vm.ip,
-                     "prefixlen": gateway.network.prefixlen}]
+    assert eth0 == [
+        {
+            "ifname": "eth0",
+            "family": "inet",
+            "address": vm.ip,
+            "prefixlen": gateway.network.prefixlen,
+        }
+    ]
     assert {"dst": "default", "gateway": str(gateway.ip), "dev": "eth0"} in network["routes"]
 
     assert vms.network.tap_state(vm.tap) == {"up": True, "master": vms.settings.bridge}
@@ -47,8 +53,7 @@ def test_browser_vm_boots_with_network_agent_and_vnc_and_leaves_nothing(hearth: 
             assert agent.ping(str(gateway.ip))["ok"] is True
         assert httpx.get(f"http://{vm.ip}:8080/health", timeout=10).status_code == 401
         bad = {"Authorization": "Bearer not-the-token"}
-        assert httpx.get(f"http://{vm.ip}:8080/health", headers=bad, timeout=10).status_code \
-            == 401
+        assert httpx.get(f"http://{vm.ip}:8080/health", headers=bad, timeout=10).status_code == 401
         greeting = wait_for(lambda: _rfb_greeting(vm.ip), timeout=60, what="the VNC greeting")
         assert greeting.startswith(b"RFB 003.")
 

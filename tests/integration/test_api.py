@@ -41,11 +41,13 @@ def test_liveness_needs_no_key(client: TestClient):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hth_nope_nope"},
-                                     {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer hth_nope_nope"}, {"Authorization": "Basic abc"}]
+)
 def test_every_route_but_liveness_needs_a_valid_key(client: TestClient, headers):
-    response = client.post("/api/auth/start", json={"user_id": "u", "provider": "demo"},
-                           headers=headers)
+    response = client.post(
+        "/api/auth/start", json={"user_id": "u", "provider": "demo"}, headers=headers
+    )
     assert response.status_code == 401
     assert "error" in response.json()
 
@@ -57,15 +59,24 @@ def test_a_revoked_or_tampered_key_is_refused(client: TestClient, key):
 
 
 def test_unknown_provider_is_a_400_naming_the_known_ones(client: TestClient, key):
-    response = client.post("/api/auth/start", json={"user_id": "u", "provider": "nope"},
-                           headers=key)
+    response = client.post(
+        "/api/auth/start", json={"user_id": "u", "provider": "nope"}, headers=key
+    )
     assert response.status_code == 400
     assert "nope" in response.json()["error"] and "demo" in response.json()["error"]
 
 
-@pytest.mark.parametrize("body", [{"user_id": "u"}, {"provider": "demo"},
-                                  {"user_id": "spaces are not ids", "provider": "demo"},
-                                  {"user_id": "x" * 200, "provider": "demo"}, [], "text"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "u"},
+        {"provider": "demo"},
+        {"user_id": "spaces are not ids", "provider": "demo"},
+        {"user_id": "x" * 200, "provider": "demo"},
+        [],
+        "text",
+    ],
+)
 def test_malformed_start_bodies_are_422_with_the_problems(client: TestClient, key, body):
     response = client.post("/api/auth/start", json=body, headers=key)
     assert response.status_code == 422
@@ -106,18 +117,25 @@ def store_demo_credentials(client: TestClient, user_id: str) -> None:
     client.app.state.controller.credentials.put(user_id, "demo", {"f.json": b"{}"})
 
 
-@pytest.mark.parametrize("route", [("post", "/api/prompts"), ("get", f"/api/prompts/{'0' * 32}"),
-                                   ("get", "/api/users/ada/prompts"),
-                                   ("get", "/api/auth/validate/ada/demo"),
-                                   ("delete", "/api/users/ada/credentials/demo")])
+@pytest.mark.parametrize(
+    "route",
+    [
+        ("post", "/api/prompts"),
+        ("get", f"/api/prompts/{'0' * 32}"),
+        ("get", "/api/users/ada/prompts"),
+        ("get", "/api/auth/validate/ada/demo"),
+        ("delete", "/api/users/ada/credentials/demo"),
+    ],
+)
 def test_prompt_and_user_routes_need_a_key(client: TestClient, route):
     method, path = route
     assert client.request(method, path, json={}).status_code == 401
 
 
 def test_a_prompt_for_an_unknown_user_is_404(client: TestClient, key):
-    response = client.post("/api/prompts", headers=key,
-                           json={"user_id": "nobody", "provider": "demo", "prompt": "hi"})
+    response = client.post(
+        "/api/prompts", headers=key, json={"user_id": "nobody", "provider": "demo", "prompt": "hi"}
+    )
     assert response.status_code == 404
     assert response.json() == {"error": "unknown user 'nobody'"}
     assert client.get("/api/auth/validate/nobody/demo", headers=key).status_code == 404
@@ -126,20 +144,24 @@ def test_a_prompt_for_an_unknown_user_is_404(client: TestClient, key):
 
 def test_a_prompt_without_credentials_for_the_provider_is_409_saying_why(client: TestClient, key):
     store_demo_credentials(client, "ada")
-    response = client.post("/api/prompts", headers=key,
-                           json={"user_id": "ada", "provider": "codex", "prompt": "hi"})
+    response = client.post(
+        "/api/prompts", headers=key, json={"user_id": "ada", "provider": "codex", "prompt": "hi"}
+    )
     assert response.status_code == 409
     assert "no codex credentials" in response.json()["error"]
     assert "sign in first" in response.json()["error"]
     assert client.get("/api/auth/validate/ada/codex", headers=key).status_code == 409
 
 
-@pytest.mark.parametrize("body, problem", [
-    ({"user_id": "ada", "provider": "demo", "prompt": ""}, "prompt"),
-    ({"user_id": "ada", "provider": "demo", "prompt": "x" * 32_001}, "prompt"),
-    ({"user_id": "a/b", "provider": "demo", "prompt": "hi"}, "user_id"),
-    ({"user_id": "ada", "provider": "demo"}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"user_id": "ada", "provider": "demo", "prompt": ""}, "prompt"),
+        ({"user_id": "ada", "provider": "demo", "prompt": "x" * 32_001}, "prompt"),
+        ({"user_id": "a/b", "provider": "demo", "prompt": "hi"}, "user_id"),
+        ({"user_id": "ada", "provider": "demo"}, "prompt"),
+    ],
+)
 def test_malformed_and_oversize_prompts_are_422(client: TestClient, key, body, problem):
     response = client.post("/api/prompts", headers=key, json=body)
     assert response.status_code == 422
@@ -148,8 +170,9 @@ def test_malformed_and_oversize_prompts_are_422(client: TestClient, key, body, p
 
 def test_a_prompt_for_an_unknown_provider_is_400(client: TestClient, key):
     store_demo_credentials(client, "ada")
-    response = client.post("/api/prompts", headers=key,
-                           json={"user_id": "ada", "provider": "nope", "prompt": "hi"})
+    response = client.post(
+        "/api/prompts", headers=key, json={"user_id": "ada", "provider": "nope", "prompt": "hi"}
+    )
     assert response.status_code == 400 and "unknown provider" in response.json()["error"]
     assert client.get("/api/auth/validate/ada/nope", headers=key).status_code == 400
 
@@ -159,7 +182,9 @@ def test_unknown_prompts_are_404_and_history_starts_empty(client: TestClient, ke
     assert client.post(f"/api/prompts/{'0' * 32}/cancel", headers=key).status_code == 404
     assert client.get("/api/prompts/nothex", headers=key).status_code == 422
     assert client.get("/api/users/ada/prompts", headers=key).json() == {
-        "user_id": "ada", "prompts": []}
+        "user_id": "ada",
+        "prompts": [],
+    }
 
 
 def test_credentials_list_shows_no_contents_and_removal_forgets_them(client: TestClient, key):
@@ -168,14 +193,24 @@ def test_credentials_list_shows_no_contents_and_removal_forgets_them(client: Tes
     assert [c["provider"] for c in listed["credentials"]] == ["demo"] and listed["vm"] is None
     assert "f.json" not in str(listed)
     removed = client.delete("/api/users/ada/credentials/demo", headers=key)
-    assert removed.json() == {"user_id": "ada", "provider": "demo", "removed": True,
-                              "wiped_files": []}
+    assert removed.json() == {
+        "user_id": "ada",
+        "provider": "demo",
+        "removed": True,
+        "wiped_files": [],
+    }
     assert client.delete("/api/users/ada/credentials/demo", headers=key).status_code == 404
 
 
 def test_logged_websocket_lines_keep_the_path_but_not_the_token(client: TestClient):
-    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
-                               '%s - "WebSocket %s" %d', ("1.2.3.4:5", "/connect/ab/vnc"
-                                                          "?token=s3cr3t-live-token", 403), None)
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" %d',
+        ("1.2.3.4:5", "/connect/ab/vnc?token=s3cr3t-live-token", 403),
+        None,
+    )
     assert logging.getLogger("uvicorn.error").filter(record)
     assert record.getMessage() == '1.2.3.4:5 - "WebSocket /connect/ab/vnc?…" 403'

@@ -121,7 +121,9 @@ def test_a_refusal_marks_that_version_invalid_until_a_new_one(store: CredentialS
     assert store.judge("alice", "claude", 1, "Failed to authenticate: OAuth session expired")
     info = store.info("alice", "claude")
     assert (info.status, info.invalid_reason) == (
-        "invalid", "Failed to authenticate: OAuth session expired")
+        "invalid",
+        "Failed to authenticate: OAuth session expired",
+    )
     assert not store.judge("alice", "claude", 7, None)  # a verdict on another version
     assert store.info("alice", "claude").status == "invalid"
     assert store.put("alice", "claude", FILES).status == "ready"  # a new sign-in

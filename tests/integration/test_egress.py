@@ -18,15 +18,20 @@ from hearth.waiting import wait_for
 from tests.egress_rig import HTTP_GET, HTTPS_GET, RESOLVE, rig, run_json
 from tests.fake_internet import CONTROLLER_SIDE, INTRANET, RESOLVER, WEB
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("egress")
-    with rig(tmp, HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}',
-             HEARTH_EGRESS_HOSTS=json.dumps({"intranet.example.org": INTRANET})) as r:
+    with rig(
+        tmp,
+        HEARTH_EGRESS_ALLOW='{"claude_code": ["example.org", "*.example.org"]}',
+        HEARTH_EGRESS_HOSTS=json.dumps({"intranet.example.org": INTRANET}),
+    ) as r:
         yield r, str(r.ca)
 
 
@@ -34,7 +39,9 @@ def test_an_allowed_name_resolves_to_the_gateway_and_answers_over_https(setup):
     r, ca = setup
     vm = r.browser_vm("claude_code")
     assert run_json(vm, RESOLVE, name="claude.com") == {
-        "ok": True, "addresses": [str(r.settings.gateway.ip)]}
+        "ok": True,
+        "addresses": [str(r.settings.gateway.ip)],
+    }
     got = run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=ca)
     assert got["ok"], got
     assert "hello from claude.com" in got["body"]
@@ -53,10 +60,16 @@ def test_a_refused_name_does_not_resolve_and_by_address_its_sni_is_refused(setup
     # And straight to that address naming an allowed host: the proxy dials the name itself.
     got = run_json(vm, HTTPS_GET, address=WEB, name="claude.com", ca=ca)
     assert got["ok"] and "hello from claude.com" in got["body"], got
-    wanted = {("dns", "example.net", "refused"), ("tls", "example.net", "refused"),
-              ("tls", "claude.com", "allowed")}
-    wait_for(lambda: wanted <= {(c.protocol, c.name, c.verdict) for c in r.audit(vm)}, 10,
-             f"the audit to hold {wanted}")
+    wanted = {
+        ("dns", "example.net", "refused"),
+        ("tls", "example.net", "refused"),
+        ("tls", "claude.com", "allowed"),
+    }
+    wait_for(
+        lambda: wanted <= {(c.protocol, c.name, c.verdict) for c in r.audit(vm)},
+        10,
+        f"the audit to hold {wanted}",
+    )
 
 
 def test_dns_sent_anywhere_is_answered_by_the_gateway_and_never_forwarded(setup):
@@ -73,7 +86,10 @@ print(json.dumps([ask("claude.com", "8.8.8.8"), ask("example.net", %(resolver)r)
 """
     gateway = str(r.settings.gateway.ip)
     assert run_json(vm, code, resolver=RESOLVER) == [
-        ["NOERROR", [gateway]], ["NXDOMAIN", []], ["NOERROR", [gateway]]]
+        ["NOERROR", [gateway]],
+        ["NXDOMAIN", []],
+        ["NOERROR", [gateway]],
+    ]
     assert "example.net" not in (r.inet.directory / "dnsmasq.log").read_text()
 
 
@@ -86,11 +102,14 @@ def test_plain_http_is_judged_by_its_host_header(setup):
     assert "403 Forbidden" in got["body"] and "example.net is not allowed" in got["body"]
 
 
-@pytest.mark.parametrize("name, why", [
-    ("internal.example.org", "10.20.30.40 is a private or reserved address"),
-    ("metadata.example.org", "169.254.169.254 is a link-local address"),
-    ("controller.example.org", f"{CONTROLLER_SIDE} is the controller's own address"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("internal.example.org", "10.20.30.40 is a private or reserved address"),
+        ("metadata.example.org", "169.254.169.254 is a link-local address"),
+        ("controller.example.org", f"{CONTROLLER_SIDE} is the controller's own address"),
+    ],
+)
 def test_allowed_names_that_resolve_where_no_vm_may_go_are_refused(setup, name, why):
     r, ca = setup
     vm = r.browser_vm("claude_code")
@@ -98,25 +117,37 @@ def test_allowed_names_that_resolve_where_no_vm_may_go_are_refused(setup, name, 
     assert not run_json(vm, HTTPS_GET, address=name, name=name, ca=ca)["ok"]
     got = run_json(vm, HTTP_GET, address=name, port=80, name=name)
     assert "502 Bad Gateway" in got["body"] and why in got["body"], got
-    refused = wait_for(lambda: [c for c in r.audit(vm) if c.name == name
-                                and c.protocol != "dns"][1:], 10, "the audit")
+    refused = wait_for(
+        lambda: [c for c in r.audit(vm) if c.name == name and c.protocol != "dns"][1:],
+        10,
+        "the audit",
+    )
     assert all(c.verdict == "refused" and why in c.reason for c in refused)
 
 
 def test_a_named_internal_host_is_reached_at_the_operators_address(setup):
     r, ca = setup
     vm = r.browser_vm("claude_code")
-    got = run_json(vm, HTTPS_GET, address="intranet.example.org", name="intranet.example.org",
-                   ca=ca)
+    got = run_json(
+        vm, HTTPS_GET, address="intranet.example.org", name="intranet.example.org", ca=ca
+    )
     assert got["ok"] and "hello from intranet.example.org" in got["body"], got
     row = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10, "the audit")
     assert row[0].address == INTRANET
 
 
-@pytest.mark.parametrize("address, port", [
-    (CONTROLLER_SIDE, 443), (CONTROLLER_SIDE, 80), ("169.254.169.254", 80),
-    ("169.254.100.1", 8000), ("192.168.100.1", 8080), (WEB, 8443), (WEB, 22),
-])
+@pytest.mark.parametrize(
+    "address, port",
+    [
+        (CONTROLLER_SIDE, 443),
+        (CONTROLLER_SIDE, 80),
+        ("169.254.169.254", 80),
+        ("169.254.100.1", 8000),
+        ("192.168.100.1", 8080),
+        (WEB, 8443),
+        (WEB, 22),
+    ],
+)
 def test_addresses_and_ports_beyond_80_and_443_are_unreachable(setup, address, port):
     r, _ = setup
     vm = r.browser_vm("claude_code")
@@ -149,8 +180,10 @@ def test_icmp_reaches_the_gateway_and_nothing_beyond(setup):
     vm = r.browser_vm("claude_code")
 
     def ping(address: str) -> int:
-        return subprocess.run(["ip", "netns", "exec", vm.namespace, "ping", "-c", "1", "-W",
-                               "2", address], capture_output=True).returncode
+        return subprocess.run(
+            ["ip", "netns", "exec", vm.namespace, "ping", "-c", "1", "-W", "2", address],
+            capture_output=True,
+        ).returncode
 
     assert ping(str(r.settings.gateway.ip)) == 0
     assert ping(WEB) != 0 and ping(CONTROLLER_SIDE) != 0
@@ -164,9 +197,11 @@ def test_a_vm_cannot_pass_for_another(setup, what):
     assert run_json(victim, RESOLVE, name="api.anthropic.com")["ok"]
     assert not run_json(spoofer, RESOLVE, name="api.anthropic.com")["ok"]
     prefix = r.settings.gateway.network.prefixlen
-    steps = [["addr", "flush", "dev", "eth0"],
-             ["addr", "add", f"{victim.ip}/{prefix}", "dev", "eth0"],
-             ["route", "add", "default", "via", str(r.settings.gateway.ip)]]
+    steps = [
+        ["addr", "flush", "dev", "eth0"],
+        ["addr", "add", f"{victim.ip}/{prefix}", "dev", "eth0"],
+        ["route", "add", "default", "via", str(r.settings.gateway.ip)],
+    ]
     if what == "address and MAC":
         steps.insert(0, ["link", "set", "eth0", "address", mac_for(victim.ip)])
     for step in steps:
@@ -193,8 +228,11 @@ def test_an_address_no_vm_holds_gets_nothing(setup):
     vm = r.browser_vm("claude_code")
     assert run_json(vm, RESOLVE, name="claude.com")["ok"]
     IpPool(r.db, r.settings.gateway).release(vm.vm_id)  # the namespace keeps the address
-    wait_for(lambda: not run_json(vm, RESOLVE, name="claude.com")["ok"], 10,
-             "the released address to lose its policy")
+    wait_for(
+        lambda: not run_json(vm, RESOLVE, name="claude.com")["ok"],
+        10,
+        "the released address to lose its policy",
+    )
     got = run_json(vm, HTTP_GET, address="claude.com", port=80, name="claude.com")
     assert not got["ok"] or got["body"] == "", got
 
@@ -203,8 +241,9 @@ def test_the_audit_shows_bytes_and_durations_and_no_content(setup):
     r, ca = setup
     vm = r.browser_vm("claude_code")
     assert run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=ca)["ok"]
-    rows = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10,
-                    "the audit to be written")
+    rows = wait_for(
+        lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10, "the audit to be written"
+    )
     assert rows[0].bytes_up > 200 and rows[0].bytes_down > 200
     assert rows[0].upstream == "direct" and rows[0].address == WEB
     assert rows[0].provider == "claude_code" and rows[0].user_id == "alice"
@@ -214,14 +253,19 @@ def test_the_admin_api_and_hearth_egress_log_show_the_audit(setup):
     r, _ = setup
     vm = r.browser_vm("claude_code")
     run_json(vm, RESOLVE, name="example.net")
-    rows = wait_for(lambda: r.api.get("/api/admin/egress", params={
-        "vm_id": vm.vm_id}).json()["connections"], 10, "the audit")
+    rows = wait_for(
+        lambda: r.api.get("/api/admin/egress", params={"vm_id": vm.vm_id}).json()["connections"],
+        10,
+        "the audit",
+    )
     assert [(c["protocol"], c["name"], c["verdict"], c["user_id"]) for c in rows] == [
-        ("dns", "example.net", "refused", "alice")]
+        ("dns", "example.net", "refused", "alice")
+    ]
     assert r.api.get("/api/admin/egress", params={"verdict": "maybe"}).status_code == 422
     app_key = create_key(r.db, "app", "not an admin")
-    assert r.api.get("/api/admin/egress", headers={
-        "Authorization": f"Bearer {app_key}"}).json() == {"error": "this route needs an admin key"}
+    assert r.api.get(
+        "/api/admin/egress", headers={"Authorization": f"Bearer {app_key}"}
+    ).json() == {"error": "this route needs an admin key"}
     lines = r.hearth("egress", "log", "--vm", vm.vm_id, "--json").splitlines()
     assert [json.loads(line)["name"] for line in lines] == ["example.net"]
     lines = r.hearth("egress", "log", "--user", "alice", "--verdict", "refused", "--json")
@@ -242,14 +286,19 @@ with ctx.wrap_socket(socket.create_connection(("claude.com", 443), timeout=15),
     print("open", flush=True)
     sys.stdin.readline()  # until the test has looked
 """
-    client = subprocess.Popen(["ip", "netns", "exec", vm.namespace, sys.executable, "-c", code],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", vm.namespace, sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert client.stdout.readline().strip() == "open"
 
         def allowed() -> list[dict]:
-            return r.api.get("/api/admin/egress", params={
-                "vm_id": vm.vm_id, "verdict": "allowed"}).json()["connections"]
+            return r.api.get(
+                "/api/admin/egress", params={"vm_id": vm.vm_id, "verdict": "allowed"}
+            ).json()["connections"]
 
         row = wait_for(allowed, 10, "the open connection in the audit")[0]
         assert row["duration_seconds"] is None and row["name"] == "claude.com"
@@ -260,6 +309,9 @@ with ctx.wrap_socket(socket.create_connection(("claude.com", 443), timeout=15),
         if client.poll() is None:
             client.kill()
             client.wait()
-    row = wait_for(lambda: [c for c in allowed() if c["duration_seconds"] is not None], 15,
-                   "the ended connection's bytes")[0]
+    row = wait_for(
+        lambda: [c for c in allowed() if c["duration_seconds"] is not None],
+        15,
+        "the ended connection's bytes",
+    )[0]
     assert row["bytes_up"] > 200 and row["bytes_down"] > 200 and len(allowed()) == 1

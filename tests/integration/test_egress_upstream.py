@@ -13,8 +13,10 @@ from hearth.waiting import wait_for
 from tests.egress_rig import HTTPS_GET, rig, run_json
 from tests.fake_internet import CONTROLLER_SIDE, HTTP_PROXY, SOCKS_PROXY, WEB
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 
 def _secret_nowhere(r, secret: str) -> None:
@@ -27,30 +29,32 @@ def _secret_nowhere(r, secret: str) -> None:
 def test_through_an_http_connect_upstream_the_sites_see_the_proxy(tmp_path):
     with rig(tmp_path, lambda inet: {"HEARTH_UPSTREAM_PROXY": inet.http_proxy}) as r:
         vm = r.browser_vm("claude_code")
-        got = run_json(vm, HTTPS_GET, address="claude.com", name="claude.com",
-                       ca=str(r.ca))
+        got = run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=str(r.ca))
         assert got["ok"] and "hello from claude.com" in got["body"], got
         assert f"{HTTP_PROXY} claude.com https" in r.inet.web_log()
         assert f"{CONTROLLER_SIDE} claude.com" not in r.inet.web_log()
         assert f"CONNECT {WEB}:443" in r.inet.proxy_log()
-        row = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10,
-                       "the audit")[0]
+        row = wait_for(lambda: [c for c in r.audit(vm) if c.verdict == "allowed"], 10, "the audit")[
+            0
+        ]
         assert row.upstream == f"http://{HTTP_PROXY}:3128"
         _secret_nowhere(r, r.inet.proxy_password)
 
 
 def test_per_provider_upstreams_socks5_for_one_direct_for_another(tmp_path):
-    with rig(tmp_path, lambda inet: {
-            "HEARTH_UPSTREAM_PROXIES": json.dumps({"claude_code": inet.socks_proxy})}) as r:
+    with rig(
+        tmp_path,
+        lambda inet: {"HEARTH_UPSTREAM_PROXIES": json.dumps({"claude_code": inet.socks_proxy})},
+    ) as r:
         ca = str(r.ca)
         claude, codex = r.browser_vm("claude_code"), r.browser_vm("codex")
-        assert run_json(claude, HTTPS_GET, address="claude.com", name="claude.com",
-                        ca=ca)["ok"]
+        assert run_json(claude, HTTPS_GET, address="claude.com", name="claude.com", ca=ca)["ok"]
         assert f"{SOCKS_PROXY} claude.com https" in r.inet.web_log()
         got = run_json(codex, HTTPS_GET, address="example.org", name="example.org", ca=ca)
         assert not got["ok"]  # example.org is not codex's
-        rows = wait_for(lambda: [c for c in r.audit(claude) if c.verdict == "allowed"], 10,
-                        "the audit")
+        rows = wait_for(
+            lambda: [c for c in r.audit(claude) if c.verdict == "allowed"], 10, "the audit"
+        )
         assert rows[0].upstream == f"socks5://{SOCKS_PROXY}:1080"
         _secret_nowhere(r, r.inet.proxy_password)
 
@@ -63,8 +67,9 @@ def test_a_wrong_upstream_password_fails_the_sign_in_with_a_clear_error(tmp_path
 
     with rig(tmp_path, wrong) as r:
         vm = r.browser_vm("claude_code")
-        assert not run_json(vm, HTTPS_GET, address="claude.com", name="claude.com",
-                            ca=str(r.ca))["ok"]
+        assert not run_json(vm, HTTPS_GET, address="claude.com", name="claude.com", ca=str(r.ca))[
+            "ok"
+        ]
         with r.db.session() as s:
             session_id = s.query(AuthSession).filter_by(vm_id=vm.vm_id).one().id
 

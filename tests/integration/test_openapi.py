@@ -42,13 +42,21 @@ def test_every_json_route_names_its_response_schema(tmp_path: Path):
     app = create_app(Settings(home=tmp_path))  # the document needs no running controller
     doc = app.openapi()
     schemas = doc["components"]["schemas"]
-    documented = {(method.upper(), path) for path, operations in doc["paths"].items()
-                  for method in operations}
-    routes = {(method, route.path)
-              for router in (admin_routes.router, auth_routes.router, prompt_routes.router,
-                             user_routes.router)
-              for route in router.routes if isinstance(route, APIRoute)
-              for method in route.methods}
+    documented = {
+        (method.upper(), path) for path, operations in doc["paths"].items() for method in operations
+    }
+    routes = {
+        (method, route.path)
+        for router in (
+            admin_routes.router,
+            auth_routes.router,
+            prompt_routes.router,
+            user_routes.router,
+        )
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
     assert len(routes) >= 14 and routes <= documented and ("GET", "/healthz") in documented
     for method, path in documented:
         content = success(doc["paths"][path][method.lower()])["content"]
@@ -87,21 +95,31 @@ class Api:
         assert response.status_code == status, response.text
         body = response.json()
         schema = success(self.doc["paths"][template][method.lower()])["content"][
-            "application/json"]["schema"]
+            "application/json"
+        ]["schema"]
         jsonschema.validate(body, {**schema, "components": self.doc["components"]})
         return body
 
     def fields(self, template: str, method: str = "get") -> set[str]:
-        ref = success(self.doc["paths"][template][method])["content"]["application/json"][
-            "schema"]["$ref"]
+        ref = success(self.doc["paths"][template][method])["content"]["application/json"]["schema"][
+            "$ref"
+        ]
         return set(self.doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
 
     def add_session(self, status: AuthSessionStatus, user_id: str = "ada") -> str:
         session_id = uuid.uuid4().hex
         with self.db.session() as s:
-            s.add(AuthSession(id=session_id, user_id=user_id, provider="demo", status=status,
-                              live_token_hash="x", oauth_url="https://idp.demo.test/authorize",
-                              expires_at=datetime.now(UTC) + timedelta(hours=1)))
+            s.add(
+                AuthSession(
+                    id=session_id,
+                    user_id=user_id,
+                    provider="demo",
+                    status=status,
+                    live_token_hash="x",
+                    oauth_url="https://idp.demo.test/authorize",
+                    expires_at=datetime.now(UTC) + timedelta(hours=1),
+                )
+            )
             s.add(AuthSessionEvent(session_id=session_id, status=AuthSessionStatus.started))
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail="why"))
             s.commit()
@@ -127,14 +145,19 @@ def test_health_and_sign_in_responses_match_their_schemas(api: Api):
     # Pending and absent carry only the status and the provider; ready carries every field.
     status = session + "/credentials/status"
     assert api.call("GET", f"/api/auth/session/{running}/credentials/status", status) == {
-        "status": "pending", "provider": "demo"}
+        "status": "pending",
+        "provider": "demo",
+    }
     cancelled = api.call("POST", f"/api/auth/session/{running}/cancel", session + "/cancel")
     assert cancelled == {"session_id": running, "status": "cancelled"}
     assert api.call("GET", f"/api/auth/session/{running}/credentials/status", status) == {
-        "status": "absent", "provider": "demo"}
+        "status": "absent",
+        "provider": "demo",
+    }
     done = api.add_session(AuthSessionStatus.completed)
-    api.client.app.state.controller.credentials.put("ada", "demo", {"f.json": b"{}"},
-                                                    account_email="ada@example.test")
+    api.client.app.state.controller.credentials.put(
+        "ada", "demo", {"f.json": b"{}"}, account_email="ada@example.test"
+    )
     ready = api.call("GET", f"/api/auth/session/{done}/credentials/status", status)
     assert set(ready) == api.fields(status)
     assert ready["status"] == "ready" and ready["account_email"] == "ada@example.test"
@@ -145,13 +168,34 @@ def test_prompt_user_and_admin_responses_match_their_schemas(api: Api):
     api.client.app.state.controller.credentials.put("ada", "demo", {"f.json": b"{}"})
     prompt_id = uuid.uuid4().hex
     with api.db.session() as s:
-        s.add(Prompt(id=prompt_id, user_id="ada", provider="demo", prompt="hi", output="hello",
-                     status=PromptStatus.completed, exit_code=0, duration_seconds=1.5,
-                     finished_at=datetime.now(UTC)))
-        s.add(EgressConnection(started_at=datetime.now(UTC), vm_id="ab", user_id="ada",
-                               provider="demo", source="10.0.0.2", protocol="tls",
-                               name="idp.demo.test", port=443, verdict="allowed",
-                               upstream="direct", key=uuid.uuid4().hex))
+        s.add(
+            Prompt(
+                id=prompt_id,
+                user_id="ada",
+                provider="demo",
+                prompt="hi",
+                output="hello",
+                status=PromptStatus.completed,
+                exit_code=0,
+                duration_seconds=1.5,
+                finished_at=datetime.now(UTC),
+            )
+        )
+        s.add(
+            EgressConnection(
+                started_at=datetime.now(UTC),
+                vm_id="ab",
+                user_id="ada",
+                provider="demo",
+                source="10.0.0.2",
+                protocol="tls",
+                name="idp.demo.test",
+                port=443,
+                verdict="allowed",
+                upstream="direct",
+                key=uuid.uuid4().hex,
+            )
+        )
         s.commit()
 
     record = api.call("GET", f"/api/prompts/{prompt_id}", "/api/prompts/{prompt_id}")
@@ -163,13 +207,21 @@ def test_prompt_user_and_admin_responses_match_their_schemas(api: Api):
     stored = api.call("GET", "/api/users/ada/credentials", "/api/users/{user_id}/credentials")
     assert [c["provider"] for c in stored["credentials"]] == ["demo"] and stored["vm"] is None
     [credential] = stored["credentials"]
-    assert set(credential) == {"provider", "account_email", "expires_at", "version",
-                               "updated_at", "status", "invalid_reason"}
+    assert set(credential) == {
+        "provider",
+        "account_email",
+        "expires_at",
+        "version",
+        "updated_at",
+        "status",
+        "invalid_reason",
+    }
 
     log = api.call("GET", "/api/admin/egress", "/api/admin/egress")
     [connection] = log["connections"]
     assert connection["name"] == "idp.demo.test" and connection["bytes_up"] == 0
 
-    removed = api.call("DELETE", "/api/users/ada/credentials/demo",
-                       "/api/users/{user_id}/credentials/{provider}")
+    removed = api.call(
+        "DELETE", "/api/users/ada/credentials/demo", "/api/users/{user_id}/credentials/{provider}"
+    )
     assert removed == {"user_id": "ada", "provider": "demo", "removed": True, "wiped_files": []}

@@ -14,8 +14,11 @@ from tests.fake_internet import fake_internet
 from tests.standins.anthropic import CLIENT_ID
 from tests.standins.oauth_client import Caller, exchange, sign_in
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
@@ -29,18 +32,29 @@ def standin(tmp_path_factory):
 
 def test_a_sign_in_gives_tokens_that_open_the_profile_and_messages(standin):
     auth = sign_in(standin)
-    (status, _, body), = standin(exchange(auth))
+    ((status, _, body),) = standin(exchange(auth))
     tokens = json.loads(body)
     assert status == 200 and "user:inference" in tokens["scope"]
     assert tokens["account"]["email_address"] == "tester@example.com"
-    bearer = {"headers": {"Authorization": f"Bearer {tokens['access_token']}",
-                          "anthropic-beta": "oauth-2025-04-20"}}
+    bearer = {
+        "headers": {
+            "Authorization": f"Bearer {tokens['access_token']}",
+            "anthropic-beta": "oauth-2025-04-20",
+        }
+    }
     profile, stream, wrong = standin(
         ["GET", "https://api.anthropic.com/api/oauth/profile", dict(bearer)],
-        ["POST", "https://api.anthropic.com/v1/messages", {**bearer, "json": {
-            "model": "m", "stream": True, "messages": []}}],
-        ["GET", "https://api.anthropic.com/api/oauth/profile", {"headers": {
-            "Authorization": "Bearer sk-ant-oat01-nope"}}])
+        [
+            "POST",
+            "https://api.anthropic.com/v1/messages",
+            {**bearer, "json": {"model": "m", "stream": True, "messages": []}},
+        ],
+        [
+            "GET",
+            "https://api.anthropic.com/api/oauth/profile",
+            {"headers": {"Authorization": "Bearer sk-ant-oat01-nope"}},
+        ],
+    )
     assert json.loads(profile[2])["account"]["email"] == "tester@example.com"
     assert profile[1]["request-id"].startswith("req_")
     assert stream[1]["content-type"].startswith("text/event-stream")
@@ -50,25 +64,34 @@ def test_a_sign_in_gives_tokens_that_open_the_profile_and_messages(standin):
 
 def test_the_code_is_checked_like_the_real_service_checks_it(standin):
     auth = sign_in(standin)
-    bad_verifier, = standin(exchange(auth, code_verifier="w" * 43))
+    (bad_verifier,) = standin(exchange(auth, code_verifier="w" * 43))
     assert bad_verifier[0] == 400 and "PKCE" in bad_verifier[2]
     auth = sign_in(standin)
-    wrong_redirect, = standin(exchange(auth, redirect_uri="http://localhost:1/callback"))
+    (wrong_redirect,) = standin(exchange(auth, redirect_uri="http://localhost:1/callback"))
     assert wrong_redirect[0] == 400
     auth = sign_in(standin)
     first, again = standin(exchange(auth), exchange(auth))
     assert first[0] == 200 and again[0] == 400  # a code works once
-    wrong_client, = standin(exchange(sign_in(standin), client_id="someone-else"))
+    (wrong_client,) = standin(exchange(sign_in(standin), client_id="someone-else"))
     assert wrong_client[0] == 401
 
 
 def test_refresh_tokens_rotate_and_a_used_one_is_refused(standin):
-    (status, _, body), = standin(exchange(sign_in(standin)))
+    ((status, _, body),) = standin(exchange(sign_in(standin)))
     old = json.loads(body)["refresh_token"]
 
     def refresh(token: str) -> list:
-        return ["POST", "https://platform.claude.com/v1/oauth/token", {"json": {
-            "grant_type": "refresh_token", "refresh_token": token, "client_id": CLIENT_ID}}]
+        return [
+            "POST",
+            "https://platform.claude.com/v1/oauth/token",
+            {
+                "json": {
+                    "grant_type": "refresh_token",
+                    "refresh_token": token,
+                    "client_id": CLIENT_ID,
+                }
+            },
+        ]
 
     (ok, _, new), (reused, _, error) = standin(refresh(old), refresh(old))
     assert ok == 200 and json.loads(new)["refresh_token"] != old

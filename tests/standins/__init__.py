@@ -26,8 +26,10 @@ REVOKE_PATH = "/standin/revoke-all"
 
 def revoke_route(revoke: Callable[[], int]) -> Route:
     """POST REVOKE_PATH: every access and refresh token issued so far stops working."""
+
     async def endpoint(request: Request) -> JSONResponse:
         return JSONResponse({"revoked": revoke()})
+
     return Route(REVOKE_PATH, endpoint, methods=["POST"])
 
 
@@ -82,12 +84,21 @@ class Recorder:
         try:
             await self.app(scope, replay, sending)
         finally:
-            caller = ("test" if TEST_CALLER in headers else
-                      "browser" if "Firefox/" in headers.get("user-agent", "") else "cli")
-            record = {"host": headers.get("host", "").split(":")[0], "method": scope["method"],
-                      "path": scope["path"], "caller": caller,
-                      "fields": _field_names(body, headers.get("content-type", "")),
-                      "status": status}
+            caller = (
+                "test"
+                if TEST_CALLER in headers
+                else "browser"
+                if "Firefox/" in headers.get("user-agent", "")
+                else "cli"
+            )
+            record = {
+                "host": headers.get("host", "").split(":")[0],
+                "method": scope["method"],
+                "path": scope["path"],
+                "caller": caller,
+                "fields": _field_names(body, headers.get("content-type", "")),
+                "status": status,
+            }
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -102,5 +113,9 @@ def serve(doc: str, build: Callable[[str], Starlette], port: int, answer: str) -
     parser.add_argument("--record", type=Path, help="a JSON-lines file of the requests")
     args = parser.parse_args()
     app = build(args.answer)
-    uvicorn.run(Recorder(app, args.record) if args.record else app, host=args.host,
-                port=args.port, log_level="warning")
+    uvicorn.run(
+        Recorder(app, args.record) if args.record else app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )

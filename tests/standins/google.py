@@ -31,9 +31,11 @@ CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleuserconten
 CLIENT_SECRET = "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"  # shipped in the CLI, not a secret
 EMAIL = "tester@example.com"
 PROJECT = "standin-project-1"
-SCOPE = ("https://www.googleapis.com/auth/cloud-platform "
-         "https://www.googleapis.com/auth/userinfo.email "
-         "https://www.googleapis.com/auth/userinfo.profile")
+SCOPE = (
+    "https://www.googleapis.com/auth/cloud-platform "
+    "https://www.googleapis.com/auth/userinfo.email "
+    "https://www.googleapis.com/auth/userinfo.profile"
+)
 
 
 @dataclass
@@ -52,8 +54,7 @@ class State:
     def issue(self, refresh: bool) -> dict:
         token = f"ya29.{secrets.token_urlsafe(24)}"
         self.access.add(token)
-        answer = {"access_token": token, "expires_in": 3599, "scope": SCOPE,
-                  "token_type": "Bearer"}
+        answer = {"access_token": token, "expires_in": 3599, "scope": SCOPE, "token_type": "Bearer"}
         if refresh:
             answer["refresh_token"] = f"1//{secrets.token_urlsafe(24)}"
             self.refresh.add(answer["refresh_token"])
@@ -61,8 +62,16 @@ class State:
 
 
 def _unauthenticated() -> JSONResponse:
-    return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED", "message":
-                                   "Request had invalid authentication credentials."}}, 401)
+    return JSONResponse(
+        {
+            "error": {
+                "code": 401,
+                "status": "UNAUTHENTICATED",
+                "message": "Request had invalid authentication credentials.",
+            }
+        },
+        401,
+    )
 
 
 def app(state: State) -> Starlette:
@@ -73,15 +82,18 @@ def app(state: State) -> Starlette:
     async def authorize(request: Request) -> Response:
         q = request.query_params
         if q.get("client_id") != CLIENT_ID or not q.get("redirect_uri", "").startswith(
-                "http://127.0.0.1:"):
+            "http://127.0.0.1:"
+        ):
             return HTMLResponse("<h1>400. That's an error.</h1>", 400)
-        fields = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
-                         for k, v in q.items())
+        fields = "".join(
+            f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in q.items()
+        )
         return HTMLResponse(
             "<!doctype html><title>Sign in - Google Accounts (test stand-in)</title>"
             f"<h1>Gemini CLI wants to access {EMAIL}</h1>"
             f'<form method="post" action="/o/oauth2/approve">{fields}'
-            '<button id="approve" autofocus>Allow</button></form>')
+            '<button id="approve" autofocus>Allow</button></form>'
+        )
 
     async def approve(request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode()))
@@ -97,14 +109,19 @@ def app(state: State) -> Starlette:
         if body.get("grant_type") == "authorization_code":
             auth = state.codes.pop(body.get("code", ""), None)
             if auth is None or body.get("redirect_uri") != auth.get("redirect_uri"):
-                return JSONResponse({"error": "invalid_grant", "error_description": "Bad Request"},
-                                    400)
+                return JSONResponse(
+                    {"error": "invalid_grant", "error_description": "Bad Request"}, 400
+                )
             return JSONResponse(state.issue(refresh=True))
         if body.get("grant_type") == "refresh_token":
             if body.get("refresh_token") not in state.refresh:
-                return JSONResponse({"error": "invalid_grant",
-                                     "error_description": "Token has been expired or revoked."},
-                                    400)
+                return JSONResponse(
+                    {
+                        "error": "invalid_grant",
+                        "error_description": "Token has been expired or revoked.",
+                    },
+                    400,
+                )
             return JSONResponse(state.issue(refresh=False))
         return JSONResponse({"error": "unsupported_grant_type"}, 400)
 
@@ -124,57 +141,93 @@ def app(state: State) -> Starlette:
         method = request.path_params["method"]
         body = json.loads(await request.body() or b"{}")
         if method == "loadCodeAssist":
-            return JSONResponse({"currentTier": {"id": "free-tier", "name": "Gemini Code Assist"},
-                                 "allowedTiers": [{"id": "free-tier", "isDefault": True}],
-                                 "cloudaicompanionProject": PROJECT})
+            return JSONResponse(
+                {
+                    "currentTier": {"id": "free-tier", "name": "Gemini Code Assist"},
+                    "allowedTiers": [{"id": "free-tier", "isDefault": True}],
+                    "cloudaicompanionProject": PROJECT,
+                }
+            )
         if method == "retrieveUserQuota":
             return JSONResponse({"buckets": []})
         if method == "listExperiments":
             return JSONResponse({"flags": [], "experimentIds": []})
         if method == "generateContent":  # the model router asks for JSON by its schema
-            schema = body.get("request", {}).get("generationConfig", {}).get(
-                "responseJsonSchema", {})
+            schema = (
+                body.get("request", {}).get("generationConfig", {}).get("responseJsonSchema", {})
+            )
             props = schema.get("properties", {})
-            choice = ({"complexity_reasoning": "simple", "complexity_score": 5}
-                      if "complexity_score" in props else
-                      {"reasoning": "simple", "model_choice": "flash"})
-            return JSONResponse({"response": {"candidates": [{"content": {
-                "role": "model", "parts": [{"text": json.dumps(choice)}]},
-                "finishReason": "STOP"}]}, "traceId": secrets.token_hex(8)})
+            choice = (
+                {"complexity_reasoning": "simple", "complexity_score": 5}
+                if "complexity_score" in props
+                else {"reasoning": "simple", "model_choice": "flash"}
+            )
+            return JSONResponse(
+                {
+                    "response": {
+                        "candidates": [
+                            {
+                                "content": {
+                                    "role": "model",
+                                    "parts": [{"text": json.dumps(choice)}],
+                                },
+                                "finishReason": "STOP",
+                            }
+                        ]
+                    },
+                    "traceId": secrets.token_hex(8),
+                }
+            )
         if method == "streamGenerateContent":
             words = state.answer.split(" ")
-            chunks = [{"response": {"candidates": [{"content": {"role": "model", "parts": [
-                {"text": w if i == 0 else " " + w}]}, **(
-                    {"finishReason": "STOP"} if i == len(words) - 1 else {})}],
-                "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 5 + i}},
-                "traceId": "trace-standin"} for i, w in enumerate(words)]
+            chunks = [
+                {
+                    "response": {
+                        "candidates": [
+                            {
+                                "content": {
+                                    "role": "model",
+                                    "parts": [{"text": w if i == 0 else " " + w}],
+                                },
+                                **({"finishReason": "STOP"} if i == len(words) - 1 else {}),
+                            }
+                        ],
+                        "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 5 + i},
+                    },
+                    "traceId": "trace-standin",
+                }
+                for i, w in enumerate(words)
+            ]
             text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
             return Response(text, media_type="text/event-stream")
         return JSONResponse({})  # recordCodeAssistMetrics and the like
 
     async def signed_in(request: Request) -> Response:
         """developers.google.com's pages the CLI's callback redirects the browser to."""
-        outcome = {"success": "successful", "failure": "failed"}.get(
-            request.path_params["outcome"])
+        outcome = {"success": "successful", "failure": "failed"}.get(request.path_params["outcome"])
         if outcome is None:
             return await not_found(request)
         return HTMLResponse(
             f"<!doctype html><title>Gemini Code Assist: authentication {outcome} "
-            f"(test stand-in)</title><h1>Authentication {outcome}</h1>")
+            f"(test stand-in)</title><h1>Authentication {outcome}</h1>"
+        )
 
     async def not_found(request: Request) -> Response:
         return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND"}}, 404)
 
-    return Starlette(routes=[
-        Route("/o/oauth2/v2/auth", authorize),
-        Route("/o/oauth2/approve", approve, methods=["POST"]),
-        Route("/token", token, methods=["POST"]),
-        Route("/tokeninfo", tokeninfo, methods=["POST", "GET"]),
-        Route("/oauth2/v2/userinfo", userinfo),
-        Route("/v1internal:{method}", code_assist, methods=["POST"]),
-        Route("/gemini-code-assist/auth_{outcome:str}_gemini", signed_in),
-        revoke_route(state.revoke_all),
-        Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"])])
+    return Starlette(
+        routes=[
+            Route("/o/oauth2/v2/auth", authorize),
+            Route("/o/oauth2/approve", approve, methods=["POST"]),
+            Route("/token", token, methods=["POST"]),
+            Route("/tokeninfo", tokeninfo, methods=["POST", "GET"]),
+            Route("/oauth2/v2/userinfo", userinfo),
+            Route("/v1internal:{method}", code_assist, methods=["POST"]),
+            Route("/gemini-code-assist/auth_{outcome:str}_gemini", signed_in),
+            revoke_route(state.revoke_all),
+            Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD", "PUT"]),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ print(json.dumps(out))
 """
 
 
-
 @dataclass
 class Caller:
     """Runs [method, url, httpx kwargs] requests in `namespace`: [status, headers, text]."""
@@ -43,32 +42,55 @@ class Caller:
     ca: Path
 
     def __call__(self, *calls) -> list:
-        done = subprocess.run([*nsenter(self.namespace), sys.executable, "-c", CLIENT,
-                               str(self.ca), WEB], input=json.dumps(calls), capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [*nsenter(self.namespace), sys.executable, "-c", CLIENT, str(self.ca), WEB],
+            input=json.dumps(calls),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode:
             raise RuntimeError(f"the stand-in client failed: {done.stderr[-2000:]}")
         return json.loads(done.stdout)
 
 
 def sign_in(call, verifier: str = "v" * 43) -> dict:
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
-                                         ).rstrip(b"=").decode()
-    params = {"code": "true", "client_id": CLIENT_ID, "response_type": "code",
-              "redirect_uri": "http://localhost:41234/callback", "scope": "user:inference",
-              "code_challenge": challenge, "code_challenge_method": "S256", "state": "st8"}
-    page, approved = call(["GET", "https://claude.com/cai/oauth/authorize", {"params": params}],
-                          ["POST", "https://claude.com/cai/oauth/approve", {"data": params}])
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    params = {
+        "code": "true",
+        "client_id": CLIENT_ID,
+        "response_type": "code",
+        "redirect_uri": "http://localhost:41234/callback",
+        "scope": "user:inference",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st8",
+    }
+    page, approved = call(
+        ["GET", "https://claude.com/cai/oauth/authorize", {"params": params}],
+        ["POST", "https://claude.com/cai/oauth/approve", {"data": params}],
+    )
     assert page[0] == 200 and 'id="approve"' in page[2], page
     assert approved[0] == 302, approved
     location = urlsplit(approved[1]["location"])
     assert location.netloc == "localhost:41234" and parse_qs(location.query)["state"] == ["st8"]
-    return {"code": parse_qs(location.query)["code"][0], "verifier": verifier,
-            "redirect_uri": params["redirect_uri"]}
+    return {
+        "code": parse_qs(location.query)["code"][0],
+        "verifier": verifier,
+        "redirect_uri": params["redirect_uri"],
+    }
 
 
 def exchange(auth: dict, **changes) -> list:
-    body = {"grant_type": "authorization_code", "code": auth["code"], "client_id": CLIENT_ID,
-            "redirect_uri": auth["redirect_uri"], "code_verifier": auth["verifier"],
-            "state": "st8", **changes}
+    body = {
+        "grant_type": "authorization_code",
+        "code": auth["code"],
+        "client_id": CLIENT_ID,
+        "redirect_uri": auth["redirect_uri"],
+        "code_verifier": auth["verifier"],
+        "state": "st8",
+        **changes,
+    }
     return ["POST", "https://platform.claude.com/v1/oauth/token", {"json": body}]

@@ -46,7 +46,7 @@ print("Error: the provider refused the device")
 sys.exit(1)
 """
 
-FAKE_CLI = r'''
+FAKE_CLI = r"""
 import json, os, subprocess, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -91,7 +91,7 @@ print(f"Token {secret} saved")
 print("Signed in as ada@example.com")
 if mode == "stay":  # a TUI that stays open after signing in, like Gemini CLI
     input()
-'''
+"""
 
 
 class LoginAgent(RunningAgent):
@@ -187,7 +187,10 @@ def test_a_login_signs_in_under_a_pty_and_hands_over_the_credentials(agent: Logi
     assert status["url"] == status["browser_url"]  # BROWSER's URL is preferred
     assert status["prompts_answered"] == ["Press Enter to open your browser"]
     assert status["firefox"] == {
-        "opened": True, "title": "Sign in to Provider \u2014 Mozilla Firefox", "ready": True}
+        "opened": True,
+        "title": "Sign in to Provider \u2014 Mozilla Firefox",
+        "ready": True,
+    }
     assert wait_for(agent.opened_urls, WAIT, "the recorder to run") == [status["url"]]
 
     # Before the sign-in: no credentials, and no second login.
@@ -263,7 +266,8 @@ def test_a_cli_that_exits_non_zero_fails_the_login(agent: LoginAgent) -> None:
     assert (status["exit_code"], status["success"]) == (7, False)
     assert status["error"].startswith("the login command exited with 7; its last screen: ")
     assert status["error"].endswith(
-        " | Exchanging code [redacted] | Sign-in failed: the provider said no")
+        " | Exchanging code [redacted] | Sign-in failed: the provider said no"
+    )
     code, _, body = agent.request("GET", "/credentials")
     assert code == 409 and "did not succeed" in body["error"]
 
@@ -280,7 +284,8 @@ def test_a_cli_that_asks_an_unknown_question_fails_at_the_url_deadline(
     assert (status["success"], status["url"]) == (False, None)
     assert status["error"] == (
         f"the CLI showed no sign-in URL within {URL_TIMEOUT}s; its last screen: "
-        "Which data region should this account use? [eu/us]")
+        "Which data region should this account use? [eu/us]"
+    )
 
 
 def test_a_cli_that_shows_its_url_in_time_outlives_the_url_deadline(agent: LoginAgent) -> None:
@@ -288,8 +293,9 @@ def test_a_cli_that_shows_its_url_in_time_outlives_the_url_deadline(agent: Login
     assert agent.request("POST", "/login", {"spec": spec})[0] == 202
     status = agent.wait_status(lambda s: s["url"], "the authorize URL")
     past_deadline = time.monotonic() + 2 * URL_TIMEOUT
-    agent.wait_status(lambda s: s["exited"] or time.monotonic() > past_deadline,
-                      "the URL deadline to pass")
+    agent.wait_status(
+        lambda s: s["exited"] or time.monotonic() > past_deadline, "the URL deadline to pass"
+    )
     redirect(status["url"], code=CODE, state="s1")
     status = agent.wait_status(lambda s: s["exited"], "the login to exit")
     assert (status["exit_code"], status["success"], status["error"]) == (0, True, None)
@@ -309,7 +315,8 @@ def test_a_failed_login_shows_the_cli_s_last_screen_redacted(
     assert status["error"] == (
         "the login command exited with 1; its last screen: "
         "Open https://provider.test/authorize?\u2026 | Using device token [redacted] | "
-        "Error: the provider refused the device")
+        "Error: the provider refused the device"
+    )
     for secret in (state, fragment, token):
         assert secret not in status["error"]
 
@@ -338,8 +345,13 @@ def test_a_cancelled_login_ends_and_a_new_one_replaces_it(agent: LoginAgent) -> 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/login"), ("GET", "/login"), ("DELETE", "/login"), ("GET", "/credentials"),
-     ("POST", "/open-url")],
+    [
+        ("POST", "/login"),
+        ("GET", "/login"),
+        ("DELETE", "/login"),
+        ("GET", "/credentials"),
+        ("POST", "/open-url"),
+    ],
 )
 def test_login_routes_need_the_token(agent: LoginAgent, method: str, path: str) -> None:
     code, _, body = agent.request(method, path, {"url": "https://x.test/"}, token="wrong")
@@ -378,7 +390,8 @@ def test_open_url_takes_web_urls_only(agent: LoginAgent) -> None:
     code, _, body = agent.request("POST", "/open-url", {"url": "https://provider.test/help"})
     assert (code, body) == (200, {"opened": True})
     assert wait_for(agent.opened_urls, WAIT, "the recorder to run") == [
-        "https://provider.test/help"]
+        "https://provider.test/help"
+    ]
 
 
 # -- the plain-text transcript ------------------------------------------------------------
@@ -391,8 +404,7 @@ def test_the_transcript_strips_escapes_even_when_reads_split_them() -> None:
     )
     whole = Transcript()
     expected = whole.feed(raw, final=True)
-    assert expected == (
-        "If the browser didn't open, visit:\nhttps://a.test/x?y=1\n\n\nWaiting\n")
+    assert expected == ("If the browser didn't open, visit:\nhttps://a.test/x?y=1\n\n\nWaiting\n")
     split = Transcript()
     for byte in raw:
         split.feed(bytes([byte]))
@@ -407,19 +419,21 @@ def test_the_transcript_keeps_a_bounded_tail() -> None:
     assert len(transcript.tail) == 1000
 
 
-
 # -- what a failed login's error shows ----------------------------------------------------
 
 
 def test_redact_keeps_where_a_url_goes_but_not_its_query_or_tokens() -> None:
-    assert redact(
-        "visit https://accounts.google.com/o/oauth2/v2/auth?client_id=1&state=x#y now"
-    ) == "visit https://accounts.google.com/o/oauth2/v2/auth?\u2026 now"
+    assert (
+        redact("visit https://accounts.google.com/o/oauth2/v2/auth?client_id=1&state=x#y now")
+        == "visit https://accounts.google.com/o/oauth2/v2/auth?\u2026 now"
+    )
     assert redact("callback http://127.0.0.1:8085/cb/AbCdEf1234567890XyZq12 ok") == (
-        "callback http://127.0.0.1:8085/cb/[redacted] ok")
+        "callback http://127.0.0.1:8085/cb/[redacted] ok"
+    )
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
     assert redact(f"key sk-ant-api03-AbCdEf1234567890xyz, token={jwt}") == (
-        "key [redacted], [redacted]")
+        "key [redacted], [redacted]"
+    )
     # Long runs of only letters or only digits are words and numbers, not tokens.
     plain = "Which-region-should-this-account-use 12345678901234567890 v1.0.33"
     assert redact(plain) == plain
@@ -428,7 +442,8 @@ def test_redact_keeps_where_a_url_goes_but_not_its_query_or_tokens() -> None:
 def test_the_last_screen_is_the_newest_non_empty_lines_redacted_and_capped() -> None:
     tail = "\n".join(f"  line {n}  " for n in range(20)) + "\n\n  \ncode sk-1a2b3c4d5e6f7a8b9c0d\n"
     assert last_screen(tail) == " | ".join(
-        [f"line {n}" for n in range(9, 20)] + ["code [redacted]"])
+        [f"line {n}" for n in range(9, 20)] + ["code [redacted]"]
+    )
     assert last_screen("\n \n") == ""
     long = last_screen("x" * 5000 + "\nthe end")
     assert len(long) == SCREEN_CHARS and long.endswith("x | the end")

@@ -91,8 +91,7 @@ def small_home(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("needs root to mount a small tmpfs")
     home = tmp_path / "small"
     home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "hearth-test", str(home)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "hearth-test", str(home)], check=True)
     try:
         yield home
     finally:
@@ -299,7 +298,10 @@ def test_a_successful_build_replaces_the_previous_image(tmp_path: Path) -> None:
     assert result.rebuilt is True
     assert result.manifest["inputs"] == builder.keys(recipes.get("baseline"))["image"]
     assert result.manifest["versions"] == {
-        "kernel": KVER, "python3": "3.13.5-1", "@openai/codex": "0.171.0"}
+        "kernel": KVER,
+        "python3": "3.13.5-1",
+        "@openai/codex": "0.171.0",
+    }
     assert (out / "vmlinux").read_bytes() == vmlinux
     assert (out / "initrd").read_bytes() == b"stock initramfs"
     with (out / "rootfs.ext4").open("rb") as f:
@@ -357,8 +359,10 @@ def minimal_tree(root: Path, resolv: str) -> None:
 
 
 @needs_root
-@pytest.mark.skipif(not Path("/bin/busybox").is_file() or shutil.which("chroot") is None,
-                    reason=missing("busybox-static and coreutils", "/bin/busybox, chroot"))
+@pytest.mark.skipif(
+    not Path("/bin/busybox").is_file() or shutil.which("chroot") is None,
+    reason=missing("busybox-static and coreutils", "/bin/busybox, chroot"),
+)
 @pytest.mark.parametrize("resolv", ["symlink", "file", "absent"])
 @pytest.mark.parametrize("fail", [False, True], ids=["ok", "failing-step"])
 def test_chroot_lends_dns_ca_and_policy_and_takes_them_back(
@@ -366,12 +370,15 @@ def test_chroot_lends_dns_ca_and_policy_and_takes_them_back(
 ) -> None:
     root = tmp_path / "tree"
     minimal_tree(root, resolv)
-    resolv_before = os.readlink(root / "etc/resolv.conf") if resolv == "symlink" else (
-        (root / "etc/resolv.conf").read_text() if resolv == "file" else None)
+    resolv_before = (
+        os.readlink(root / "etc/resolv.conf")
+        if resolv == "symlink"
+        else ((root / "etc/resolv.conf").read_text() if resolv == "file" else None)
+    )
     monkeypatch.setenv("http_proxy", "http://proxy.test:3128")
     probe = (
         "mkdir -p /probe; cat /etc/resolv.conf > /probe/resolv; cat $SSL_CERT_FILE > /probe/ca;"
-        " rc=0; /usr/sbin/policy-rc.d || rc=$?; echo \"policy=$rc proxy=$http_proxy\";"
+        ' rc=0; /usr/sbin/policy-rc.d || rc=$?; echo "policy=$rc proxy=$http_proxy";'
         " test -r /proc/self/status && test -c /dev/null && echo mounts=ok"
     )
     with chroot(root) as sh:

@@ -9,8 +9,10 @@ from rich.console import Console
 
 from hearth.cli import show_sign_in
 
-URL = ("http://localhost:8000/connect/3f9c2a7e4b1d4e0f9a8b7c6d5e4f3a2b?token="
-       "Zx8_kq2LmN0pQrStUvWxYz0123456789abcdefGHIJ")
+URL = (
+    "http://localhost:8000/connect/3f9c2a7e4b1d4e0f9a8b7c6d5e4f3a2b?token="
+    "Zx8_kq2LmN0pQrStUvWxYz0123456789abcdefGHIJ"
+)
 
 
 def test_the_connect_url_and_password_are_never_wrapped():

@@ -43,8 +43,10 @@ def require_spec() -> Path:
     """The spec's path; where it is absent (no ../shared/ beside the repository), a skip."""
     path = spec_path()
     if not path.is_file():
-        pytest.skip(f"the Firecracker API spec {path} is absent; set HEARTH_FIRECRACKER_SPEC "
-                    "to its path to run the tests that check requests against it")
+        pytest.skip(
+            f"the Firecracker API spec {path} is absent; set HEARTH_FIRECRACKER_SPEC "
+            "to its path to run the tests that check requests against it"
+        )
     return path
 
 

@@ -27,21 +27,33 @@ DEPS: dict[str, list[str]] = {
     "kernel/drivers/virtio/virtio.ko.xz": [],
     "kernel/drivers/virtio/virtio_ring.ko.xz": [],
     "kernel/drivers/virtio/virtio_pci.ko.xz": [
-        "kernel/drivers/virtio/virtio_ring.ko.xz", "kernel/drivers/virtio/virtio.ko.xz"],
+        "kernel/drivers/virtio/virtio_ring.ko.xz",
+        "kernel/drivers/virtio/virtio.ko.xz",
+    ],
     "kernel/drivers/block/virtio_blk.ko.xz": [
-        "kernel/drivers/virtio/virtio_ring.ko.xz", "kernel/drivers/virtio/virtio.ko.xz"],
+        "kernel/drivers/virtio/virtio_ring.ko.xz",
+        "kernel/drivers/virtio/virtio.ko.xz",
+    ],
     "kernel/net/core/failover.ko.xz": [],
     "kernel/drivers/net/net_failover.ko.xz": ["kernel/net/core/failover.ko.xz"],
     "kernel/drivers/net/virtio_net.ko.xz": [
-        "kernel/drivers/net/net_failover.ko.xz", "kernel/net/core/failover.ko.xz",
-        "kernel/drivers/virtio/virtio_ring.ko.xz", "kernel/drivers/virtio/virtio.ko.xz"],
+        "kernel/drivers/net/net_failover.ko.xz",
+        "kernel/net/core/failover.ko.xz",
+        "kernel/drivers/virtio/virtio_ring.ko.xz",
+        "kernel/drivers/virtio/virtio.ko.xz",
+    ],
     "kernel/drivers/char/hw_random/virtio-rng.ko.xz": [
-        "kernel/drivers/virtio/virtio_ring.ko.xz", "kernel/drivers/virtio/virtio.ko.xz"],
+        "kernel/drivers/virtio/virtio_ring.ko.xz",
+        "kernel/drivers/virtio/virtio.ko.xz",
+    ],
     "kernel/lib/crc16.ko": [],
     "kernel/fs/mbcache.ko.xz": [],
     "kernel/fs/jbd2/jbd2.ko.zst": [],
     "kernel/fs/ext4/ext4.ko.xz": [
-        "kernel/fs/mbcache.ko.xz", "kernel/fs/jbd2/jbd2.ko.zst", "kernel/lib/crc16.ko"],
+        "kernel/fs/mbcache.ko.xz",
+        "kernel/fs/jbd2/jbd2.ko.zst",
+        "kernel/lib/crc16.ko",
+    ],
     "kernel/fs/btrfs/btrfs.ko.xz": ["kernel/lib/crc16.ko"],
 }
 BUILTIN = ["kernel/drivers/virtio/virtio_mmio.ko", "kernel/crypto/crc32c-generic.ko"]
@@ -148,17 +160,17 @@ def read_newc(blob: bytes) -> list[Entry]:
     offset = 0
     while True:
         assert offset % 4 == 0, f"header at {offset} is not 4-byte aligned"
-        header = blob[offset:offset + 110]
+        header = blob[offset : offset + 110]
         assert header[:6] == b"070701", f"bad magic at {offset}: {header[:6]!r}"
-        fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
         mode, nlink, filesize, namesize = fields[1], fields[4], fields[6], fields[11]
         name_end = offset + 110 + namesize
-        raw_name = blob[offset + 110:name_end]
+        raw_name = blob[offset + 110 : name_end]
         assert raw_name.endswith(b"\0"), "name is not NUL-terminated"
         name = raw_name[:-1].decode()
         data_start = name_end + (-name_end % 4)
         assert not blob[name_end:data_start].strip(b"\0"), "non-zero name padding"
-        data = blob[data_start:data_start + filesize]
+        data = blob[data_start : data_start + filesize]
         assert len(data) == filesize, f"{name}: truncated"
         entries.append(Entry(name, mode, nlink, data, offset))
         offset = data_start + filesize
@@ -255,7 +267,10 @@ def test_the_cpio_tool_unpacks_it_to_the_same_files(
     dest.mkdir()
     subprocess.run(
         ["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames"],
-        input=built[1], cwd=dest, check=True, capture_output=True,
+        input=built[1],
+        cwd=dest,
+        check=True,
+        capture_output=True,
     )
     for entry in read_newc(built[1])[:-1]:
         path = dest / entry.name

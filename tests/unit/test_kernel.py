@@ -53,8 +53,13 @@ def test_finds_the_payload_after_a_stub_and_before_trailing_bytes(
     _, compress = COMPRESSORS[kind]
     payload = elf_payload()
     packed = compress(payload)
-    image = bzimage(tmp_path, junk(16 * 1024, seed=1), packed, struct.pack("<I", len(payload)),
-                    junk(512, seed=2))
+    image = bzimage(
+        tmp_path,
+        junk(16 * 1024, seed=1),
+        packed,
+        struct.pack("<I", len(payload)),
+        junk(512, seed=2),
+    )
     assert extract_vmlinux(image) == payload
 
 
@@ -63,8 +68,9 @@ def test_skips_a_decoy_magic_before_the_real_payload(tmp_path: Path, kind: str) 
     magic, compress = COMPRESSORS[kind]
     payload = elf_payload()
     decoy = magic + junk(300, seed=3)
-    image = bzimage(tmp_path, junk(4096, seed=4), decoy, junk(100, seed=5), compress(payload),
-                    junk(64, seed=6))
+    image = bzimage(
+        tmp_path, junk(4096, seed=4), decoy, junk(100, seed=5), compress(payload), junk(64, seed=6)
+    )
     assert image.read_bytes().find(magic) < image.read_bytes().find(compress(payload))
     assert extract_vmlinux(image) == payload
 
@@ -73,8 +79,14 @@ def test_skips_a_decoy_magic_before_the_real_payload(tmp_path: Path, kind: str) 
 def test_skips_a_valid_stream_that_is_not_an_elf(tmp_path: Path, kind: str) -> None:
     _, compress = COMPRESSORS[kind]
     payload = elf_payload()
-    image = bzimage(tmp_path, junk(1024, seed=8), compress(b"a compressed setup table " * 50),
-                    junk(256, seed=9), compress(payload), junk(64, seed=10))
+    image = bzimage(
+        tmp_path,
+        junk(1024, seed=8),
+        compress(b"a compressed setup table " * 50),
+        junk(256, seed=9),
+        compress(payload),
+        junk(64, seed=10),
+    )
     assert extract_vmlinux(image) == payload
 
 
@@ -91,8 +103,9 @@ def test_no_elf_payload_is_a_clear_error(tmp_path: Path) -> None:
         extract_vmlinux(image)
 
 
-@pytest.mark.skipif(not (REAL_IMAGE / "vmlinuz").is_file(),
-                    reason="needs a built cli image (HEARTH_TEST_IMAGES)")
+@pytest.mark.skipif(
+    not (REAL_IMAGE / "vmlinuz").is_file(), reason="needs a built cli image (HEARTH_TEST_IMAGES)"
+)
 def test_the_distribution_kernel_yields_an_x86_64_elf() -> None:
     vmlinux = extract_vmlinux(REAL_IMAGE / "vmlinuz")
     assert vmlinux[:4] == b"\x7fELF"

@@ -220,8 +220,10 @@ def test_a_failed_build_over_lowers_unmounts_and_leaves_no_layer(
     base: tuple[LayerStore, Path],
 ) -> None:
     store, lower = base
-    with pytest.raises(RuntimeError, match="apt failed"), \
-            store.build("packages", "p", [lower]) as merged:
+    with (
+        pytest.raises(RuntimeError, match="apt failed"),
+        store.build("packages", "p", [lower]) as merged,
+    ):
         (merged / "etc/half").write_text("x")
         raise RuntimeError("apt failed")
     assert not store.has("packages", "p")

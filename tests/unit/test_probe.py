@@ -18,8 +18,7 @@ from tests.certificates import CertAuthority
 
 TOKEN = "sk-ant-oat01-live-token-1234567890"
 FILE = ".claude/.credentials.json"
-FILES = {FILE: json.dumps({"claudeAiOauth": {"accessToken": TOKEN, "account": "acct-1"}}
-                          ).encode()}
+FILES = {FILE: json.dumps({"claudeAiOauth": {"accessToken": TOKEN, "account": "acct-1"}}).encode()}
 
 
 class Provider(BaseHTTPRequestHandler):
@@ -30,11 +29,22 @@ class Provider(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         Provider.seen.append(self.headers)
-        ok = (self.headers.get("Authorization") == f"Bearer {TOKEN}"
-              and self.headers.get("anthropic-beta") == "oauth-2025-04-20")
-        body = b'{"account": {}}' if ok else json.dumps({"error": {
-            "type": "authentication_error",
-            "message": f"Invalid bearer token {self.headers.get('Authorization')}"}}).encode()
+        ok = (
+            self.headers.get("Authorization") == f"Bearer {TOKEN}"
+            and self.headers.get("anthropic-beta") == "oauth-2025-04-20"
+        )
+        body = (
+            b'{"account": {}}'
+            if ok
+            else json.dumps(
+                {
+                    "error": {
+                        "type": "authentication_error",
+                        "message": f"Invalid bearer token {self.headers.get('Authorization')}",
+                    }
+                }
+            ).encode()
+        )
         self.send_response(200 if ok else 401)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -102,14 +112,24 @@ def test_nothing_listens_is_no_verdict():
     assert answer["status"] is None and "cannot reach 127.0.0.1" in answer["detail"]
 
 
-@pytest.mark.parametrize("data, message", [
-    ([], "must be a JSON object"),
-    ({"url": "http://a.test/", "token_file": FILE, "token_path": ["x"]}, "https URL"),
-    ({"url": "https://a.test/", "token_file": "", "token_path": ["x"]}, "token_file"),
-    ({"url": "https://a.test/", "token_file": FILE, "token_path": []}, "token_path"),
-    ({"url": "https://a.test/", "token_file": FILE, "token_path": ["x"], "headers": {"a": 1}},
-     "headers"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([], "must be a JSON object"),
+        ({"url": "http://a.test/", "token_file": FILE, "token_path": ["x"]}, "https URL"),
+        ({"url": "https://a.test/", "token_file": "", "token_path": ["x"]}, "token_file"),
+        ({"url": "https://a.test/", "token_file": FILE, "token_path": []}, "token_path"),
+        (
+            {
+                "url": "https://a.test/",
+                "token_file": FILE,
+                "token_path": ["x"],
+                "headers": {"a": 1},
+            },
+            "headers",
+        ),
+    ],
+)
 def test_malformed_probes(data, message):
     with pytest.raises(ProbeError, match=message):
         ProbeSpec.from_json(data)

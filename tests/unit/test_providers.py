@@ -30,7 +30,10 @@ GREY_BAR = ESC + b"[38;5;244m\xe2\x94\x82" + ESC + b"[39m"  # Gemini CLI's box s
 CLAUDE_MANUAL = "https://claude.ai/oauth/authorize?z-B4IdZ0cgqv8AnyLdrK2j4RryxcOyDhs9pgMUTJfLfik"
 CLAUDE_OUTPUT = (
     b"Opening browser to sign in\xe2\x80\xa6\r\nIf the browser didn't open, visit:\r\n"
-    b"\x1b]8;;" + CLAUDE_MANUAL.encode() + b"\x07\x1b[94m" + CLAUDE_MANUAL.encode()
+    b"\x1b]8;;"
+    + CLAUDE_MANUAL.encode()
+    + b"\x07\x1b[94m"
+    + CLAUDE_MANUAL.encode()
     + b"\x1b[39m\x1b]8;;\x07\r\nPaste code here if prompted > Login successful.\r\n\x1b[?25h"
 )
 # What Claude Code handed BROWSER in the same kind of run.
@@ -68,23 +71,71 @@ GEMINI_URL = (
     "av3hmdib135j.apps.googleusercontent.com"
 )
 GEMINI_AUTH_DIALOG = (
-    GREY_BAR + b"   " + ESC + b"[38;5;231mHow would you like to authenticate for this project?"
-    + ESC + b"[39m" + b" " * 946 + GREY_BAR + b"\r\n"
-    + GREY_BAR + b" " * 998 + GREY_BAR + b"\r\n"
-    + GREY_BAR + b"   " + ESC + b"[38;5;120m\xe2\x97\x8f 1. Sign in with Google" + ESC + b"[39m"
-    + b" " * 969 + GREY_BAR + b"\r\n"
+    GREY_BAR
+    + b"   "
+    + ESC
+    + b"[38;5;231mHow would you like to authenticate for this project?"
+    + ESC
+    + b"[39m"
+    + b" " * 946
+    + GREY_BAR
+    + b"\r\n"
+    + GREY_BAR
+    + b" " * 998
+    + GREY_BAR
+    + b"\r\n"
+    + GREY_BAR
+    + b"   "
+    + ESC
+    + b"[38;5;120m\xe2\x97\x8f 1. Sign in with Google"
+    + ESC
+    + b"[39m"
+    + b" " * 969
+    + GREY_BAR
+    + b"\r\n"
 )
 GEMINI_CONSENT = (
-    GREY_BAR + b"  " + ESC + b"[38;5;231mOpening authentication page in your browser. " + ESC
-    + b"[39m" + b" " * 951 + GREY_BAR + b"\r\n" + GREY_BAR + b" " * 998 + GREY_BAR + b"\r\n"
-    + GREY_BAR + b"  " + ESC + b"[38;5;231mDo you want to continue?" + ESC + b"[39m"
-    + b" " * 171 + b"\r\n"
+    GREY_BAR
+    + b"  "
+    + ESC
+    + b"[38;5;231mOpening authentication page in your browser. "
+    + ESC
+    + b"[39m"
+    + b" " * 951
+    + GREY_BAR
+    + b"\r\n"
+    + GREY_BAR
+    + b" " * 998
+    + GREY_BAR
+    + b"\r\n"
+    + GREY_BAR
+    + b"  "
+    + ESC
+    + b"[38;5;231mDo you want to continue?"
+    + ESC
+    + b"[39m"
+    + b" " * 171
+    + b"\r\n"
 )
 GEMINI_WAITING = (
-    ESC + b"[38;5;229m\xe2\x84\xb9 Attempting to open authentication page in your browser."
-    + ESC + b"[39m\r\n  " + ESC + b"[38;5;229mOtherwise navigate to:" + ESC + b"[39m\r\n  "
-    + ESC + b"[38;5;147m" + GEMINI_URL.encode() + ESC + b"[39m\r\n\r\n" + ESC
-    + b"[38;5;229m\xe2\x84\xb9 Waiting for authentication..." + ESC + b"[39m\r\n" + ESC
+    ESC
+    + b"[38;5;229m\xe2\x84\xb9 Attempting to open authentication page in your browser."
+    + ESC
+    + b"[39m\r\n  "
+    + ESC
+    + b"[38;5;229mOtherwise navigate to:"
+    + ESC
+    + b"[39m\r\n  "
+    + ESC
+    + b"[38;5;147m"
+    + GEMINI_URL.encode()
+    + ESC
+    + b"[39m\r\n\r\n"
+    + ESC
+    + b"[38;5;229m\xe2\x84\xb9 Waiting for authentication..."
+    + ESC
+    + b"[39m\r\n"
+    + ESC
     + b"[?25l\r\n"
 )
 GEMINI_SUCCESS = (
@@ -122,8 +173,11 @@ def test_the_registry_names_every_provider() -> None:
 
 
 def test_an_unknown_provider_is_a_clear_error() -> None:
-    with pytest.raises(UnknownProviderError, match=r"unknown provider 'cursor'; known "
-                       r"providers: claude_code, codex, demo, gemini_cli"):
+    with pytest.raises(
+        UnknownProviderError,
+        match=r"unknown provider 'cursor'; known "
+        r"providers: claude_code, codex, demo, gemini_cli",
+    ):
         providers.get("cursor")
     assert issubclass(UnknownProviderError, ValueError)
 
@@ -161,14 +215,26 @@ def test_claude_code_spec_matches_its_output() -> None:
 
 def test_claude_code_account_info() -> None:
     files = {
-        ".claude/.credentials.json": json.dumps({"claudeAiOauth": {
-            "accessToken": "sk-ant-oat01-x", "refreshToken": "sk-ant-ort01-x",
-            "expiresAt": 1795826956849, "scopes": ["user:inference"], "subscriptionType": "max",
-        }}).encode(),
-        ".claude.json": json.dumps({"userID": "u", "oauthAccount": {
-            "accountUuid": "11111111-1111-4111-8111-111111111111",
-            "emailAddress": "ada@example.com",
-        }}).encode(),
+        ".claude/.credentials.json": json.dumps(
+            {
+                "claudeAiOauth": {
+                    "accessToken": "sk-ant-oat01-x",
+                    "refreshToken": "sk-ant-ort01-x",
+                    "expiresAt": 1795826956849,
+                    "scopes": ["user:inference"],
+                    "subscriptionType": "max",
+                }
+            }
+        ).encode(),
+        ".claude.json": json.dumps(
+            {
+                "userID": "u",
+                "oauthAccount": {
+                    "accountUuid": "11111111-1111-4111-8111-111111111111",
+                    "emailAddress": "ada@example.com",
+                },
+            }
+        ).encode(),
     }
     assert claude_code.account_info(files) == ("ada@example.com", 1795826956)
 
@@ -205,7 +271,9 @@ def test_codex_account_info() -> None:
         "last_refresh": "2026-11-27T16:49:13.546626132Z",
     }
     assert codex.account_info({".codex/auth.json": json.dumps(auth).encode()}) == (
-        "ada@example.com", 1796662153)
+        "ada@example.com",
+        1796662153,
+    )
 
 
 # -- Gemini CLI ---------------------------------------------------------------------------
@@ -225,10 +293,14 @@ def test_gemini_cli_spec_matches_its_output() -> None:
 
 def test_gemini_cli_account_info() -> None:
     files = {
-        ".gemini/oauth_creds.json": json.dumps({
-            "access_token": "ya29.x", "refresh_token": "1//x", "token_type": "Bearer",
-            "expiry_date": 1795801749170,
-        }).encode(),
+        ".gemini/oauth_creds.json": json.dumps(
+            {
+                "access_token": "ya29.x",
+                "refresh_token": "1//x",
+                "token_type": "Bearer",
+                "expiry_date": 1795801749170,
+            }
+        ).encode(),
         ".gemini/google_accounts.json": b'{\n  "active": "ada@example.com",\n  "old": []\n}',
     }
     assert gemini_cli.account_info(files) == ("ada@example.com", 1795801749)
@@ -245,7 +317,11 @@ def test_demo_fills_its_issuer_placeholder() -> None:
     assert spec.placeholders() == {"issuer"}
     data = spec.to_agent({"issuer": "http://10.0.0.1:8000", "unused": "x"})
     assert data["login_argv"] == [
-        "python3", "/usr/lib/hearth/demo_login.py", "--issuer", "http://10.0.0.1:8000"]
+        "python3",
+        "/usr/lib/hearth/demo_login.py",
+        "--issuer",
+        "http://10.0.0.1:8000",
+    ]
     with pytest.raises(ValueError, match="needs login parameters: issuer"):
         spec.to_agent()
     assert spec.login_argv[-1] == "{issuer}"  # the spec itself is unchanged
@@ -259,10 +335,17 @@ def test_demo_spec_matches_demo_login_output() -> None:
 
 
 def test_demo_account_info() -> None:
-    creds = {"access_token": "a", "refresh_token": "r", "id_token": "i",
-             "expires_at": 1795801749, "email": "ada@example.com"}
+    creds = {
+        "access_token": "a",
+        "refresh_token": "r",
+        "id_token": "i",
+        "expires_at": 1795801749,
+        "email": "ada@example.com",
+    }
     assert demo.account_info({demo.CREDENTIALS: json.dumps(creds).encode()}) == (
-        "ada@example.com", 1795801749)
+        "ada@example.com",
+        1795801749,
+    )
 
 
 def test_account_gives_the_expiry_as_the_store_keeps_it() -> None:
@@ -295,13 +378,33 @@ ODD_PROMPTS = ["-x --help", "--version", "say {prompt} twice", "{prompt}", "line
 def test_prompt_commands() -> None:
     prompt = "hello"
     assert claude_code.SPEC.prompt_command(prompt) == [
-        "claude", "-p", "--verbose", "--output-format", "stream-json",
-        "--permission-prompts", "none", "--", "hello"]
+        "claude",
+        "-p",
+        "--verbose",
+        "--output-format",
+        "stream-json",
+        "--permission-prompts",
+        "none",
+        "--",
+        "hello",
+    ]
     assert codex.SPEC.prompt_command(prompt) == [
-        "codex", "exec", "--json", "--skip-git-repo-check",
-        "-c", 'cli_auth_credentials_store="file"', "--", "hello"]
+        "codex",
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "-c",
+        'cli_auth_credentials_store="file"',
+        "--",
+        "hello",
+    ]
     assert gemini_cli.SPEC.prompt_command(prompt) == [
-        "gemini", "--skip-trust", "--output-format", "stream-json", "--prompt=hello"]
+        "gemini",
+        "--skip-trust",
+        "--output-format",
+        "stream-json",
+        "--prompt=hello",
+    ]
 
 
 @pytest.mark.parametrize("name", REAL_CLIS)
@@ -311,13 +414,16 @@ def test_a_prompt_is_never_an_option(name: str, prompt: str) -> None:
     spec = providers.get(name)
     argv = spec.prompt_command(prompt)
     assert len(argv) == len(spec.prompt_argv)
-    changed = [i for i, (arg, template) in enumerate(zip(argv, spec.prompt_argv, strict=True))
-               if arg != template or "{prompt}" in template]
+    changed = [
+        i
+        for i, (arg, template) in enumerate(zip(argv, spec.prompt_argv, strict=True))
+        if arg != template or "{prompt}" in template
+    ]
     assert len(changed) == 1
     i = changed[0]
     if spec.prompt_argv[i] == "{prompt}":
         assert argv[i] == prompt and argv[i - 1] == "--"
-        assert "--" not in argv[:i - 1]
+        assert "--" not in argv[: i - 1]
     else:  # gemini: --prompt=<prompt>, since its -p takes no value starting with "-"
         assert spec.prompt_argv[i] == "--prompt={prompt}"
         assert argv[i] == "--prompt=" + prompt
@@ -345,17 +451,29 @@ def test_token_files_are_the_files_a_refresh_rewrites() -> None:
     assert gemini_cli.SPEC.rotating_files == (".gemini/oauth_creds.json",)
 
 
-CLAUDE_CREDS = json.dumps({"claudeAiOauth": {
-    "accessToken": "sk-ant-oat01-fake", "refreshToken": "sk-ant-ort01-fake",
-    "expiresAt": 1795826956849, "scopes": ["user:inference"], "subscriptionType": "max",
-}}).encode()
-CLAUDE_ACCOUNT = json.dumps({
-    "userID": "u1", "firstStartTime": "2026-11-27T18:33:08.054Z",
-    "oauthAccount": {"accountUuid": "11111111-1111-4111-8111-111111111111",
-                     "emailAddress": "ada@example.com",
-                     "organizationUuid": "22222222-2222-4222-8222-222222222222"},
-    "hasCompletedOnboarding": False,
-}).encode()
+CLAUDE_CREDS = json.dumps(
+    {
+        "claudeAiOauth": {
+            "accessToken": "sk-ant-oat01-fake",
+            "refreshToken": "sk-ant-ort01-fake",
+            "expiresAt": 1795826956849,
+            "scopes": ["user:inference"],
+            "subscriptionType": "max",
+        }
+    }
+).encode()
+CLAUDE_ACCOUNT = json.dumps(
+    {
+        "userID": "u1",
+        "firstStartTime": "2026-11-27T18:33:08.054Z",
+        "oauthAccount": {
+            "accountUuid": "11111111-1111-4111-8111-111111111111",
+            "emailAddress": "ada@example.com",
+            "organizationUuid": "22222222-2222-4222-8222-222222222222",
+        },
+        "hasCompletedOnboarding": False,
+    }
+).encode()
 
 
 def test_claude_code_vm_files() -> None:
@@ -376,18 +494,22 @@ def test_codex_vm_files() -> None:
     assert tokens == {".codex/auth.json": auth}
     config = tomllib.loads(support.pop(".codex/config.toml").decode())
     assert support == {}
-    assert config == {"cli_auth_credentials_store": "file", "forced_login_method": "chatgpt",
-                      "check_for_update_on_startup": False, "analytics": {"enabled": False},
-                      "feedback": {"enabled": False},
-                      "otel": {"exporter": "none", "trace_exporter": "none",
-                               "metrics_exporter": "none"}}
+    assert config == {
+        "cli_auth_credentials_store": "file",
+        "forced_login_method": "chatgpt",
+        "check_for_update_on_startup": False,
+        "analytics": {"enabled": False},
+        "feedback": {"enabled": False},
+        "otel": {"exporter": "none", "trace_exporter": "none", "metrics_exporter": "none"},
+    }
 
 
 def test_gemini_cli_vm_files() -> None:
     creds = b'{"access_token": "ya29.fake", "refresh_token": "1//fake"}'
     accounts = b'{"active": "ada@example.com", "old": []}'
     tokens, support = gemini_cli.SPEC.vm_files(
-        {".gemini/oauth_creds.json": creds, ".gemini/google_accounts.json": accounts})
+        {".gemini/oauth_creds.json": creds, ".gemini/google_accounts.json": accounts}
+    )
     assert tokens == {".gemini/oauth_creds.json": creds}
     assert support[".gemini/google_accounts.json"] == accounts
     assert json.loads(support[".gemini/settings.json"]) == gemini_cli.SETTINGS
@@ -413,7 +535,9 @@ def test_setup_files_never_fail_on_odd_files(name: str, content: bytes | None) -
             tomllib.loads(data.decode())
     if name == "claude_code":
         assert json.loads(support[".claude.json"]) == {
-            "hasCompletedOnboarding": True, "autoUpdates": False}
+            "hasCompletedOnboarding": True,
+            "autoUpdates": False,
+        }
 
 
 # `claude auth status --json` (stdout), signed out (exit 1) and with the files (exit 0)
@@ -465,8 +589,10 @@ def test_codex_status_check() -> None:
     check = codex.SPEC.status_check
     assert check(0, "Logged in using ChatGPT\n") == (True, None)
     assert check(1, "Not logged in\n") == (False, "Not logged in")
-    broken = ("Error checking login status: failed to deserialize CLI auth from file: key "
-              "must be a string at line 1 column 2\n")
+    broken = (
+        "Error checking login status: failed to deserialize CLI auth from file: key "
+        "must be a string at line 1 column 2\n"
+    )
     assert check(1, broken) == (False, broken.strip())
     api_key = "API key configured - ***\nAuthentication is checked when you send a request.\n"
     assert check(0, api_key) == (False, "signed in, but not with ChatGPT: API key configured - ***")
@@ -504,6 +630,7 @@ def test_gemini_cli_status_check() -> None:
 
 def test_the_clis_quiet_switches_and_the_vms_environment_reach_the_login():
     from hearth.guest import trust
+
     spec = providers.get("claude_code")
     env = spec.to_agent({}, env=trust.ENV)["login_env"]
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
@@ -511,7 +638,8 @@ def test_the_clis_quiet_switches_and_the_vms_environment_reach_the_login():
     # The spec's own login environment has the last word.
     demo = providers.get("demo")
     assert demo.to_agent({"issuer": "http://idp.demo.test"}, env={"A": "1"})["login_env"] == {
-        "A": "1"}
+        "A": "1"
+    }
 
 
 def test_every_spec_lists_its_egress():
@@ -523,22 +651,31 @@ def test_every_spec_lists_its_egress():
 def test_a_refusal_is_recognised_in_the_clis_own_output() -> None:
     """The lines each CLI prints when the provider refuses its credentials (recorded in
     docs/contracts/), and ordinary output that must not count."""
-    claude = ('{"type":"result","subtype":"success","is_error":true,"result":"Failed to '
-              'authenticate: OAuth session expired and could not be refreshed","terminal_'
-              'reason":"api_error"}\n')
+    claude = (
+        '{"type":"result","subtype":"success","is_error":true,"result":"Failed to '
+        'authenticate: OAuth session expired and could not be refreshed","terminal_'
+        'reason":"api_error"}\n'
+    )
     assert claude_code.SPEC.refused(claude) == (
-        "Failed to authenticate: OAuth session expired and could not be refreshed")
-    assert claude_code.SPEC.refused('{"result":"Not logged in · Please run /login"}') == \
-        "Not logged in · Please run /login"
-    codex_out = ("ERROR codex_login::auth::manager: Your access token could not be refreshed "
-                 "because your refresh token was revoked. Please log out and sign in again.\n"
-                 '{"type":"turn.failed","error":{"message":"unexpected status 401 '
-                 'Unauthorized: {\\"error\\":{\\"code\\":\\"invalid_token\\"}}"}}\n')
+        "Failed to authenticate: OAuth session expired and could not be refreshed"
+    )
+    assert (
+        claude_code.SPEC.refused('{"result":"Not logged in · Please run /login"}')
+        == "Not logged in · Please run /login"
+    )
+    codex_out = (
+        "ERROR codex_login::auth::manager: Your access token could not be refreshed "
+        "because your refresh token was revoked. Please log out and sign in again.\n"
+        '{"type":"turn.failed","error":{"message":"unexpected status 401 '
+        'Unauthorized: {\\"error\\":{\\"code\\":\\"invalid_token\\"}}"}}\n'
+    )
     assert codex.SPEC.refused(codex_out) == (
         "Your access token could not be refreshed because your refresh token was revoked. "
-        "Please log out and sign in again.")
-    assert codex.SPEC.refused(codex_out.split("\n", 1)[1]) == \
-        "unexpected status 401 Unauthorized: {"
+        "Please log out and sign in again."
+    )
+    assert (
+        codex.SPEC.refused(codex_out.split("\n", 1)[1]) == "unexpected status 401 Unauthorized: {"
+    )
     for spec in (claude_code.SPEC, codex.SPEC):
         assert spec.refused('{"type":"result","result":"Hello."}\n') is None
         assert spec.refused("") is None
@@ -548,11 +685,16 @@ def test_gemini_cli_refusal_is_recognised() -> None:
     """Exit 41 and its message when Google refuses the sign-in (docs/contracts/gemini_cli.md,
     4): the status run gives the message, not the stack trace after it, and a prompt's output
     with it counts as a refusal."""
-    out = ("\x1b[31mManual authorization is required but the current session is non-"
-           "interactive. Please run the Gemini CLI in an interactive terminal to log in.\x1b[0m\n"
-           "    at FatalAuthenticationError (file:///usr/lib/node_modules/x.js:1:1)\n")
+    out = (
+        "\x1b[31mManual authorization is required but the current session is non-"
+        "interactive. Please run the Gemini CLI in an interactive terminal to log in.\x1b[0m\n"
+        "    at FatalAuthenticationError (file:///usr/lib/node_modules/x.js:1:1)\n"
+    )
     valid, reason = gemini_cli.SPEC.status_check(41, out)
-    assert not valid and reason.startswith("Manual authorization is required") and \
-        reason.endswith("to log in.")
+    assert (
+        not valid
+        and reason.startswith("Manual authorization is required")
+        and reason.endswith("to log in.")
+    )
     assert gemini_cli.SPEC.refused(out).startswith("Manual authorization is required")
     assert gemini_cli.SPEC.refused('{"type":"result","status":"success"}') is None

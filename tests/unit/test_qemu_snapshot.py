@@ -11,9 +11,15 @@ from hearth.vmm.qemu import QemuDriver, migration_completed
 
 
 def machine(tmp_path: Path) -> MachineSpec:
-    return MachineSpec(vm_id="vm-1", workdir=tmp_path, image=BootImage.from_dir(tmp_path / "img"),
-                       seed=tmp_path / "seed.img", cmdline="console=ttyS0", tap="hth0",
-                       mac="06:00:c0:a8:64:02")
+    return MachineSpec(
+        vm_id="vm-1",
+        workdir=tmp_path,
+        image=BootImage.from_dir(tmp_path / "img"),
+        seed=tmp_path / "seed.img",
+        cmdline="console=ttyS0",
+        tap="hth0",
+        mac="06:00:c0:a8:64:02",
+    )
 
 
 def test_a_restore_runs_the_boot_command_line_with_only_the_incoming_migration_added(
@@ -45,7 +51,8 @@ def test_a_migration_is_done_only_once_completed(answer: dict, done: bool) -> No
 
 def test_a_failed_migration_says_why() -> None:
     with pytest.raises(VmmError, match="migration failed: Unable to write to file: No space"):
-        migration_completed({"status": "failed",
-                   "error-desc": "Unable to write to file: No space left on device"})
+        migration_completed(
+            {"status": "failed", "error-desc": "Unable to write to file: No space left on device"}
+        )
     with pytest.raises(VmmError, match="migration cancelled: QEMU gave no reason"):
         migration_completed({"status": "cancelled"})

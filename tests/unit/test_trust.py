@@ -30,8 +30,16 @@ def test_install_writes_the_extra_cas_and_the_system_bundle_with_them(tmp_path: 
     assert extra.read_text() == other + pem
 
 
-@pytest.mark.parametrize("pem", ["", "hello", "-----BEGIN PRIVATE KEY-----\nAAAA\n"
-                                 "-----END PRIVATE KEY-----\n", None, "x" * (trust.MAX_PEM + 1)])
+@pytest.mark.parametrize(
+    "pem",
+    [
+        "",
+        "hello",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        None,
+        "x" * (trust.MAX_PEM + 1),
+    ],
+)
 def test_install_refuses_what_is_not_certificates(tmp_path: Path, pem):
     with pytest.raises(trust.TrustError):
         trust.install(pem, str(tmp_path / "trust"), str(tmp_path / "none"))
@@ -41,5 +49,7 @@ def test_install_refuses_what_is_not_certificates(tmp_path: Path, pem):
 def test_a_certificate_with_anything_else_is_refused(tmp_path: Path):
     pem = CertAuthority.create().pem.decode()
     with pytest.raises(trust.TrustError, match="PEM certificates"):
-        trust.install(pem + "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n",
-                      str(tmp_path / "trust"))
+        trust.install(
+            pem + "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n",
+            str(tmp_path / "trust"),
+        )

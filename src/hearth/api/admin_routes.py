@@ -24,6 +24,7 @@ async def egress_log(
 ) -> EgressLog:
     """Every attempt of a VM to reach a name, newest first: who, which name, the verdict
     and why, bytes each way. Never any content."""
-    rows = await asyncio.to_thread(connections, controller(request).db, vm_id, user_id,
-                                   verdict, limit)
+    rows = await asyncio.to_thread(
+        connections, controller(request).db, vm_id, user_id, verdict, limit
+    )
     return EgressLog(connections=[EgressConnectionView(**connection_view(c)) for c in rows])

@@ -59,8 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Health(status="ok")
 
     async def resolve(session_id: str, token: str):
-        return await asyncio.to_thread(app.state.controller.sessions.live_view,
-                                       session_id, token)
+        return await asyncio.to_thread(app.state.controller.sessions.live_view, session_id, token)
 
     app.include_router(auth_routes.router)
     app.include_router(prompt_routes.router)
@@ -74,8 +73,9 @@ def no_query_strings(record: logging.LogRecord) -> bool:
     """Uvicorn logs each WebSocket request line, query string and all, even with no access
     log; live-view URLs carry their session's token there. Keep the path, drop the query."""
     if isinstance(record.args, tuple):
-        record.args = tuple(_QUERY.sub("?…", arg) if isinstance(arg, str) else arg
-                            for arg in record.args)
+        record.args = tuple(
+            _QUERY.sub("?…", arg) if isinstance(arg, str) else arg for arg in record.args
+        )
     return True
 
 
@@ -83,8 +83,9 @@ _QUERY = re.compile(r"\?[^\s\"]*")
 
 
 async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

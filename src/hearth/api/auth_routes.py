@@ -53,21 +53,27 @@ def _view(svc: AuthSessions, session: AuthSession) -> SessionView:
         status=session.status,
         error=session.error,
         expires_at=session.expires_at.isoformat(),
-        timeline=[TimelineEntry(status=e.status, at=e.at.isoformat(), detail=e.detail)
-                  for e in svc.timeline(session.id)],
+        timeline=[
+            TimelineEntry(status=e.status, at=e.at.isoformat(), detail=e.detail)
+            for e in svc.timeline(session.id)
+        ],
     )
 
 
 @router.post("/start", status_code=202, dependencies=[Depends(require_key)])
 def start(body: StartRequest, request: Request) -> SessionStarted:
     if body.provider not in providers.names():
-        raise HTTPException(400, f"unknown provider {body.provider!r}; known: "
-                                 f"{', '.join(providers.names())}")
+        raise HTTPException(
+            400, f"unknown provider {body.provider!r}; known: {', '.join(providers.names())}"
+        )
     svc = sessions(request)
     session, token = svc.start(body.user_id, body.provider)
     base = svc.settings.public_url.rstrip("/")
-    return SessionStarted(session_id=session.id, status=session.status,
-                          connect_url=f"{base}/connect/{session.id}?token={token}")
+    return SessionStarted(
+        session_id=session.id,
+        status=session.status,
+        connect_url=f"{base}/connect/{session.id}?token={token}",
+    )
 
 
 @router.get("/session/{session_id}", dependencies=[Depends(require_key)])
@@ -84,8 +90,11 @@ def oauth(session_id: SessionId, request: Request) -> OAuthUrl:
     return OAuthUrl(session_id=session.id, url=session.oauth_url)
 
 
-@router.get("/session/{session_id}/credentials/status", dependencies=[Depends(require_key)],
-            response_model_exclude_unset=True)
+@router.get(
+    "/session/{session_id}/credentials/status",
+    dependencies=[Depends(require_key)],
+    response_model_exclude_unset=True,
+)
 def credentials_status(session_id: SessionId, request: Request) -> CredentialsStatus:
     """`pending` or `absent` carry only `status` and `provider`; `ready` or `invalid`, all."""
     svc = sessions(request)
@@ -94,11 +103,16 @@ def credentials_status(session_id: SessionId, request: Request) -> CredentialsSt
     if session.status != AuthSessionStatus.completed or info is None:
         return CredentialsStatus(
             status="pending" if session.status not in TERMINAL else "absent",
-            provider=session.provider)
+            provider=session.provider,
+        )
     return CredentialsStatus(
-        status=info.status, provider=info.provider, account_email=info.account_email,
+        status=info.status,
+        provider=info.provider,
+        account_email=info.account_email,
         expires_at=info.expires_at.isoformat() if info.expires_at else None,
-        version=info.version, invalid_reason=info.invalid_reason)
+        version=info.version,
+        invalid_reason=info.invalid_reason,
+    )
 
 
 @router.post("/session/{session_id}/cancel", dependencies=[Depends(require_key)])
@@ -109,13 +123,22 @@ def cancel(session_id: SessionId, request: Request) -> SessionCancelled:
     return SessionCancelled(session_id=session.id, status=session.status)
 
 
-@router.get("/session/{session_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`status` events ({status, at, detail}, as in "
-                                            "the session's timeline) until the session ends"}})
-async def events(session_id: SessionId, request: Request,
-                 token: Annotated[str | None, Query(max_length=128)] = None
-                 ) -> StreamingResponse:
+@router.get(
+    "/session/{session_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`status` events ({status, at, detail}, as in "
+            "the session's timeline) until the session ends",
+        }
+    },
+)
+async def events(
+    session_id: SessionId,
+    request: Request,
+    token: Annotated[str | None, Query(max_length=128)] = None,
+) -> StreamingResponse:
     """Server-Sent Events: one `status` event per timeline entry, until the session ends.
 
     Authenticated by an API key, or by the live view's token (EventSource sends no headers).
@@ -131,19 +154,19 @@ async def events(session_id: SessionId, request: Request,
             seen = svc.notifier.version(session_id)
             timeline = await asyncio.to_thread(svc.timeline, session_id)
             for event in timeline[sent:]:
-                data = {"status": event.status, "at": event.at.isoformat(),
-                        "detail": event.detail}
+                data = {"status": event.status, "at": event.at.isoformat(), "detail": event.detail}
                 yield f"event: status\ndata: {json.dumps(data)}\n\n"
             sent = len(timeline)
             if timeline and timeline[-1].status in TERMINAL:
                 return
             if await request.is_disconnected():
                 return
-            changed = await asyncio.to_thread(svc.notifier.wait, session_id, seen,
-                                              KEEPALIVE_SECONDS)
+            changed = await asyncio.to_thread(
+                svc.notifier.wait, session_id, seen, KEEPALIVE_SECONDS
+            )
             if changed == seen:
                 yield ": keepalive\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store"})
-
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )

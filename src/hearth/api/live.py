@@ -64,8 +64,11 @@ def live_router(resolve: Resolve) -> APIRouter:
         view = await resolve(session_id, token) if token else None
         if view is None:
             raise HTTPException(status_code=404, detail=NOT_FOUND)
-        context = {"provider": view.provider, "status": view.status,
-                   **_session_paths(session_id, token)}
+        context = {
+            "provider": view.provider,
+            "status": view.status,
+            **_session_paths(session_id, token),
+        }
         return templates.TemplateResponse(request, "connect.html", context, headers=PAGE_HEADERS)
 
     @router.websocket("/connect/{session_id}/vnc")

@@ -53,8 +53,11 @@ def _summary(record: Prompt) -> dict:
     }
 
 
-@router.post("/prompts", response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}}}})
+@router.post(
+    "/prompts",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def run(body: PromptRequest, request: Request) -> StreamingResponse:
     """Run the prompt; events `connected`, `output` ({stream, data}) as the CLI prints, then
     `done` ({exit_code, duration, credentials}) or `error` ({reason})."""
@@ -67,8 +70,11 @@ async def run(body: PromptRequest, request: Request) -> StreamingResponse:
         raise HTTPException(409, str(e)) from None
     except (UnknownProviderError, ValueError) as e:
         raise HTTPException(400, str(e)) from None
-    return StreamingResponse(_events(svc, record.id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Prompt-Id": record.id})
+    return StreamingResponse(
+        _events(svc, record.id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Prompt-Id": record.id},
+    )
 
 
 async def _events(svc: Prompts, prompt_id: str) -> AsyncIterator[str]:
@@ -100,8 +106,9 @@ async def _events(svc: Prompts, prompt_id: str) -> AsyncIterator[str]:
             yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
     finally:
         if not finished:  # no await here: the stream's task may be cancelled already
-            threading.Thread(target=svc.cancel, args=(prompt_id, "the client disconnected"),
-                             daemon=True).start()
+            threading.Thread(
+                target=svc.cancel, args=(prompt_id, "the client disconnected"), daemon=True
+            ).start()
 
 
 @router.get("/prompts/{prompt_id}")
@@ -124,8 +131,8 @@ def cancel(prompt_id: PromptId, request: Request) -> PromptCancelling:
 
 
 @router.get("/users/{user_id}/prompts")
-def history(user_id: UserId, request: Request,
-            limit: Annotated[int, Query(ge=1, le=500)] = 50) -> PromptHistory:
+def history(
+    user_id: UserId, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> PromptHistory:
     records = prompts(request).history(user_id, limit)
-    return PromptHistory(user_id=user_id, prompts=[PromptSummary(**_summary(r))
-                                                   for r in records])
+    return PromptHistory(user_id=user_id, prompts=[PromptSummary(**_summary(r)) for r in records])

@@ -26,16 +26,21 @@ def cli_vms(request: Request) -> CliVms:
 
 def _known_provider(provider: str) -> None:
     if provider not in providers.names():
-        raise HTTPException(400, f"unknown provider {provider!r}; known: "
-                                 f"{', '.join(providers.names())}")
+        raise HTTPException(
+            400, f"unknown provider {provider!r}; known: {', '.join(providers.names())}"
+        )
 
 
 def _info(info: CredentialInfo) -> CredentialView:
     return CredentialView(
-        provider=info.provider, account_email=info.account_email,
+        provider=info.provider,
+        account_email=info.account_email,
         expires_at=info.expires_at.isoformat() if info.expires_at else None,
-        version=info.version, updated_at=info.updated_at.isoformat(),
-        status=info.status, invalid_reason=info.invalid_reason)
+        version=info.version,
+        updated_at=info.updated_at.isoformat(),
+        status=info.status,
+        invalid_reason=info.invalid_reason,
+    )
 
 
 @router.get("/users/{user_id}/credentials")
@@ -45,8 +50,10 @@ def credentials(user_id: UserId, request: Request) -> UserCredentials:
         raise HTTPException(404, f"unknown user {user_id!r}")
     vm = svc.vm_of(user_id)
     return UserCredentials(
-        user_id=user_id, credentials=[_info(i) for i in svc.credentials.of_user(user_id)],
-        vm=UserVm(vm_id=vm.id, state=vm.state) if vm else None)
+        user_id=user_id,
+        credentials=[_info(i) for i in svc.credentials.of_user(user_id)],
+        vm=UserVm(vm_id=vm.id, state=vm.state) if vm else None,
+    )
 
 
 @router.delete("/users/{user_id}/credentials/{provider}")
@@ -55,8 +62,9 @@ def remove(user_id: UserId, provider: str, request: Request) -> CredentialsRemov
     existed, wiped = cli_vms(request).remove(user_id, provider)
     if not existed and not wiped:
         raise HTTPException(404, f"user {user_id!r} has no {provider} credentials")
-    return CredentialsRemoved(user_id=user_id, provider=provider, removed=existed,
-                              wiped_files=wiped)
+    return CredentialsRemoved(
+        user_id=user_id, provider=provider, removed=existed, wiped_files=wiped
+    )
 
 
 @router.get("/auth/validate/{user_id}/{provider}")
@@ -77,5 +85,10 @@ def validate(user_id: UserId, provider: str, request: Request) -> Validation:
     except ProviderUnreachable as e:
         raise HTTPException(502, str(e)) from None
     info = svc.credentials.info(user_id, provider)
-    return Validation(user_id=user_id, provider=provider, valid=check.valid,
-                      reason=check.reason, status=info.status if info else "absent")
+    return Validation(
+        user_id=user_id,
+        provider=provider,
+        valid=check.valid,
+        reason=check.reason,
+        status=info.status if info else "absent",
+    )

@@ -126,8 +126,11 @@ class AgentClient:
     def probe_credentials(self, provider: str, probe: dict) -> tuple[int | None, str | None]:
         """Ask the provider about the installed access token (ProviderSpec.probe.to_agent());
         the HTTP status (None: not reached) and what went wrong (None on a 2xx)."""
-        body = _json(self._client.post(f"/credentials/{provider}/probe", json=probe,
-                                       timeout=self._timeout + 30))
+        body = _json(
+            self._client.post(
+                f"/credentials/{provider}/probe", json=probe, timeout=self._timeout + 30
+            )
+        )
         return body["status"], body["detail"]
 
     def wipe_credentials(self, provider: str) -> list[str]:

@@ -31,8 +31,12 @@ from hearth.store.db import Database
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
 from hearth.waiting import Timeout, wait_for
 
-TERMINAL = (AuthSessionStatus.completed, AuthSessionStatus.failed, AuthSessionStatus.cancelled,
-            AuthSessionStatus.expired)
+TERMINAL = (
+    AuthSessionStatus.completed,
+    AuthSessionStatus.failed,
+    AuthSessionStatus.cancelled,
+    AuthSessionStatus.expired,
+)
 BROWSER_IMAGE = "browser"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
@@ -92,9 +96,14 @@ def token_hash(token: str) -> str:
 
 
 class AuthSessions:
-    def __init__(self, settings: Settings, db: Database, vms: VmManager,
-                 credentials: CredentialStore,
-                 on_stored: Callable[[str, str], None] = lambda user_id, provider: None):
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        vms: VmManager,
+        credentials: CredentialStore,
+        on_stored: Callable[[str, str], None] = lambda user_id, provider: None,
+    ):
         self.settings = settings
         self.db = db
         self.vms = vms
@@ -110,20 +119,26 @@ class AuthSessions:
         providers.get(provider)  # unknown providers fail here, before anything is created
         session_id = uuid.uuid4().hex
         for old in self._active(user_id, provider):
-            self._finish(old.id, AuthSessionStatus.cancelled,
-                         f"superseded by session {session_id}")
+            self._finish(old.id, AuthSessionStatus.cancelled, f"superseded by session {session_id}")
         token = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         with self.db.session() as s:
-            s.add(AuthSession(id=session_id, user_id=user_id, provider=provider,
-                              status=AuthSessionStatus.started,
-                              live_token_hash=token_hash(token),
-                              expires_at=now + timedelta(seconds=self.settings.session_ttl)))
+            s.add(
+                AuthSession(
+                    id=session_id,
+                    user_id=user_id,
+                    provider=provider,
+                    status=AuthSessionStatus.started,
+                    live_token_hash=token_hash(token),
+                    expires_at=now + timedelta(seconds=self.settings.session_ttl),
+                )
+            )
             s.add(AuthSessionEvent(session_id=session_id, status=AuthSessionStatus.started))
             s.commit()
         self.notifier.bump(session_id)
-        threading.Thread(target=self._run, args=(session_id,), name=f"session-{session_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._run, args=(session_id,), name=f"session-{session_id}", daemon=True
+        ).start()
         return self.get(session_id), token
 
     def get(self, session_id: str) -> AuthSession | None:
@@ -132,9 +147,13 @@ class AuthSessions:
 
     def timeline(self, session_id: str) -> list[AuthSessionEvent]:
         with self.db.session() as s:
-            return list(s.scalars(select(AuthSessionEvent)
-                                  .where(AuthSessionEvent.session_id == session_id)
-                                  .order_by(AuthSessionEvent.id)))
+            return list(
+                s.scalars(
+                    select(AuthSessionEvent)
+                    .where(AuthSessionEvent.session_id == session_id)
+                    .order_by(AuthSessionEvent.id)
+                )
+            )
 
     def cancel(self, session_id: str) -> AuthSession | None:
         self._finish(session_id, AuthSessionStatus.cancelled, "cancelled through the API")
@@ -142,8 +161,11 @@ class AuthSessions:
 
     def token_valid(self, session_id: str, token: str) -> bool:
         session = self.get(session_id)
-        return bool(session and session.status not in TERMINAL
-                    and hmac.compare_digest(session.live_token_hash, token_hash(token)))
+        return bool(
+            session
+            and session.status not in TERMINAL
+            and hmac.compare_digest(session.live_token_hash, token_hash(token))
+        )
 
     def live_view(self, session_id: str, token: str) -> LiveView | None:
         """What the live view may open: only while the session runs, and with its token."""
@@ -167,22 +189,28 @@ class AuthSessions:
         """End every running session past its expiry; their threads destroy the VMs."""
         now = datetime.now(UTC)
         with self.db.session() as s:
-            due = list(s.scalars(select(AuthSession.id).where(
-                AuthSession.status.not_in(TERMINAL), AuthSession.expires_at <= now)))
+            due = list(
+                s.scalars(
+                    select(AuthSession.id).where(
+                        AuthSession.status.not_in(TERMINAL), AuthSession.expires_at <= now
+                    )
+                )
+            )
         for session_id in due:
-            self._finish(session_id, AuthSessionStatus.expired,
-                         "the session expired before sign-in finished")
+            self._finish(
+                session_id, AuthSessionStatus.expired, "the session expired before sign-in finished"
+            )
         return due
 
     def recover(self) -> list[str]:
         """At start-up: sessions whose thread died with the last controller fail, and their
         browser VMs go (a VM that may hold a login is never reused)."""
         with self.db.session() as s:
-            stale = list(s.scalars(select(AuthSession).where(
-                AuthSession.status.not_in(TERMINAL))))
+            stale = list(s.scalars(select(AuthSession).where(AuthSession.status.not_in(TERMINAL))))
         for session in stale:
-            self._finish(session.id, AuthSessionStatus.failed,
-                         "the controller restarted during the sign-in")
+            self._finish(
+                session.id, AuthSessionStatus.failed, "the controller restarted during the sign-in"
+            )
             self._destroy_vm(session.vm_id)
         return [session.id for session in stale]
 
@@ -199,21 +227,24 @@ class AuthSessions:
             self._update(session_id, vm_id=vm_id)
             self._check_running(session_id)
             with self.vms.agent(vm) as agent:
-                agent.start_login(spec.to_agent(self._provider_params(),
-                                                self.vms.client_env()))
-                status = self._wait(session_id, agent, _authorize_page_shown,
-                                    "Firefox to show the authorize page")
-                self._advance(session_id, AuthSessionStatus.awaiting_user,
-                              oauth_url=status["url"])
+                agent.start_login(spec.to_agent(self._provider_params(), self.vms.client_env()))
+                status = self._wait(
+                    session_id, agent, _authorize_page_shown, "Firefox to show the authorize page"
+                )
+                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status["url"])
                 status = self._wait(session_id, agent, _login_over, "the sign-in")
                 if not status["success"]:
                     raise _login_failed(status, "without signing in")
                 files = agent.credentials()
             email, expires_at = spec.account(files)
-            self.credentials.put(session.user_id, session.provider, files, account_email=email,
-                                 expires_at=expires_at)
-            self._advance(session_id, AuthSessionStatus.completed,
-                          detail=f"credentials stored for {email or 'the account'}")
+            self.credentials.put(
+                session.user_id, session.provider, files, account_email=email, expires_at=expires_at
+            )
+            self._advance(
+                session_id,
+                AuthSessionStatus.completed,
+                detail=f"credentials stored for {email or 'the account'}",
+            )
             self.on_stored(session.user_id, session.provider)
         except _SessionEnded:
             pass
@@ -261,22 +292,40 @@ class AuthSessions:
 
     def _active(self, user_id: str, provider: str) -> list[AuthSession]:
         with self.db.session() as s:
-            return list(s.scalars(select(AuthSession).where(
-                AuthSession.user_id == user_id, AuthSession.provider == provider,
-                AuthSession.status.not_in(TERMINAL))))
+            return list(
+                s.scalars(
+                    select(AuthSession).where(
+                        AuthSession.user_id == user_id,
+                        AuthSession.provider == provider,
+                        AuthSession.status.not_in(TERMINAL),
+                    )
+                )
+            )
 
-    def _advance(self, session_id: str, status: AuthSessionStatus, detail: str | None = None,
-                 **fields):
+    def _advance(
+        self, session_id: str, status: AuthSessionStatus, detail: str | None = None, **fields
+    ):
         """Move a running session on; a session that ended meanwhile stays ended."""
         if not self._transition(session_id, status, detail, only_if_running=True, **fields):
             raise _SessionEnded
 
     def _finish(self, session_id: str, status: AuthSessionStatus, detail: str) -> None:
-        self._transition(session_id, status, detail, only_if_running=True, error=(
-            detail if status == AuthSessionStatus.failed else None))
+        self._transition(
+            session_id,
+            status,
+            detail,
+            only_if_running=True,
+            error=(detail if status == AuthSessionStatus.failed else None),
+        )
 
-    def _transition(self, session_id: str, status: AuthSessionStatus, detail: str | None,
-                    only_if_running: bool, **fields) -> bool:
+    def _transition(
+        self,
+        session_id: str,
+        status: AuthSessionStatus,
+        detail: str | None,
+        only_if_running: bool,
+        **fields,
+    ) -> bool:
         with self.db.session() as s:
             session = s.get(AuthSession, session_id, with_for_update=True)
             if session is None or (only_if_running and session.status in TERMINAL):
@@ -302,8 +351,9 @@ def _authorize_page_shown(status: dict) -> bool:
 def _login_failed(status: dict, when: str) -> SessionError:
     """The agent's reason (it ends with the CLI's last screen, redacted in the guest)."""
     reason = status.get("error") or f"the login command exited with {status.get('exit_code')}"
-    return SessionError(f"the {status.get('provider')} login ended {when}: "
-                        f"{str(reason)[:MAX_LOGIN_ERROR]}")
+    return SessionError(
+        f"the {status.get('provider')} login ended {when}: {str(reason)[:MAX_LOGIN_ERROR]}"
+    )
 
 
 def _login_over(status: dict) -> bool:

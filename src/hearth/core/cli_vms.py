@@ -67,8 +67,12 @@ class CliVms:
     def vm_of(self, user_id: str, states=LIVE_STATES) -> Vm | None:
         """The user's newest CLI VM in one of `states` (by default: any alive or asleep)."""
         with self.vms.db.session() as s:
-            return s.scalars(select(Vm).where(Vm.user_id == user_id, Vm.state.in_(states))
-                             .order_by(Vm.created_at.desc()).limit(1)).first()
+            return s.scalars(
+                select(Vm)
+                .where(Vm.user_id == user_id, Vm.state.in_(states))
+                .order_by(Vm.created_at.desc())
+                .limit(1)
+            ).first()
 
     def known(self, user_id: str) -> bool:
         return bool(self.credentials.of_user(user_id)) or self.vm_of(user_id) is not None
@@ -92,16 +96,19 @@ class CliVms:
                 self._in_use[vm.id] -= 1
                 self._touch(vm.id)
 
-    def run(self, vm: Vm, user_id: str, provider: str, argv: list[str],
-            timeout: float) -> Iterator[dict]:
+    def run(
+        self, vm: Vm, user_id: str, provider: str, argv: list[str], timeout: float
+    ) -> Iterator[dict]:
         """Run `argv` in the VM, yielding the agent's events; the exit event gains
         "credentials": "updated" when the run refreshed the tokens, which are then stored,
         and "refused": why, when the CLI failed because the provider refused them."""
         spec = providers.get(provider)
         env = {**self.vms.client_env(), **spec.quiet_env}
         tail = ""
-        with self.vms.agent(vm) as agent, agent.run(argv, env=env, provider=provider,
-                                                    timeout=timeout) as events:
+        with (
+            self.vms.agent(vm) as agent,
+            agent.run(argv, env=env, provider=provider, timeout=timeout) as events,
+        ):
             for event in events:
                 if event.get("event") == "output":
                     tail = (tail + event["data"])[-REFUSAL_WINDOW:]
@@ -110,8 +117,11 @@ class CliVms:
                     refused = spec.refused(tail) if event.get("exit_code") else None
                     if refused:
                         self._judge(vm, user_id, provider, refused)
-                    event = {**event, "credentials": "updated" if updated else "unchanged",
-                             "refused": refused}
+                    event = {
+                        **event,
+                        "credentials": "updated" if updated else "unchanged",
+                        "refused": refused,
+                    }
                 yield event
 
     def settle(self, vm: Vm, user_id: str, provider: str, digest: str | None) -> bool:
@@ -124,13 +134,20 @@ class CliVms:
             with self.vms.agent(vm) as agent:
                 pulled, digest = agent.read_credentials(provider)
             stored, info = self.credentials.current(user_id, provider)
-            files = {**stored, **{path: data for path, data in pulled.items()
-                                  if path in spec.rotating_files}}
+            files = {
+                **stored,
+                **{path: data for path, data in pulled.items() if path in spec.rotating_files},
+            }
             email, expires_at = spec.account(files)
             try:
                 new = self.credentials.put(
-                    user_id, provider, files, account_email=email or info.account_email,
-                    expires_at=expires_at, after_version=lease.version)
+                    user_id,
+                    provider,
+                    files,
+                    account_email=email or info.account_email,
+                    expires_at=expires_at,
+                    after_version=lease.version,
+                )
             except CredentialStale:
                 return False  # a new sign-in replaced them meanwhile; it goes in next time
             self.credentials.set_lease(user_id, provider, Lease(vm.id, new.version, digest))
@@ -168,8 +185,11 @@ class CliVms:
         assert spec.probe is not None
         _, expires_at = spec.account(self.credentials.files(user_id, provider))
         if expires_at is not None and expires_at - EXPIRY_MARGIN < datetime.now(UTC):
-            return Check(None, f"the access token expired at {expires_at.isoformat()}: only "
-                               "a refresh can tell, which the CLI makes on its next prompt")
+            return Check(
+                None,
+                f"the access token expired at {expires_at.isoformat()}: only "
+                "a refresh can tell, which the CLI makes on its next prompt",
+            )
         with self.vms.agent(vm) as agent:
             status, detail = agent.probe_credentials(provider, spec.probe.to_agent())
         if status is not None and 200 <= status < 300:
@@ -211,8 +231,13 @@ class CliVms:
         """Hibernate VMs idle past `idle_hibernate`, destroy those idle past `idle_destroy`."""
         now = utcnow()
         with self.vms.db.session() as s:
-            candidates = list(s.scalars(select(Vm).where(
-                Vm.user_id.is_not(None), Vm.state.in_((VmState.ready, VmState.hibernated)))))
+            candidates = list(
+                s.scalars(
+                    select(Vm).where(
+                        Vm.user_id.is_not(None), Vm.state.in_((VmState.ready, VmState.hibernated))
+                    )
+                )
+            )
         for vm in candidates:
             with self._lock(vm.user_id):
                 vm = self.vms.get(vm.id)
@@ -221,8 +246,9 @@ class CliVms:
                 idle = now - (vm.last_active_at or vm.created_at)
                 if idle > timedelta(seconds=self.settings.idle_destroy):
                     self.vms.destroy(vm.id)
-                elif vm.state == VmState.ready and \
-                        idle > timedelta(seconds=self.settings.idle_hibernate):
+                elif vm.state == VmState.ready and idle > timedelta(
+                    seconds=self.settings.idle_hibernate
+                ):
                     self.vms.hibernate(vm.id)
 
     # -- internals ---------------------------------------------------------------------------

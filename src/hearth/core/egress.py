@@ -48,12 +48,20 @@ def allowed_names(settings: Settings, provider: str, browser: bool) -> tuple[str
     return tuple(dict.fromkeys(p for p in map(normalize_pattern, names) if p not in denied))
 
 
-def connections(db: Database, vm_id: str | None = None, user_id: str | None = None,
-                verdict: str | None = None, limit: int = 100) -> list[EgressConnection]:
+def connections(
+    db: Database,
+    vm_id: str | None = None,
+    user_id: str | None = None,
+    verdict: str | None = None,
+    limit: int = 100,
+) -> list[EgressConnection]:
     """The audit, newest first, filtered by VM, user and verdict."""
     query = select(EgressConnection).order_by(EgressConnection.id.desc()).limit(limit)
-    for column, value in ((EgressConnection.vm_id, vm_id), (EgressConnection.user_id, user_id),
-                          (EgressConnection.verdict, verdict)):
+    for column, value in (
+        (EgressConnection.vm_id, vm_id),
+        (EgressConnection.user_id, user_id),
+        (EgressConnection.verdict, verdict),
+    ):
         if value is not None:
             query = query.where(column == value)
     with db.session() as s:
@@ -62,12 +70,24 @@ def connections(db: Database, vm_id: str | None = None, user_id: str | None = No
 
 def connection_view(c: EgressConnection) -> dict:
     """An audit row as the API and `hearth egress log --json` show it."""
-    return {"id": c.id, "started_at": c.started_at.isoformat(), "vm_id": c.vm_id,
-            "user_id": c.user_id, "provider": c.provider, "source": c.source,
-            "protocol": c.protocol, "name": c.name, "port": c.port, "verdict": c.verdict,
-            "reason": c.reason, "upstream": c.upstream, "address": c.address,
-            "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
-            "duration_seconds": c.duration_seconds}
+    return {
+        "id": c.id,
+        "started_at": c.started_at.isoformat(),
+        "vm_id": c.vm_id,
+        "user_id": c.user_id,
+        "provider": c.provider,
+        "source": c.source,
+        "protocol": c.protocol,
+        "name": c.name,
+        "port": c.port,
+        "verdict": c.verdict,
+        "reason": c.reason,
+        "upstream": c.upstream,
+        "address": c.address,
+        "bytes_up": c.bytes_up,
+        "bytes_down": c.bytes_down,
+        "duration_seconds": c.duration_seconds,
+    }
 
 
 class Policies:
@@ -91,30 +111,43 @@ class Policies:
 
     def lookup(self, address: str) -> EgressPolicy | None:
         with self.db.session() as s:
-            vm = s.scalar(select(Vm).join(IpLease, IpLease.vm_id == Vm.id)
-                          .where(IpLease.ip == address))
+            vm = s.scalar(
+                select(Vm).join(IpLease, IpLease.vm_id == Vm.id).where(IpLease.ip == address)
+            )
             if vm is None:
                 return None
             if vm.user_id is not None:  # a user's CLI VM: the providers they connected
-                connected = s.scalars(select(Credential.provider)
-                                      .where(Credential.user_id == vm.user_id))
-                rules = tuple((name, provider) for provider in sorted(set(connected))
-                              for name in allowed_names(self.settings, provider, False))
+                connected = s.scalars(
+                    select(Credential.provider).where(Credential.user_id == vm.user_id)
+                )
+                rules = tuple(
+                    (name, provider)
+                    for provider in sorted(set(connected))
+                    for name in allowed_names(self.settings, provider, False)
+                )
                 return EgressPolicy(vm.id, vm.user_id, rules)
-            session = s.scalar(select(AuthSession).where(
-                AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL)))
+            session = s.scalar(
+                select(AuthSession).where(
+                    AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL)
+                )
+            )
             if session is None:  # a browser VM serving no sign-in reaches nothing
                 return EgressPolicy(vm.id, None, ())
-            rules = tuple((name, session.provider)
-                          for name in allowed_names(self.settings, session.provider, True))
+            rules = tuple(
+                (name, session.provider)
+                for name in allowed_names(self.settings, session.provider, True)
+            )
             return EgressPolicy(vm.id, session.user_id, rules, session_id=session.id)
 
 
 class Audit:
     """Egress records queued by the proxy and responder, written by one thread in batches."""
 
-    def __init__(self, db: Database,
-                 on_upstream_error: Callable[[str, str], None] = lambda session, why: None):
+    def __init__(
+        self,
+        db: Database,
+        on_upstream_error: Callable[[str, str], None] = lambda session, why: None,
+    ):
         self.db = db
         self.on_upstream_error = on_upstream_error
         self._queue: queue.SimpleQueue[EgressRecord | None] = queue.SimpleQueue()
@@ -155,17 +188,30 @@ class Audit:
         proxy's thread shares the GIL). The last report of a record wins."""
         latest = {r.key: r for r in records}
         fresh = [_row(r) for key, r in latest.items() if key not in self._open]
-        ended = [{"b_key": key, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
-                  "duration_seconds": r.duration}
-                 for key, r in latest.items() if key in self._open]
+        ended = [
+            {
+                "b_key": key,
+                "bytes_up": r.bytes_up,
+                "bytes_down": r.bytes_down,
+                "duration_seconds": r.duration,
+            }
+            for key, r in latest.items()
+            if key in self._open
+        ]
         with self.db.session() as s:
             if fresh:
                 s.execute(insert(EgressConnection), fresh)
             if ended:
                 s.connection().execute(
-                    update(EgressConnection).where(EgressConnection.key == bindparam("b_key"))
-                    .values(bytes_up=bindparam("bytes_up"), bytes_down=bindparam("bytes_down"),
-                            duration_seconds=bindparam("duration_seconds")), ended)
+                    update(EgressConnection)
+                    .where(EgressConnection.key == bindparam("b_key"))
+                    .values(
+                        bytes_up=bindparam("bytes_up"),
+                        bytes_down=bindparam("bytes_down"),
+                        duration_seconds=bindparam("duration_seconds"),
+                    ),
+                    ended,
+                )
             s.commit()
         for key, r in latest.items():
             if r.duration is None:
@@ -175,28 +221,49 @@ class Audit:
 
 
 def _row(r: EgressRecord) -> dict:
-    return dict(key=r.key, started_at=r.started_at, vm_id=r.vm_id, user_id=r.user_id,
-                provider=r.provider, source=r.source, protocol=r.protocol, name=r.name,
-                port=r.port, verdict=str(r.verdict), reason=r.reason, upstream=r.upstream,
-                address=r.address, bytes_up=r.bytes_up, bytes_down=r.bytes_down,
-                duration_seconds=r.duration)
+    return dict(
+        key=r.key,
+        started_at=r.started_at,
+        vm_id=r.vm_id,
+        user_id=r.user_id,
+        provider=r.provider,
+        source=r.source,
+        protocol=r.protocol,
+        name=r.name,
+        port=r.port,
+        verdict=str(r.verdict),
+        reason=r.reason,
+        upstream=r.upstream,
+        address=r.address,
+        bytes_up=r.bytes_up,
+        bytes_down=r.bytes_down,
+        duration_seconds=r.duration,
+    )
 
 
 class Egress:
     """The DNS responder and the proxy, listening on the VMs' gateway for the controller."""
 
-    def __init__(self, settings: Settings, db: Database, network: VmNetwork,
-                 on_upstream_error: Callable[[str, str], None] = lambda session, why: None):
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        network: VmNetwork,
+        on_upstream_error: Callable[[str, str], None] = lambda session, why: None,
+    ):
         self.network = network
         self.audit = Audit(db, on_upstream_error)
         policies = Policies(settings, db)
-        upstreams = {provider: Upstream.parse(url)
-                     for provider, url in settings.upstream_proxies.items()}
+        upstreams = {
+            provider: Upstream.parse(url) for provider, url in settings.upstream_proxies.items()
+        }
         default = Upstream.parse(settings.upstream_proxy) if settings.upstream_proxy else None
-        dialer = Dialer(settings.egress_resolver, settings.egress_hosts,
-                        network.controller_addresses)
-        self.proxy = EgressProxy(policies, dialer, self.audit,
-                                 lambda provider: upstreams.get(provider, default))
+        dialer = Dialer(
+            settings.egress_resolver, settings.egress_hosts, network.controller_addresses
+        )
+        self.proxy = EgressProxy(
+            policies, dialer, self.audit, lambda provider: upstreams.get(provider, default)
+        )
         self.dns = DnsResponder(str(settings.gateway.ip), policies, self.audit)
         self._closers: list[Callable[[], object]] = []
 
@@ -204,10 +271,9 @@ class Egress:
         """Listen on the gateway (making the VM network if it is not there yet)."""
         await asyncio.to_thread(self.network.ensure)
         tls, http, dns_tcp, dns_udp = await asyncio.to_thread(
-            self.network.gateway_sockets, (("tcp", 443), ("tcp", 80), ("tcp", 53),
-                                           ("udp", 53)))
-        servers = [await self.proxy.serve(tls, tls=True),
-                   await self.proxy.serve(http, tls=False)]
+            self.network.gateway_sockets, (("tcp", 443), ("tcp", 80), ("tcp", 53), ("udp", 53))
+        )
+        servers = [await self.proxy.serve(tls, tls=True), await self.proxy.serve(http, tls=False)]
         transport, dns_server = await self.dns.serve(dns_udp, dns_tcp)
         servers.append(dns_server)
         self._closers = [transport.close, *(server.close for server in servers)]

@@ -59,10 +59,18 @@ class Prompts:
         if self.cli_vms.credentials.info(user_id, provider) is None:
             if not self.cli_vms.known(user_id):
                 raise UnknownUser(f"unknown user {user_id!r}")
-            raise NoCredentials(f"user {user_id!r} has no {provider} credentials: sign in "
-                                "first (POST /api/auth/start)")
-        record = Prompt(id=uuid.uuid4().hex, user_id=user_id, provider=provider, prompt=prompt,
-                        status=PromptStatus.running, output="")
+            raise NoCredentials(
+                f"user {user_id!r} has no {provider} credentials: sign in "
+                "first (POST /api/auth/start)"
+            )
+        record = Prompt(
+            id=uuid.uuid4().hex,
+            user_id=user_id,
+            provider=provider,
+            prompt=prompt,
+            status=PromptStatus.running,
+            output="",
+        )
         with self.db.session() as s:
             s.add(record)
             s.commit()
@@ -76,8 +84,14 @@ class Prompts:
 
     def history(self, user_id: str, limit: int = 50) -> list[Prompt]:
         with self.db.session() as s:
-            return list(s.scalars(select(Prompt).where(Prompt.user_id == user_id)
-                                  .order_by(Prompt.created_at.desc()).limit(limit)))
+            return list(
+                s.scalars(
+                    select(Prompt)
+                    .where(Prompt.user_id == user_id)
+                    .order_by(Prompt.created_at.desc())
+                    .limit(limit)
+                )
+            )
 
     def cancel(self, prompt_id: str, reason: str = "cancelled through the API") -> bool:
         """Stop a running prompt; False if it is not running here."""
@@ -96,11 +110,13 @@ class Prompts:
         """At start-up: prompts that were running under the last controller ended with it
         (their CLI stopped when its stream to that controller broke)."""
         with self.db.session() as s:
-            stale = list(s.scalars(select(Prompt.id).where(
-                Prompt.status == PromptStatus.running)))
+            stale = list(s.scalars(select(Prompt.id).where(Prompt.status == PromptStatus.running)))
         for prompt_id in stale:
-            self._finish(prompt_id, PromptStatus.failed, error="the controller restarted "
-                         "while the prompt ran")
+            self._finish(
+                prompt_id,
+                PromptStatus.failed,
+                error="the controller restarted while the prompt ran",
+            )
         return stale
 
     # -- the run -----------------------------------------------------------------------------
@@ -116,16 +132,24 @@ class Prompts:
             with self.cli_vms.using(record.user_id, record.provider) as vm:
                 self.db.update(Prompt, prompt_id, vm_id=vm.id)
                 self._live_of(prompt_id).vm_id = vm.id
-                for event in self.cli_vms.run(vm, record.user_id, record.provider,
-                                              spec.prompt_command(record.prompt),
-                                              self.settings.prompt_timeout):
+                for event in self.cli_vms.run(
+                    vm,
+                    record.user_id,
+                    record.provider,
+                    spec.prompt_command(record.prompt),
+                    self.settings.prompt_timeout,
+                ):
                     kind = event.get("event")
                     if kind == "started":
                         self._started(prompt_id, event["run_id"])
                     elif kind == "output":
                         if output.add(event["data"], time.monotonic() - started):
-                            self.db.update(Prompt, prompt_id, output=output.text,
-                                           first_output_seconds=output.first_at)
+                            self.db.update(
+                                Prompt,
+                                prompt_id,
+                                output=output.text,
+                                first_output_seconds=output.first_at,
+                            )
                         yield "output", {"stream": event["stream"], "data": event["data"]}
                     elif kind == "exit":
                         done = self._ended(prompt_id, event, output, time.monotonic() - started)
@@ -134,8 +158,9 @@ class Prompts:
             raise RuntimeError("the agent's stream ended before the CLI exited")
         except GeneratorExit:  # closed by its reader: nobody is left to read the output
             self.cancel(prompt_id, "the client disconnected")
-            self._finish(prompt_id, PromptStatus.cancelled, error="the client disconnected",
-                         output=output)
+            self._finish(
+                prompt_id, PromptStatus.cancelled, error="the client disconnected", output=output
+            )
             raise
         except Exception as e:  # noqa: BLE001 - any failure ends the prompt, with its reason
             reason = failure_reason(e)
@@ -166,21 +191,45 @@ class Prompts:
             status = PromptStatus.cancelled
         elif refused := exit_event.get("refused"):
             status = PromptStatus.failed
-            reason = (f"the provider refused the stored credentials ({refused}): the user "
-                      "must sign in again (POST /api/auth/start)")
+            reason = (
+                f"the provider refused the stored credentials ({refused}): the user "
+                "must sign in again (POST /api/auth/start)"
+            )
         else:
             status, reason = PromptStatus.completed, None
-        self._finish(prompt_id, status, output=output, exit_code=exit_event.get("exit_code"),
-                     error=reason, duration=seconds)
-        return {"prompt_id": prompt_id, "status": status, "exit_code": exit_event.get("exit_code"),
-                "duration": round(seconds, 3), "credentials": exit_event.get("credentials"),
-                **({"reason": reason} if reason else {})}
+        self._finish(
+            prompt_id,
+            status,
+            output=output,
+            exit_code=exit_event.get("exit_code"),
+            error=reason,
+            duration=seconds,
+        )
+        return {
+            "prompt_id": prompt_id,
+            "status": status,
+            "exit_code": exit_event.get("exit_code"),
+            "duration": round(seconds, 3),
+            "credentials": exit_event.get("credentials"),
+            **({"reason": reason} if reason else {}),
+        }
 
-    def _finish(self, prompt_id: str, status: PromptStatus, error: str | None = None,
-                output: _Output | None = None, exit_code: int | None = None,
-                duration: float | None = None) -> None:
-        fields = {"status": status, "error": error, "exit_code": exit_code,
-                  "duration_seconds": duration, "finished_at": utcnow()}
+    def _finish(
+        self,
+        prompt_id: str,
+        status: PromptStatus,
+        error: str | None = None,
+        output: _Output | None = None,
+        exit_code: int | None = None,
+        duration: float | None = None,
+    ) -> None:
+        fields = {
+            "status": status,
+            "error": error,
+            "exit_code": exit_code,
+            "duration_seconds": duration,
+            "finished_at": utcnow(),
+        }
         if output is not None:
             fields.update(output=output.text, first_output_seconds=output.first_at)
         self.db.update(Prompt, prompt_id, **fields)

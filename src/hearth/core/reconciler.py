@@ -31,8 +31,16 @@ class Report:
     directories: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not any((self.repaired, self.destroyed, self.taps, self.processes, self.leases,
-                        self.directories))
+        return not any(
+            (
+                self.repaired,
+                self.destroyed,
+                self.taps,
+                self.processes,
+                self.leases,
+                self.directories,
+            )
+        )
 
 
 def reconcile(vms: VmManager) -> Report:
@@ -43,12 +51,15 @@ def reconcile(vms: VmManager) -> Report:
             continue
         if busy_elsewhere(vm):
             live.add(vm.id)  # another Hearth process is running its plan
-        elif (vm.state == VmState.ready and vms.vmm_alive(vm)) or \
-                (vm.state == VmState.hibernated and vms.has_snapshot(vm)):
+        elif (vm.state == VmState.ready and vms.vmm_alive(vm)) or (
+            vm.state == VmState.hibernated and vms.has_snapshot(vm)
+        ):
             live.add(vm.id)
             report.adopted.append(vm.id)
-        elif vm.state in (VmState.hibernating, VmState.resuming) and \
-                (state := repair(vms, vm)) in (VmState.ready, VmState.hibernated):
+        elif vm.state in (VmState.hibernating, VmState.resuming) and (state := repair(vms, vm)) in (
+            VmState.ready,
+            VmState.hibernated,
+        ):
             live.add(vm.id)
             report.repaired[vm.id] = state
         else:

@@ -41,8 +41,9 @@ def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
         "qemu": QemuDriver(settings.qemu_accel, probe_cache=settings.home / "kvm-probe.json"),
         "firecracker": FirecrackerDriver(settings.firecracker_bin, settings.jailer_bin),
     }
-    return VmManager(settings, db or open_database(settings), VmNetwork.from_settings(settings),
-                     drivers)
+    return VmManager(
+        settings, db or open_database(settings), VmNetwork.from_settings(settings), drivers
+    )
 
 
 def controller(settings: Settings) -> Controller:
@@ -51,8 +52,9 @@ def controller(settings: Settings) -> Controller:
     credentials = CredentialStore(db, Keyring.from_settings(settings))
     cli_vms = CliVms(settings, vms, credentials)
     sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
-    return Controller(settings, db, vms, credentials, sessions, cli_vms,
-                      Prompts(settings, db, cli_vms))
+    return Controller(
+        settings, db, vms, credentials, sessions, cli_vms, Prompts(settings, db, cli_vms)
+    )
 
 
 def egress(ctl: Controller) -> Egress:

@@ -37,8 +37,15 @@ from hearth.store.models import Vm, VmState
 from hearth.vmm.base import BootImage, Driver, MachineSpec, VmmError, pid_alive, running_pid
 from hearth.waiting import wait_for
 
-LIVE_STATES = (VmState.requested, VmState.booting, VmState.ready, VmState.hibernating,
-               VmState.hibernated, VmState.resuming, VmState.stopping)
+LIVE_STATES = (
+    VmState.requested,
+    VmState.booting,
+    VmState.ready,
+    VmState.hibernating,
+    VmState.hibernated,
+    VmState.resuming,
+    VmState.stopping,
+)
 # States a plan passes through: the process running it (owner_pid) is the only one to act.
 IN_PROGRESS = (VmState.requested, VmState.booting, VmState.hibernating, VmState.resuming)
 # lsm=: the distribution kernel's security modules less "bpf". With the BPF LSM present,
@@ -59,8 +66,9 @@ class VmmExited(VmmError):
 
 
 class VmManager:
-    def __init__(self, settings: Settings, db: Database, network: VmNetwork,
-                 drivers: dict[str, Driver]):
+    def __init__(
+        self, settings: Settings, db: Database, network: VmNetwork, drivers: dict[str, Driver]
+    ):
         self.settings = settings
         self.db = db
         self.network = network
@@ -119,10 +127,18 @@ class VmManager:
             raise VmError(f"image {image!r} is not built (run: hearth image build {image})")
         vm_id = uuid.uuid4().hex[:12]
         with self.db.session() as s:
-            s.add(Vm(id=vm_id, image=image, vmm=self.settings.vmm,
-                     tap=tap_name(self.settings.tap_prefix, vm_id), netns=self.network.netns,
-                     agent_token=secrets.token_urlsafe(32), owner_pid=os.getpid(),
-                     user_id=user_id))
+            s.add(
+                Vm(
+                    id=vm_id,
+                    image=image,
+                    vmm=self.settings.vmm,
+                    tap=tap_name(self.settings.tap_prefix, vm_id),
+                    netns=self.network.netns,
+                    agent_token=secrets.token_urlsafe(32),
+                    owner_pid=os.getpid(),
+                    user_id=user_id,
+                )
+            )
             s.commit()
         self.resume_create(vm_id, on_step)
         return self.get(vm_id)
@@ -142,28 +158,46 @@ class VmManager:
 
         return [
             Step("lease-address", lambda: vm().ip is None, lambda: self._lease(vm_id)),
-            Step("lay-out-directory", lambda: not (self.workdir(vm_id) / "seed.img").exists(),
-                 lambda: self._lay_out(vm())),
+            Step(
+                "lay-out-directory",
+                lambda: not (self.workdir(vm_id) / "seed.img").exists(),
+                lambda: self._lay_out(vm()),
+            ),
             self._network_step(vm_id),
             Step("boot", lambda: not self.vmm_alive(vm()), lambda: self._boot(vm())),
-            Step("wait-for-agent", lambda: vm().state != VmState.ready,
-                 lambda: self._wait_for_boot(vm_id)),
-            Step("trust-cas", lambda: bool(self.settings.vm_ca_file) and
-                 vm().state != VmState.ready, lambda: self._trust_cas(vm())),
+            Step(
+                "wait-for-agent",
+                lambda: vm().state != VmState.ready,
+                lambda: self._wait_for_boot(vm_id),
+            ),
+            Step(
+                "trust-cas",
+                lambda: bool(self.settings.vm_ca_file) and vm().state != VmState.ready,
+                lambda: self._trust_cas(vm()),
+            ),
             self._record_ready_step(vm_id),
         ]
 
     def _network_step(self, vm_id: str) -> Step:
-        return Step("network", lambda: self.network.tap_state(self.get(vm_id).tap) is None,
-                    lambda: self._plug(self.get(vm_id)))
+        return Step(
+            "network",
+            lambda: self.network.tap_state(self.get(vm_id).tap) is None,
+            lambda: self._plug(self.get(vm_id)),
+        )
 
     def _wait_for_agent_step(self, vm_id: str) -> Step:
-        return Step("wait-for-agent", lambda: self.get(vm_id).state != VmState.ready,
-                    lambda: self._wait_for_agent(self.get(vm_id)))
+        return Step(
+            "wait-for-agent",
+            lambda: self.get(vm_id).state != VmState.ready,
+            lambda: self._wait_for_agent(self.get(vm_id)),
+        )
 
     def _record_ready_step(self, vm_id: str) -> Step:
-        return Step("record-ready", lambda: self.get(vm_id).state != VmState.ready,
-                    lambda: self._update(vm_id, state=VmState.ready))
+        return Step(
+            "record-ready",
+            lambda: self.get(vm_id).state != VmState.ready,
+            lambda: self._update(vm_id, state=VmState.ready),
+        )
 
     def client_env(self) -> dict[str, str]:
         """Environment for the CLIs run in a VM: where the extra CAs are, when there are."""
@@ -219,6 +253,7 @@ class VmManager:
         """Poll the agent's readiness until it answers, the VMM dies, or the deadline passes;
         record the seconds from the VMM's start (a boot or a restore) to that first answer."""
         with self.agent(vm) as agent:
+
             def answered() -> bool:
                 if not self.vmm_alive(vm):
                     raise VmmExited("the VMM process exited before the agent answered")
@@ -249,8 +284,12 @@ class VmManager:
         except StepFailed as e:
             # A snapshot that failed leaves the guest running: the VM is as ready as before.
             alive = self.vmm_alive(vm)
-            self._update(vm_id, state=VmState.ready if alive else VmState.failed,
-                         failed_step=e.step, error=str(e.cause))
+            self._update(
+                vm_id,
+                state=VmState.ready if alive else VmState.failed,
+                failed_step=e.step,
+                error=str(e.cause),
+            )
             raise self._failure(vm_id, e) from e
 
     def _hibernate_plan(self, vm_id: str) -> list[Step]:
@@ -260,10 +299,16 @@ class VmManager:
         return [
             self._mark(vm_id, VmState.hibernating),
             # A live VMM's guest is newer than any snapshot beside it, so it is always taken.
-            Step("snapshot", lambda: self.vmm_alive(vm()),
-                 lambda: self.drivers[vm().vmm].hibernate(self.spec(vm()))),
-            Step("record-hibernated", lambda: vm().state != VmState.hibernated,
-                 lambda: self._record_hibernated(vm())),
+            Step(
+                "snapshot",
+                lambda: self.vmm_alive(vm()),
+                lambda: self.drivers[vm().vmm].hibernate(self.spec(vm())),
+            ),
+            Step(
+                "record-hibernated",
+                lambda: vm().state != VmState.hibernated,
+                lambda: self._record_hibernated(vm()),
+            ),
         ]
 
     def _record_hibernated(self, vm: Vm) -> None:
@@ -299,12 +344,14 @@ class VmManager:
             self._network_step(vm_id),
             # While the snapshot is there no guest runs on from it: a VMM beside it is one
             # whose restore never finished, and is replaced.
-            Step("restore", lambda: self.has_snapshot(vm()) or not self.vmm_alive(vm()),
-                 lambda: self._restore(vm())),
+            Step(
+                "restore",
+                lambda: self.has_snapshot(vm()) or not self.vmm_alive(vm()),
+                lambda: self._restore(vm()),
+            ),
             self._wait_for_agent_step(vm_id),
             # The guest's clock stood still while it slept (tokens' expiry is judged by it).
-            Step("set-clock", lambda: vm().state != VmState.ready,
-                 lambda: self._set_clock(vm())),
+            Step("set-clock", lambda: vm().state != VmState.ready, lambda: self._set_clock(vm())),
             self._record_ready_step(vm_id),
         ]
 
@@ -323,8 +370,9 @@ class VmManager:
         to hibernated if the snapshot is still whole (no guest ran on from it), else failed."""
         vm = self.get(vm_id)
         self._stop_vmm(vm)
-        self._update(vm_id, pid=None,
-                     state=VmState.hibernated if self.has_snapshot(vm) else VmState.failed)
+        self._update(
+            vm_id, pid=None, state=VmState.hibernated if self.has_snapshot(vm) else VmState.failed
+        )
 
     def _require(self, vm: Vm, *states: VmState) -> None:
         """Refuse a VM in another state, or one another live Hearth process is working on."""
@@ -336,13 +384,18 @@ class VmManager:
     def _mark(self, vm_id: str, state: VmState) -> Step:
         """The step that puts the VM in `state`, owned by this process, forgetting the last
         attempt's failure."""
+
         def unmarked() -> bool:
             vm = self.get(vm_id)
             return (vm.state, vm.owner_pid) != (state, os.getpid())
 
-        return Step(f"mark-{state}", unmarked,
-                    lambda: self._update(vm_id, state=state, owner_pid=os.getpid(),
-                                         failed_step=None, error=None))
+        return Step(
+            f"mark-{state}",
+            unmarked,
+            lambda: self._update(
+                vm_id, state=state, owner_pid=os.getpid(), failed_step=None, error=None
+            ),
+        )
 
     # -- destroy ---------------------------------------------------------------------------
 
@@ -353,18 +406,36 @@ class VmManager:
             self._update(vm_id, state=VmState.stopping)
         run_plan(
             [
-                Step("stop-vmm", lambda: self.vmm_alive(self.get(vm_id)),
-                     lambda: self._stop_vmm(self.get(vm_id))),
-                Step("remove-tap", lambda: self.network.tap_state(vm.tap) is not None,
-                     lambda: self.network.remove_tap(vm.tap)),
-                Step("release-address", lambda: vm_id in self.pool.leases(),
-                     lambda: self.pool.release(vm_id)),
-                Step("keep-console", lambda: (self.workdir(vm_id) / "console.log").exists(),
-                     lambda: self._archive_console(vm_id)),
-                Step("remove-directory", lambda: self.workdir(vm_id).exists(),
-                     lambda: shutil.rmtree(self.workdir(vm_id))),
-                Step("record-destroyed", lambda: self.get(vm_id).state != VmState.destroyed,
-                     lambda: self._update(vm_id, state=VmState.destroyed, pid=None)),
+                Step(
+                    "stop-vmm",
+                    lambda: self.vmm_alive(self.get(vm_id)),
+                    lambda: self._stop_vmm(self.get(vm_id)),
+                ),
+                Step(
+                    "remove-tap",
+                    lambda: self.network.tap_state(vm.tap) is not None,
+                    lambda: self.network.remove_tap(vm.tap),
+                ),
+                Step(
+                    "release-address",
+                    lambda: vm_id in self.pool.leases(),
+                    lambda: self.pool.release(vm_id),
+                ),
+                Step(
+                    "keep-console",
+                    lambda: (self.workdir(vm_id) / "console.log").exists(),
+                    lambda: self._archive_console(vm_id),
+                ),
+                Step(
+                    "remove-directory",
+                    lambda: self.workdir(vm_id).exists(),
+                    lambda: shutil.rmtree(self.workdir(vm_id)),
+                ),
+                Step(
+                    "record-destroyed",
+                    lambda: self.get(vm_id).state != VmState.destroyed,
+                    lambda: self._update(vm_id, state=VmState.destroyed, pid=None),
+                ),
             ],
             on_step,
         )
@@ -398,8 +469,12 @@ class VmManager:
 
 def busy_elsewhere(vm: Vm) -> bool:
     """Whether another live Hearth process is running a plan on this VM (owner_pid)."""
-    return vm.state in IN_PROGRESS and vm.owner_pid is not None \
-        and vm.owner_pid != os.getpid() and pid_alive(vm.owner_pid)
+    return (
+        vm.state in IN_PROGRESS
+        and vm.owner_pid is not None
+        and vm.owner_pid != os.getpid()
+        and pid_alive(vm.owner_pid)
+    )
 
 
 def _hostname(vm_id: str) -> str:

@@ -285,9 +285,7 @@ def _page(status: int, **context: Any) -> Response:
     return Response(render_template_string(PAGE, **context), status, mimetype="text/html")
 
 
-def create_app(
-    issuer: str, users: dict[str, str], token_ttl: int = ACCESS_TOKEN_LIFETIME
-) -> Flask:
+def create_app(issuer: str, users: dict[str, str], token_ttl: int = ACCESS_TOKEN_LIFETIME) -> Flask:
     """The provider for `issuer` with `users` (e-mail -> password) and the hearth-demo-cli
     client, with a signing key generated now (so it lives as long as the app). Access tokens
     last `token_ttl` seconds: a short one lets a demo show a CLI refreshing its token."""

@@ -473,9 +473,7 @@ def open_url(agent: Agent, request: Request) -> Response:
     try:
         agent.logins.open_url(url)
     except (OSError, RuntimeError) as e:
-        raise HttpError(
-            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot open Firefox: {e}"
-        ) from None
+        raise HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot open Firefox: {e}") from None
     log("opened a URL in Firefox")
     return Response({"opened": True})
 

@@ -115,8 +115,7 @@ def answer(prompt: str, path: Path) -> None:
     emit(INIT)
     info, refreshed = signed_in(path)
     lines = [
-        {"type": "account", "email": info["email"], "sub": info.get("sub"),
-         "refreshed": refreshed},
+        {"type": "account", "email": info["email"], "sub": info.get("sub"), "refreshed": refreshed},
         {"type": "assistant", "prompt_chars": len(prompt), "text": REPLY},
         *({"type": "assistant", "text": word} for word in prompt.split()),
         {"type": "result", "ok": True},

@@ -113,8 +113,11 @@ class Firefox:
             if override or (running and self._bus is not None):
                 # The test's recorder, or Firefox's remoting into the running instance (a new
                 # tab): either ends at once; reap it.
-                argv = [*shlex.split(override), url] if override else [
-                    FIREFOX, "--profile", str(self.profile), url]
+                argv = (
+                    [*shlex.split(override), url]
+                    if override
+                    else [FIREFOX, "--profile", str(self.profile), url]
+                )
                 threading.Thread(target=self._spawn(argv).wait, daemon=True).start()
             else:
                 if running:  # no bus to hand the URL over: restart on it, same profile
@@ -151,8 +154,14 @@ class Firefox:
         socket = self.profile.with_name(f"{self.profile.name}.bus")
         try:
             bus = subprocess.Popen(
-                ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1",
-                 f"--address=unix:path={socket}"],
+                [
+                    "dbus-daemon",
+                    "--session",
+                    "--nofork",
+                    "--nopidfile",
+                    "--print-address=1",
+                    f"--address=unix:path={socket}",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -174,20 +183,25 @@ class Firefox:
         painted: with no window manager, Firefox may resize itself after it maps."""
         deadline = time.monotonic() + WINDOW_WAIT
         while process.poll() is None and time.monotonic() < deadline:
-            found = (_xdotool(self.env, "search", "--onlyvisible", "--class", "firefox")
-                     or "").split()
+            found = (
+                _xdotool(self.env, "search", "--onlyvisible", "--class", "firefox") or ""
+            ).split()
             display = (_xdotool(self.env, "getdisplaygeometry") or "").split()
             if found and len(display) == 2:
                 window = found[0]
                 shell = _xdotool(self.env, "getwindowgeometry", "--shell", window) or ""
                 geometry = dict(line.split("=", 1) for line in shell.split() if "=" in line)
-                fits = [geometry.get(k) for k in ("X", "Y", "WIDTH", "HEIGHT")] == \
-                    ["0", "0", *display]
+                fits = [geometry.get(k) for k in ("X", "Y", "WIDTH", "HEIGHT")] == [
+                    "0",
+                    "0",
+                    *display,
+                ]
                 if fits and is_ready(window_title(self.env)):
                     return
                 if not fits:
-                    _xdotool(self.env, "windowmove", window, "0", "0",
-                             "windowsize", window, *display)
+                    _xdotool(
+                        self.env, "windowmove", window, "0", "0", "windowsize", window, *display
+                    )
             if self._closed.wait(WINDOW_POLL):
                 return
 

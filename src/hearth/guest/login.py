@@ -494,14 +494,19 @@ class LoginSession:
                     self._stop("signed in", now)
                 elif now - self._started > self.spec.login_timeout:
                     self.error = self._with_screen(
-                        f"no sign-in within {self.spec.login_timeout:g}s")
+                        f"no sign-in within {self.spec.login_timeout:g}s"
+                    )
                     self._stop("timed out", now)
-                elif (self.printed_url is None and self.browser_url is None
-                      and now - self._started > self.spec.url_timeout):
+                elif (
+                    self.printed_url is None
+                    and self.browser_url is None
+                    and now - self._started > self.spec.url_timeout
+                ):
                     # A question the spec does not answer, or a hang: fail now, not at
                     # login_timeout, and show what the CLI was asking.
                     self.error = self._with_screen(
-                        f"the CLI showed no sign-in URL within {self.spec.url_timeout:g}s")
+                        f"the CLI showed no sign-in URL within {self.spec.url_timeout:g}s"
+                    )
                     self._stop("no sign-in URL", now)
             elif now > self._stop_deadline and not self._killed:
                 assert self._process is not None

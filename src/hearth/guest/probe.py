@@ -51,14 +51,19 @@ class ProbeSpec:
             raise ProbeError('"token_file" must be a path under HOME')
         headers = data.get("headers", {})
         if not isinstance(headers, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
             raise ProbeError('"headers" must map strings to strings')
         file_headers = data.get("file_headers", {})
         if not isinstance(file_headers, dict):
             raise ProbeError('"file_headers" must map header names to key paths')
-        return cls(url, token_file, _key_path(data.get("token_path"), "token_path"),
-                   {name: _key_path(path, f"file_headers.{name}")
-                    for name, path in file_headers.items()}, dict(headers))
+        return cls(
+            url,
+            token_file,
+            _key_path(data.get("token_path"), "token_path"),
+            {name: _key_path(path, f"file_headers.{name}") for name, path in file_headers.items()},
+            dict(headers),
+        )
 
 
 def _key_path(value: Any, name: str) -> tuple[str, ...]:
@@ -88,8 +93,9 @@ def probe(spec: ProbeSpec, files: dict[str, bytes], cafile: str | None = None) -
         raise ProbeError(f"{spec.token_file} is not JSON") from None
     token = _lookup(document, spec.token_path, spec.token_file)
     headers = {**spec.headers, "Authorization": f"Bearer {token}"}
-    headers.update({name: _lookup(document, path, spec.token_file)
-                    for name, path in spec.file_headers.items()})
+    headers.update(
+        {name: _lookup(document, path, spec.token_file) for name, path in spec.file_headers.items()}
+    )
     context = ssl.create_default_context(cafile=cafile)
     request = urllib.request.Request(spec.url, headers=headers, method="GET")
     try:

@@ -41,31 +41,64 @@ ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and log
 # disposable VM runs no package maintenance, debug filesystems or binfmt handlers, and
 # rebuilds no caches.
 HEARTH_BOOT_MASKED = [
-    "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udev-settle.service",
-    "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
-    "systemd-udev-load-credentials.service", "serial-getty@ttyS0.service",
-    "systemd-journal-flush.service", "systemd-random-seed.service", "systemd-sysusers.service",
-    "systemd-update-utmp.service", "systemd-networkd-persistent-storage.service",
-    "systemd-networkd-wait-online.service", "systemd-network-generator.service",
-    "getty@tty1.service", "getty-static.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-    "dpkg-db-backup.timer", "fstrim.timer", "systemd-pstore.service",
-    "modprobe@drm.service", "modprobe@efi_pstore.service", "modprobe@fuse.service",
-    "modprobe@configfs.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
-    "sys-kernel-config.mount", "sys-fs-fuse-connections.mount", "dev-hugepages.mount",
-    "dev-mqueue.mount", "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
-    "ldconfig.service", "systemd-journal-catalog-update.service",
-    "systemd-update-done.service", "systemd-hwdb-update.service",
-    "systemd-remount-fs.service", "systemd-modules-load.service", "kmod-static-nodes.service",
-    "systemd-tmpfiles-setup-dev-early.service", "systemd-tmpfiles-setup-dev.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-udev-settle.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-load-credentials.service",
+    "serial-getty@ttyS0.service",
+    "systemd-journal-flush.service",
+    "systemd-random-seed.service",
+    "systemd-sysusers.service",
+    "systemd-update-utmp.service",
+    "systemd-networkd-persistent-storage.service",
+    "systemd-networkd-wait-online.service",
+    "systemd-network-generator.service",
+    "getty@tty1.service",
+    "getty-static.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+    "systemd-pstore.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@configfs.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "systemd-binfmt.service",
+    "ldconfig.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-update-done.service",
+    "systemd-hwdb-update.service",
+    "systemd-remount-fs.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev-early.service",
+    "systemd-tmpfiles-setup-dev.service",
 ]
 # systemd runs every generator before it starts anything; a Hearth VM needs none. (No TPM,
 # GPT auto-mounts, hibernation, SysV scripts, rc.local, gettys or SSH sockets; the initrd
 # mounts the root, the only file system in fstab.)
 HEARTH_BOOT_MASKED_GENERATORS = [
-    "systemd-debug-generator", "systemd-fstab-generator", "systemd-getty-generator",
-    "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
-    "systemd-rc-local-generator", "systemd-run-generator", "systemd-ssh-generator",
-    "systemd-system-update-generator", "systemd-sysv-generator", "systemd-tpm2-generator",
+    "systemd-debug-generator",
+    "systemd-fstab-generator",
+    "systemd-getty-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-ssh-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-tpm2-generator",
 ]
 
 Progress = Callable[[str], None]
@@ -80,8 +113,12 @@ class BuildResult:
 
 
 class ImageBuilder:
-    def __init__(self, settings: Settings, progress: Progress = lambda step: None,
-                 guest_dir: Path = GUEST_DIR):
+    def __init__(
+        self,
+        settings: Settings,
+        progress: Progress = lambda step: None,
+        guest_dir: Path = GUEST_DIR,
+    ):
         self.settings = settings
         self.progress = progress
         self.guest_dir = guest_dir  # what goes into the guest layer (another copy in benches)
@@ -91,14 +128,21 @@ class ImageBuilder:
 
     def keys(self, recipe: recipes.Recipe) -> dict[str, str]:
         s = self.settings
-        base = key_of("base", s.suite, s.mirror, s.components, recipes.BASE_PACKAGES,
-                      recipes.kernel_package(s.mirror))
+        base = key_of(
+            "base",
+            s.suite,
+            s.mirror,
+            s.components,
+            recipes.BASE_PACKAGES,
+            recipes.kernel_package(s.mirror),
+        )
         packages = key_of("packages", base, recipe.packages, recipe.npm)
         # The guest layer and the image also depend on the builder's own code (unit masks,
         # initrd, ext4): a change there rebuilds them, never the slow layers below.
         builder = tree_digest(IMAGE_CODE_DIR)
-        guest = key_of("guest", packages, recipe.guest_trees, recipe.boot,
-                       tree_digest(self.guest_dir), builder)
+        guest = key_of(
+            "guest", packages, recipe.guest_trees, recipe.boot, tree_digest(self.guest_dir), builder
+        )
         image = key_of("image", guest, builder)
         return {"base": base, "packages": packages, "guest": guest, "image": image}
 
@@ -107,8 +151,11 @@ class ImageBuilder:
         keys = self.keys(recipe)
         out = self.settings.images_dir / name
         current = read_manifest(out)
-        if not force and current and current.get("inputs") == keys["image"] and all(
-            (out / a).is_file() for a in ARTEFACTS
+        if (
+            not force
+            and current
+            and current.get("inputs") == keys["image"]
+            and all((out / a).is_file() for a in ARTEFACTS)
         ):
             self.progress(f"{name}: up to date ({keys['image']})")
             return BuildResult(name, out, current, rebuilt=False)
@@ -117,10 +164,18 @@ class ImageBuilder:
         self.layers.clean_partial()
         self._preflight(recipe, keys)
         base = self._layer("base", keys["base"], [], self._debootstrap)
-        packages = self._layer(f"packages-{name}", keys["packages"], [base],
-                               lambda tree: self._install_packages(tree, recipe))
-        guest = self._layer(f"guest-{name}", keys["guest"], [packages, base],
-                            lambda tree: self._install_guest(tree, recipe))
+        packages = self._layer(
+            f"packages-{name}",
+            keys["packages"],
+            [base],
+            lambda tree: self._install_packages(tree, recipe),
+        )
+        guest = self._layer(
+            f"guest-{name}",
+            keys["guest"],
+            [packages, base],
+            lambda tree: self._install_guest(tree, recipe),
+        )
         self.progress(f"{name}: writing kernel, initrd and ext4 root filesystem")
         partial = self.settings.images_dir / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -183,20 +238,37 @@ class ImageBuilder:
     def _debootstrap(self, tree: Path) -> None:
         s = self.settings
         include = ",".join((*recipes.BASE_PACKAGES, recipes.kernel_package(s.mirror)))
-        run(["debootstrap", "--variant=minbase", f"--components={s.components}",
-             f"--include={include}", s.suite, str(tree), s.mirror], "debootstrap")
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--components={s.components}",
+                f"--include={include}",
+                s.suite,
+                str(tree),
+                s.mirror,
+            ],
+            "debootstrap",
+        )
         with chroot(tree) as sh:
             sh("apt-get clean", "apt clean")
 
     def _install_packages(self, tree: Path, recipe: recipes.Recipe) -> None:
         with chroot(tree) as sh:
             if recipe.packages:
-                sh("apt-get update -q && apt-get install -y -q --no-install-recommends "
-                   + " ".join(recipe.packages) + " && apt-get clean && rm -rf /var/lib/apt/lists/*",
-                   f"apt-get install for {recipe.name}")
+                sh(
+                    "apt-get update -q && apt-get install -y -q --no-install-recommends "
+                    + " ".join(recipe.packages)
+                    + " && apt-get clean && rm -rf /var/lib/apt/lists/*",
+                    f"apt-get install for {recipe.name}",
+                )
             if recipe.npm:
-                sh("npm install -g --no-audit --no-fund " + " ".join(recipe.npm)
-                   + " && rm -rf /root/.npm", f"npm install for {recipe.name}")
+                sh(
+                    "npm install -g --no-audit --no-fund "
+                    + " ".join(recipe.npm)
+                    + " && rm -rf /root/.npm",
+                    f"npm install for {recipe.name}",
+                )
 
     def _install_guest(self, tree: Path, recipe: recipes.Recipe) -> None:
         lib = tree / "usr/lib/hearth"
@@ -221,8 +293,11 @@ class ImageBuilder:
                 for name in HEARTH_BOOT_MASKED_GENERATORS:
                     (generators / name).symlink_to("/dev/null")
             sh("python3 -m compileall -q /usr/lib/hearth", "byte-compile the agent")
-            sh("rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
-               " && passwd -l root >/dev/null && rm -rf /etc/netplan", "finish the guest layer")
+            sh(
+                "rm -f /etc/machine-id /var/lib/dbus/machine-id && : > /etc/machine-id"
+                " && passwd -l root >/dev/null && rm -rf /etc/netplan",
+                "finish the guest layer",
+            )
 
     # -- artefacts -------------------------------------------------------------------------
 
@@ -235,8 +310,20 @@ class ImageBuilder:
         else:
             shutil.copyfile(tree / "boot" / f"initrd.img-{kernel_version}", out / "initrd")
         size_mib = _tree_mib(tree) * 5 // 4 + ROOTFS_HEADROOM_MIB
-        run(["mkfs.ext4", "-q", "-F", "-L", "hearth-root", "-d", str(tree),
-             str(out / "rootfs.ext4"), f"{size_mib}M"], "mkfs.ext4")
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "hearth-root",
+                "-d",
+                str(tree),
+                str(out / "rootfs.ext4"),
+                f"{size_mib}M",
+            ],
+            "mkfs.ext4",
+        )
         return _versions(tree, kernel_version)
 
     def _manifest(self, recipe, keys, out: Path, versions: dict, started: float) -> dict:
@@ -247,8 +334,9 @@ class ImageBuilder:
             "suite": self.settings.suite,
             "mirror": self.settings.mirror,
             "boot": recipe.boot,
-            "artefacts": {a: {"sha256": _sha256(out / a), "size": (out / a).stat().st_size}
-                          for a in ARTEFACTS},
+            "artefacts": {
+                a: {"sha256": _sha256(out / a), "size": (out / a).stat().st_size} for a in ARTEFACTS
+            },
             "versions": versions,
             "build_seconds": round(time.monotonic() - started, 1),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

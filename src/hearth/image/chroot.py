@@ -63,8 +63,11 @@ def chroot(root: Path) -> Iterator[ChrootRunner]:
         ):
             path = root / target
             path.mkdir(exist_ok=True)
-            argv = ["mount", *opts, source, str(path)] if fstype is None else [
-                "mount", "-t", fstype, source, str(path)]
+            argv = (
+                ["mount", *opts, source, str(path)]
+                if fstype is None
+                else ["mount", "-t", fstype, source, str(path)]
+            )
             run(argv, f"mount {target} in the build tree")
             mounts.append(path)
             if fstype is None:

@@ -18,7 +18,12 @@ import zstandard
 # and virtio-rng: without the host's entropy the kernel's random pool takes seconds to
 # initialise under emulation, and every early Python that imports `random` blocks on it.
 WANTED_MODULES = (
-    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "crc32c_generic",
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "crc32c_generic",
     "ext4",
 )
 
@@ -140,8 +145,21 @@ class _Cpio:
 
     def _add(self, name: str, data: bytes, mode: int, nlink: int = 1, ino: int | None = None):
         encoded = name.encode() + b"\0"
-        fields = [ino if ino is not None else self._ino, mode, 0, 0, nlink, 0, len(data),
-                  0, 0, 0, 0, len(encoded), 0]
+        fields = [
+            ino if ino is not None else self._ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            len(data),
+            0,
+            0,
+            0,
+            0,
+            len(encoded),
+            0,
+        ]
         self._ino += 1
         header = b"070701" + b"".join(b"%08X" % f for f in fields)
         self._parts += [header, encoded, _pad(len(header) + len(encoded)), data, _pad(len(data))]

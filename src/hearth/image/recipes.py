@@ -10,8 +10,15 @@ from hearth.providers import versions
 # Every image: systemd, the agent's Python, iproute2 for the network bootstrap, busybox for
 # the small initrd. The kernel package depends on the suite (see kernel_package()).
 BASE_PACKAGES = (
-    "systemd", "systemd-sysv", "udev", "python3", "iproute2", "iputils-ping",
-    "ca-certificates", "busybox-static", "procps",
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "python3",
+    "iproute2",
+    "iputils-ping",
+    "ca-certificates",
+    "busybox-static",
+    "procps",
 )
 
 # The three CLIs, pinned once in hearth.providers.versions (their specs read the same pins).
@@ -22,8 +29,14 @@ NODE_PACKAGES = ("nodejs", "npm", "git", "curl")
 
 # dbus-daemon: Firefox hands a URL to its running instance over a session bus.
 BROWSER_PACKAGES = (
-    "firefox-esr", "tigervnc-standalone-server", "tigervnc-tools", "xdotool", "x11-utils",
-    "fonts-dejavu-core", "fonts-liberation", "dbus-daemon",
+    "firefox-esr",
+    "tigervnc-standalone-server",
+    "tigervnc-tools",
+    "xdotool",
+    "x11-utils",
+    "fonts-dejavu-core",
+    "fonts-liberation",
+    "dbus-daemon",
 )
 
 
@@ -42,8 +55,13 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("browser", NODE_PACKAGES + BROWSER_PACKAGES, CLI_PACKAGES,
-               ("hearth-boot", "browser"), min_free_gib=10),
+        Recipe(
+            "browser",
+            NODE_PACKAGES + BROWSER_PACKAGES,
+            CLI_PACKAGES,
+            ("hearth-boot", "browser"),
+            min_free_gib=10,
+        ),
         Recipe("cli", NODE_PACKAGES, CLI_PACKAGES, ("hearth-boot",), min_free_gib=8),
         Recipe("baseline", (), (), ("stock-boot",), boot="stock", min_free_gib=4),
     )

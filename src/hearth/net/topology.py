@@ -43,8 +43,15 @@ class VmNetwork:
 
     @classmethod
     def from_settings(cls, s: Settings) -> VmNetwork:
-        return cls(s.netns, s.bridge, s.gateway, ipaddress.IPv4Network(s.link_cidr),
-                   s.tap_prefix, (AGENT_PORT, VNC_PORT), s.controller_netns)
+        return cls(
+            s.netns,
+            s.bridge,
+            s.gateway,
+            ipaddress.IPv4Network(s.link_cidr),
+            s.tap_prefix,
+            (AGENT_PORT, VNC_PORT),
+            s.controller_netns,
+        )
 
     @property
     def vm_netns(self) -> str:
@@ -93,8 +100,11 @@ class VmNetwork:
                 for index in ip.link_lookup(ifname=self.bridge):
                     ip.link("del", index=index)
             for family in ("inet", "bridge"):
-                subprocess.run([*nsenter(self.controller_netns), "nft", "delete", "table",
-                                family, "hearth"], check=False, capture_output=True)
+                subprocess.run(
+                    [*nsenter(self.controller_netns), "nft", "delete", "table", family, "hearth"],
+                    check=False,
+                    capture_output=True,
+                )
 
     def exists(self) -> bool:
         if not self._netns_exists():
@@ -115,8 +125,9 @@ class VmNetwork:
                 stack.callback(netns.popns)
             try:
                 for kind, port in wanted:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp"
-                                         else socket.SOCK_DGRAM)
+                    sock = socket.socket(
+                        socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+                    )
                     made.append(sock)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.bind((str(self.gateway.ip), port))
@@ -133,8 +144,7 @@ class VmNetwork:
         """Every address of the controller's namespace: the host itself, which no VM may
         reach through egress whatever the name it uses."""
         with self._controller_side() as ip:
-            return frozenset(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-                             for a in ip.get_addr())
+            return frozenset(ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr())
 
     # -- TAPs --------------------------------------------------------------------------------
 
@@ -151,28 +161,37 @@ class VmNetwork:
     def bind_port(self, name: str, mac: str, address: str) -> None:
         """Let bridge port `name` pass frames from `mac` with `address` (and nothing else)."""
         element = f'{{ "{name}" . {mac} . {ipaddress.IPv4Address(address)} }}'
-        self._exec(["nft", "add", "element", "bridge", "hearth", "ports", element],
-                   f"binding {name} to {address}")
+        self._exec(
+            ["nft", "add", "element", "bridge", "hearth", "ports", element],
+            f"binding {name} to {address}",
+        )
 
     def remove_tap(self, name: str) -> None:
         with self._vm_side() as ip:
             for index in ip.link_lookup(ifname=name):
                 ip.link("del", index=index)
         for element in self._bindings(name):
-            self._exec(["nft", "delete", "element", "bridge", "hearth", "ports", element],
-                       f"unbinding {name}")
+            self._exec(
+                ["nft", "delete", "element", "bridge", "hearth", "ports", element],
+                f"unbinding {name}",
+            )
 
     def _bindings(self, name: str) -> list[str]:
         if not self._netns_exists():
             return []
-        listed = subprocess.run([*nsenter(self.vm_netns), "nft", "-j", "list", "set",
-                                 "bridge", "hearth", "ports"], capture_output=True, text=True)
+        listed = subprocess.run(
+            [*nsenter(self.vm_netns), "nft", "-j", "list", "set", "bridge", "hearth", "ports"],
+            capture_output=True,
+            text=True,
+        )
         if listed.returncode != 0:  # no table yet: nothing is bound
             return []
         sets = [item["set"] for item in json.loads(listed.stdout)["nftables"] if "set" in item]
-        return [f'{{ "{port}" . {mac} . {address} }}'
-                for port, mac, address in (e["concat"] for s in sets for e in s.get("elem", []))
-                if port == name]
+        return [
+            f'{{ "{port}" . {mac} . {address} }}'
+            for port, mac, address in (e["concat"] for s in sets for e in s.get("elem", []))
+            if port == name
+        ]
 
     def taps(self) -> list[str]:
         """Every TAP with Hearth's prefix, whether or not a VM still owns it."""
@@ -212,8 +231,9 @@ class VmNetwork:
         with self._controller_side() as ip:
             if not ip.link_lookup(ifname=self.veth_controller):
                 self._remove_stale_vm_end()
-                ip.link("add", ifname=self.veth_controller, kind="veth",
-                        peer={"ifname": self.veth_vms})
+                ip.link(
+                    "add", ifname=self.veth_controller, kind="veth", peer={"ifname": self.veth_vms}
+                )
                 peer = _index(ip, self.veth_vms)
                 ip.link("set", index=peer, net_ns_fd=self.netns)
             index = _index(ip, self.veth_controller)
@@ -233,8 +253,9 @@ class VmNetwork:
                 ip.link("del", index=index)
 
     def _exec(self, argv: list[str], what: str, stdin: str | None = None) -> None:
-        proc = subprocess.run(nsenter(self.vm_netns) + argv, input=stdin, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            nsenter(self.vm_netns) + argv, input=stdin, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise NetworkError(f"{what} failed: {proc.stderr.strip()}")
 
@@ -278,8 +299,11 @@ def _ensure_link(ip: IPRoute, name: str, **kwargs) -> int:
 
 def _index(ip: IPRoute, name: str) -> int:
     """The link's index; a link just created or moved can take a moment to be listed."""
-    return wait_for(lambda: next(iter(ip.link_lookup(ifname=name)), None), timeout=5,
-                    what=f"network link {name}")
+    return wait_for(
+        lambda: next(iter(ip.link_lookup(ifname=name)), None),
+        timeout=5,
+        what=f"network link {name}",
+    )
 
 
 def _ensure_addr(ip: IPRoute, index: int, iface: ipaddress.IPv4Interface) -> None:

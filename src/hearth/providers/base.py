@@ -59,8 +59,14 @@ class EgressHosts:
 # reCAPTCHA on www.google.com when Google challenges a sign-in), known from the page, not
 # checkable offline: Gemini CLI's sign-in, and "sign in with Google" for the providers that
 # offer it (settings.google_sso). Its client logging (play.google.com) is left out.
-GOOGLE_SIGN_IN = ("accounts.google.com", "ssl.gstatic.com", "www.gstatic.com",
-                  "fonts.gstatic.com", "fonts.googleapis.com", "www.google.com")
+GOOGLE_SIGN_IN = (
+    "accounts.google.com",
+    "ssl.gstatic.com",
+    "www.gstatic.com",
+    "fonts.gstatic.com",
+    "fonts.googleapis.com",
+    "www.google.com",
+)
 
 
 @dataclass(frozen=True)
@@ -91,9 +97,13 @@ class Probe:
     file_headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_agent(self) -> dict[str, Any]:
-        return {"url": self.url, "token_file": self.token_file,
-                "token_path": list(self.token_path), "headers": dict(self.headers),
-                "file_headers": {name: list(path) for name, path in self.file_headers.items()}}
+        return {
+            "url": self.url,
+            "token_file": self.token_file,
+            "token_path": list(self.token_path),
+            "headers": dict(self.headers),
+            "file_headers": {name: list(path) for name, path in self.file_headers.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -191,8 +201,9 @@ class ProviderSpec:
         values = (*self.login_argv, *self.login_env.values())
         return {name for value in values for name in PLACEHOLDER.findall(value)}
 
-    def to_agent(self, params: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def to_agent(
+        self, params: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """The JSON the agent's POST /login takes, placeholders filled from `params`, with
         `env` (the VM's, for every CLI) under the spec's own environment."""
         params = dict(params or {})
@@ -209,8 +220,11 @@ class ProviderSpec:
             "name": self.name,
             "cli_version": self.cli_version,
             "login_argv": [fill(arg) for arg in self.login_argv],
-            "login_env": {**(env or {}), **self.quiet_env,
-                          **{key: fill(value) for key, value in self.login_env.items()}},
+            "login_env": {
+                **(env or {}),
+                **self.quiet_env,
+                **{key: fill(value) for key, value in self.login_env.items()},
+            },
             "clean_env": self.clean_env,
             "url_pattern": self.url_pattern,
             "browser_url_preferred": self.browser_url_preferred,

@@ -137,25 +137,61 @@ def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
 
 
 API, TOKEN = "https://api.anthropic.com", "https://platform.claude.com/v1/oauth/token"
-TOKEN_READS = ("access_token", "refresh_token", "expires_in", "scope", "account.uuid",
-               "account.email_address", "organization.uuid")
-PROFILE = Call("login", "GET", f"{API}/api/oauth/profile", needed=False,
-               reads=("account.uuid", "account.email", "organization.uuid",
-                      "organization.organization_type", "organization.rate_limit_tier"))
+TOKEN_READS = (
+    "access_token",
+    "refresh_token",
+    "expires_in",
+    "scope",
+    "account.uuid",
+    "account.email_address",
+    "organization.uuid",
+)
+PROFILE = Call(
+    "login",
+    "GET",
+    f"{API}/api/oauth/profile",
+    needed=False,
+    reads=(
+        "account.uuid",
+        "account.email",
+        "organization.uuid",
+        "organization.organization_type",
+        "organization.rate_limit_tier",
+    ),
+)
 # docs/contracts/claude_code.md: 1.1-1.3 (login), 2 (prompt, with QUIET_ENV), 3 (refresh).
 CONTRACT = (
-    Call("login", "POST", TOKEN, sends=("client_id", "code", "code_verifier", "grant_type",
-                                        "redirect_uri", "state"), reads=TOKEN_READS),
+    Call(
+        "login",
+        "POST",
+        TOKEN,
+        sends=("client_id", "code", "code_verifier", "grant_type", "redirect_uri", "state"),
+        reads=TOKEN_READS,
+    ),
     PROFILE,
-    Call("login", "GET", f"{API}/api/oauth/claude_cli/roles", needed=False,
-         reads=("organization_role", "workspace_role", "organization_name")),
+    Call(
+        "login",
+        "GET",
+        f"{API}/api/oauth/claude_cli/roles",
+        needed=False,
+        reads=("organization_role", "workspace_role", "organization_name"),
+    ),
     # At start, unless the cached profile is complete and under a day old.
     Call("prompt", "GET", f"{API}/api/oauth/profile", needed=False, reads=PROFILE.reads),
-    Call("prompt", "POST", f"{API}/v1/messages",
-         sends=("max_tokens", "messages", "metadata", "model", "stream", "system"),
-         reads=("message_start", "content_block_delta", "message_delta", "message_stop")),
-    Call("refresh", "POST", TOKEN, sends=("client_id", "grant_type", "refresh_token", "scope"),
-         reads=TOKEN_READS),
+    Call(
+        "prompt",
+        "POST",
+        f"{API}/v1/messages",
+        sends=("max_tokens", "messages", "metadata", "model", "stream", "system"),
+        reads=("message_start", "content_block_delta", "message_delta", "message_stop"),
+    ),
+    Call(
+        "refresh",
+        "POST",
+        TOKEN,
+        sends=("client_id", "grant_type", "refresh_token", "scope"),
+        reads=TOKEN_READS,
+    ),
 )
 
 SPEC = ProviderSpec(
@@ -169,16 +205,26 @@ SPEC = ProviderSpec(
     success_markers=(r"Login successful\.",),
     account_info=account_info,
     prompt_argv=(
-        "claude", "-p", "--verbose", "--output-format", "stream-json",
-        "--permission-prompts", "none", "--", "{prompt}",
+        "claude",
+        "-p",
+        "--verbose",
+        "--output-format",
+        "stream-json",
+        "--permission-prompts",
+        "none",
+        "--",
+        "{prompt}",
     ),
     status_argv=("claude", "auth", "status", "--json"),
     status_check=status_check,
     # `claude auth status` reads the files only; the profile is what the CLI reads with its
     # token after signing in and at start (docs/contracts/claude_code.md, 1.2).
-    probe=Probe(url="https://api.anthropic.com/api/oauth/profile", token_file=CREDENTIALS,
-                token_path=("claudeAiOauth", "accessToken"),
-                headers={"anthropic-beta": "oauth-2025-04-20"}),
+    probe=Probe(
+        url="https://api.anthropic.com/api/oauth/profile",
+        token_file=CREDENTIALS,
+        token_path=("claudeAiOauth", "accessToken"),
+        headers={"anthropic-beta": "oauth-2025-04-20"},
+    ),
     # A refused refresh or bearer token (3, 4), or no sign-in left in the files.
     refused_markers=(r"Failed to authenticate[^\n\"]*", r"Not logged in[^\n\"]*"),
     token_files=(CREDENTIALS,),

@@ -101,8 +101,11 @@ def setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
 def status_check(exit_code: int | None, output: str) -> tuple[bool, str | None]:
     """`codex login status`: signed in with ChatGPT, not an API key."""
     if exit_code == 0 and "Logged in using ChatGPT" not in output:
-        lines = [line.strip() for line in output.splitlines()
-                 if line.strip() and not line.startswith("WARNING")]
+        lines = [
+            line.strip()
+            for line in output.splitlines()
+            if line.strip() and not line.startswith("WARNING")
+        ]
         return False, f"signed in, but not with ChatGPT: {lines[0] if lines else 'no output'}"
     return exit_status(exit_code, output)
 
@@ -112,25 +115,64 @@ TOKENS = ("id_token", "access_token", "refresh_token")
 # docs/contracts/codex.md: 1.2-1.4 (login), 2 (exec, with CONFIG_TOML), 3 (refresh). The
 # answer's body is zstd-compressed: its fields are not checked.
 CONTRACT = (
-    Call("login", "POST", f"{AUTH_URL}/oauth/token", reads=TOKENS, sends=(
-        "client_id", "code", "code_verifier", "grant_type", "redirect_uri")),
-    Call("login", "POST", f"{AUTH_URL}/oauth/token", reads=("access_token",), needed=False,
-         sends=("client_id", "grant_type", "requested_token", "subject_token",
-                "subject_token_type")),
+    Call(
+        "login",
+        "POST",
+        f"{AUTH_URL}/oauth/token",
+        reads=TOKENS,
+        sends=("client_id", "code", "code_verifier", "grant_type", "redirect_uri"),
+    ),
+    Call(
+        "login",
+        "POST",
+        f"{AUTH_URL}/oauth/token",
+        reads=("access_token",),
+        needed=False,
+        sends=("client_id", "grant_type", "requested_token", "subject_token", "subject_token_type"),
+    ),
     # Only when an auth.json is there already: the old refresh token goes.
-    Call("login", "POST", f"{AUTH_URL}/oauth/revoke", needed=False,
-         sends=("client_id", "token", "token_type_hint")),
-    Call("prompt", "GET", f"{BACKEND}/wham/accounts/check", reads=(
-        "accounts.id", "accounts.workspace_backend_origin", "accounts.account_routing_override")),
-    *(Call("prompt", "GET", f"{BACKEND}{path}", needed=False) for path in (
-        "/codex/models", "/wham/settings/user", "/ps/plugins/installed",
-        "/ps/plugins/tooling-state/turtle", "/ps/plugins/suggested/codex")),
+    Call(
+        "login",
+        "POST",
+        f"{AUTH_URL}/oauth/revoke",
+        needed=False,
+        sends=("client_id", "token", "token_type_hint"),
+    ),
+    Call(
+        "prompt",
+        "GET",
+        f"{BACKEND}/wham/accounts/check",
+        reads=(
+            "accounts.id",
+            "accounts.workspace_backend_origin",
+            "accounts.account_routing_override",
+        ),
+    ),
+    *(
+        Call("prompt", "GET", f"{BACKEND}{path}", needed=False)
+        for path in (
+            "/codex/models",
+            "/wham/settings/user",
+            "/ps/plugins/installed",
+            "/ps/plugins/tooling-state/turtle",
+            "/ps/plugins/suggested/codex",
+        )
+    ),
     Call("prompt", "POST", f"{BACKEND}/ps/mcp", needed=False),
     Call("prompt", "GET", f"{BACKEND}/codex/responses", needed=False),  # the WebSocket try
-    Call("prompt", "POST", f"{BACKEND}/codex/responses", reads=(
-        "response.output_text.delta", "response.output_item.done", "response.completed")),
-    Call("refresh", "POST", f"{AUTH_URL}/oauth/token", reads=TOKENS, sends=(
-        "client_id", "grant_type", "refresh_reason", "refresh_token")),
+    Call(
+        "prompt",
+        "POST",
+        f"{BACKEND}/codex/responses",
+        reads=("response.output_text.delta", "response.output_item.done", "response.completed"),
+    ),
+    Call(
+        "refresh",
+        "POST",
+        f"{AUTH_URL}/oauth/token",
+        reads=TOKENS,
+        sends=("client_id", "grant_type", "refresh_reason", "refresh_token"),
+    ),
 )
 
 SPEC = ProviderSpec(
@@ -143,18 +185,30 @@ SPEC = ProviderSpec(
     success_markers=(r"Successfully logged in",),
     account_info=account_info,
     prompt_argv=(
-        "codex", "exec", "--json", "--skip-git-repo-check", "-c", FILE_STORE, "--", "{prompt}",
+        "codex",
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "-c",
+        FILE_STORE,
+        "--",
+        "{prompt}",
     ),
     status_argv=("codex", "login", "status", "-c", FILE_STORE),
     status_check=status_check,
     # `codex login status` reads auth.json only; the workspace check is the first request
     # of every run (docs/contracts/codex.md, 2.1), 401 for a revoked token.
-    probe=Probe(url="https://chatgpt.com/backend-api/wham/accounts/check", token_file=AUTH,
-                token_path=("tokens", "access_token"),
-                file_headers={"chatgpt-account-id": ("tokens", "account_id")}),
+    probe=Probe(
+        url="https://chatgpt.com/backend-api/wham/accounts/check",
+        token_file=AUTH,
+        token_path=("tokens", "access_token"),
+        file_headers={"chatgpt-account-id": ("tokens", "account_id")},
+    ),
     # A refused refresh (3.4), then the backend's 401 once the retries are spent (2.3).
-    refused_markers=(r"Your access token could not be refreshed[^\n\"]*",
-                     r"unexpected status 401 Unauthorized[^\n\"]*"),
+    refused_markers=(
+        r"Your access token could not be refreshed[^\n\"]*",
+        r"unexpected status 401 Unauthorized[^\n\"]*",
+    ),
     token_files=(AUTH,),
     setup_files=setup_files,
     pre_login_files={CONFIG: CONFIG_TOML},

@@ -141,25 +141,62 @@ USERINFO = "https://www.googleapis.com/oauth2/v2/userinfo"
 # docs/contracts/gemini_cli.md: 1.2, 1.6 (login), the observed sequence and 3 (prompt), 1.3
 # (refresh). The browser flow has no PKCE; the client secret is the CLI's own.
 CONTRACT = (
-    Call("login", "POST", f"{OAUTH}/token", reads=TOKEN_READS, sends=(
-        "client_id", "client_secret", "code", "grant_type", "redirect_uri")),
+    Call(
+        "login",
+        "POST",
+        f"{OAUTH}/token",
+        reads=TOKEN_READS,
+        sends=("client_id", "client_secret", "code", "grant_type", "redirect_uri"),
+    ),
     Call("login", "GET", USERINFO, reads=("email",), needed=False),
     Call("prompt", "POST", f"{OAUTH}/tokeninfo", reads=("scope", "expires_in")),
     Call("prompt", "GET", USERINFO, reads=("email",), needed=False),  # no cached e-mail
-    Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:loadCodeAssist", sends=("metadata",),
-         reads=("currentTier.id", "cloudaicompanionProject", "allowedTiers")),
+    Call(
+        "prompt",
+        "POST",
+        f"{CODE_ASSIST}/v1internal:loadCodeAssist",
+        sends=("metadata",),
+        reads=("currentTier.id", "cloudaicompanionProject", "allowedTiers"),
+    ),
     Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:onboardUser", needed=False),
-    Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:retrieveUserQuota", sends=("project",),
-         reads=("buckets",), needed=False),
-    Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:listExperiments", needed=False,
-         sends=("metadata", "project"), reads=("flags", "experimentIds")),
-    Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:generateContent", needed=False,
-         sends=("model", "project", "request"), reads=("response.candidates",)),
-    Call("prompt", "POST", f"{CODE_ASSIST}/v1internal:streamGenerateContent",
-         sends=("model", "project", "request"),
-         reads=("response.candidates", "response.usageMetadata")),
-    Call("refresh", "POST", f"{OAUTH}/token", reads=TOKEN_READS, sends=(
-        "client_id", "client_secret", "grant_type", "refresh_token")),
+    Call(
+        "prompt",
+        "POST",
+        f"{CODE_ASSIST}/v1internal:retrieveUserQuota",
+        sends=("project",),
+        reads=("buckets",),
+        needed=False,
+    ),
+    Call(
+        "prompt",
+        "POST",
+        f"{CODE_ASSIST}/v1internal:listExperiments",
+        needed=False,
+        sends=("metadata", "project"),
+        reads=("flags", "experimentIds"),
+    ),
+    Call(
+        "prompt",
+        "POST",
+        f"{CODE_ASSIST}/v1internal:generateContent",
+        needed=False,
+        sends=("model", "project", "request"),
+        reads=("response.candidates",),
+    ),
+    Call(
+        "prompt",
+        "POST",
+        f"{CODE_ASSIST}/v1internal:streamGenerateContent",
+        sends=("model", "project", "request"),
+        reads=("response.candidates", "response.usageMetadata"),
+    ),
+    Call(
+        "refresh",
+        "POST",
+        f"{OAUTH}/token",
+        reads=TOKEN_READS,
+        sends=("client_id", "client_secret", "grant_type", "refresh_token"),
+    ),
 )
 
 SPEC = ProviderSpec(

@@ -270,10 +270,16 @@ class CredentialStore:
         with self.db.session() as s:
             judged = s.execute(
                 update(Credential)
-                .where(Credential.user_id == user_id, Credential.provider == provider,
-                       Credential.version == version)
-                .values(invalid_reason=refused and refused[:MAX_REASON],
-                        invalid_at=refused and utcnow(), updated_at=Credential.updated_at)
+                .where(
+                    Credential.user_id == user_id,
+                    Credential.provider == provider,
+                    Credential.version == version,
+                )
+                .values(
+                    invalid_reason=refused and refused[:MAX_REASON],
+                    invalid_at=refused and utcnow(),
+                    updated_at=Credential.updated_at,
+                )
             )
             s.commit()
         return judged.rowcount == 1

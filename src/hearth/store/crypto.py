@@ -310,8 +310,13 @@ def _write_key_file(path: Path, keyring: Keyring, *, replace_existing: bool) -> 
     """
     by_id, current = keyring._keys()
     doc = {"current": current, "keys": {kid: key.to_base64() for kid, key in by_id.items()}}
-    fileio.write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", 0o600, durable=True,
-                        replace=replace_existing)
+    fileio.write_atomic(
+        path,
+        json.dumps(doc, indent=2).encode() + b"\n",
+        0o600,
+        durable=True,
+        replace=replace_existing,
+    )
 
 
 def save_key_file(path: Path, keyring: Keyring) -> None:

@@ -49,10 +49,25 @@ def kvm_runs_guests(timeout: float = 10.0) -> bool:
     with tempfile.NamedTemporaryFile(suffix=".img") as sector:
         sector.write(_PROBE_SECTOR)
         sector.flush()
-        argv = [QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-smp", "2",
-                "-display", "none", "-nodefaults", "-no-user-config",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "-drive", f"file={sector.name},format=raw,if=ide"]
+        argv = [
+            QEMU,
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive",
+            f"file={sector.name},format=raw,if=ide",
+        ]
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -85,25 +100,54 @@ class QemuDriver:
     def argv(self, spec: MachineSpec, incoming: str | None = None) -> list[str]:
         accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
         argv = [
-            QEMU, "-name", f"hearth-{spec.vm_id}",
-            "-machine", "q35", "-accel", accel, "-cpu", "host" if self.accel == "kvm" else TCG_CPU,
-            "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-chardev", f"file,id=console,path={spec.console_log},append=on",
-            "-serial", "chardev:console",
+            QEMU,
+            "-name",
+            f"hearth-{spec.vm_id}",
+            "-machine",
+            "q35",
+            "-accel",
+            accel,
+            "-cpu",
+            "host" if self.accel == "kvm" else TCG_CPU,
+            "-smp",
+            str(spec.vcpus),
+            "-m",
+            str(spec.memory_mib),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-chardev",
+            f"file,id=console,path={spec.console_log},append=on",
+            "-serial",
+            "chardev:console",
             # The uncompressed ELF, booted through its PVH entry point: under emulation,
             # decompressing the bzImage would take half a second of every boot.
-            "-kernel", str(spec.image.vmlinux), "-initrd", str(spec.image.initrd),
-            "-append", spec.cmdline,
-            "-drive", f"file={self.disk(spec)},if=none,id=root,format=qcow2,discard=unmap",
-            "-device", "virtio-blk-pci,drive=root",
-            "-drive", f"file={spec.seed},if=none,id=seed,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=seed",
-            "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
-            "-object", "rng-random,id=rng0,filename=/dev/urandom",
-            "-device", "virtio-rng-pci,rng=rng0",
-            "-qmp", f"unix:{self.qmp_socket(spec)},server=on,wait=off",
+            "-kernel",
+            str(spec.image.vmlinux),
+            "-initrd",
+            str(spec.image.initrd),
+            "-append",
+            spec.cmdline,
+            "-drive",
+            f"file={self.disk(spec)},if=none,id=root,format=qcow2,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=root",
+            "-drive",
+            f"file={spec.seed},if=none,id=seed,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=seed",
+            "-netdev",
+            f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+            "-device",
+            f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-pci,rng=rng0",
+            "-qmp",
+            f"unix:{self.qmp_socket(spec)},server=on,wait=off",
         ]
         if incoming:
             argv += ["-incoming", incoming]
@@ -154,16 +198,18 @@ class QemuDriver:
                     qmp.give_fd("snapshot", fd)
                     qmp("migrate-set-parameters", **{"max-bandwidth": UNCAPPED})
                     qmp("migrate", uri="fd:snapshot")
-                    wait_for(lambda: migration_completed(qmp("query-migrate")), MIGRATION_TIMEOUT,
-                             "QEMU's migration to file")
+                    wait_for(
+                        lambda: migration_completed(qmp("query-migrate")),
+                        MIGRATION_TIMEOUT,
+                        "QEMU's migration to file",
+                    )
                     os.fsync(fd)
                 except (Timeout, OSError, VmmError) as e:
                     partial.unlink(missing_ok=True)
                     with contextlib.suppress(VmmError):
                         qmp("migrate_cancel")
                     qmp("cont")
-                    raise VmmError(f"VM {spec.vm_id} was not hibernated and runs on: {e}") \
-                        from e
+                    raise VmmError(f"VM {spec.vm_id} was not hibernated and runs on: {e}") from e
         finally:
             os.close(fd)
         os.replace(partial, self.snapshot(spec))
@@ -178,8 +224,13 @@ class QemuDriver:
             raise VmmError(f"VM {spec.vm_id} has no snapshot to restore ({snapshot})") from None
         try:
             # The guest was stopped when it was saved, so it is loaded paused.
-            pid = self._spawn(spec, self.argv(spec, incoming=f"fd:{fd}"),
-                              expect=("paused",), timeout=MIGRATION_TIMEOUT, pass_fds=(fd,))
+            pid = self._spawn(
+                spec,
+                self.argv(spec, incoming=f"fd:{fd}"),
+                expect=("paused",),
+                timeout=MIGRATION_TIMEOUT,
+                pass_fds=(fd,),
+            )
         finally:
             os.close(fd)
         try:
@@ -203,22 +254,44 @@ class QemuDriver:
         if disk.exists():
             return
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-             "-b", str(spec.image.rootfs.resolve()), str(disk)],
-            check=True, capture_output=True,
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                str(spec.image.rootfs.resolve()),
+                str(disk),
+            ],
+            check=True,
+            capture_output=True,
         )
 
-    def _spawn(self, spec: MachineSpec, argv: list[str], expect: tuple[str, ...],
-               timeout: float = 30, pass_fds: tuple[int, ...] = ()) -> int:
+    def _spawn(
+        self,
+        spec: MachineSpec,
+        argv: list[str],
+        expect: tuple[str, ...],
+        timeout: float = 30,
+        pass_fds: tuple[int, ...] = (),
+    ) -> int:
         """Start QEMU for the VM; its pid once QMP reports one of the `expect`ed states."""
         self.qmp_socket(spec).unlink(missing_ok=True)
         log = spec.workdir / "vmm.log"
         with log.open("ab") as out:
             # Its own session: the VM outlives a controller that dies, and the reconciler
             # adopts it or ends it by PID.
-            proc = subprocess.Popen(nsenter(spec.netns) + argv, stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    pass_fds=pass_fds)
+            proc = subprocess.Popen(
+                nsenter(spec.netns) + argv,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
         spec.pid_file.write_text(f"{proc.pid}\n")
 
         def alive() -> bool:
@@ -227,10 +300,18 @@ class QemuDriver:
             return True
 
         try:
-            wait_for(lambda: alive() and self.qmp_socket(spec).exists(), timeout=30,
-                     what="QEMU's QMP socket", interval=0.01)
-            wait_for(lambda: alive() and self._status(spec) in expect, timeout=timeout,
-                     what=f"QEMU to report {' or '.join(expect)}", interval=0.01)
+            wait_for(
+                lambda: alive() and self.qmp_socket(spec).exists(),
+                timeout=30,
+                what="QEMU's QMP socket",
+                interval=0.01,
+            )
+            wait_for(
+                lambda: alive() and self._status(spec) in expect,
+                timeout=timeout,
+                what=f"QEMU to report {' or '.join(expect)}",
+                interval=0.01,
+            )
         except (Timeout, VmmError):
             kill_pid(proc.pid)
             raise
@@ -276,8 +357,7 @@ class Monitor:
         try:
             self._qmp.send_fd_scm(fd)
         except (OSError, QMPError) as e:
-            raise VmmError(f"QMP on VM {self.vm_id}: cannot pass a file descriptor: {e}") \
-                from None
+            raise VmmError(f"QMP on VM {self.vm_id}: cannot pass a file descriptor: {e}") from None
         self("getfd", fdname=name)
 
 

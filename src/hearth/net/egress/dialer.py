@@ -37,12 +37,17 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Dialer:
-    def __init__(self, resolver: str = "", hosts: Mapping[str, str] | None = None,
-                 local_addresses: Callable[[], frozenset[Address]] = frozenset):
+    def __init__(
+        self,
+        resolver: str = "",
+        hosts: Mapping[str, str] | None = None,
+        local_addresses: Callable[[], frozenset[Address]] = frozenset,
+    ):
         self._resolver = dns.asyncresolver.Resolver(configure=not resolver)
         if resolver:
-            host, _, port = resolver.rpartition(":") if resolver.count(":") == 1 else (
-                resolver, "", "")
+            host, _, port = (
+                resolver.rpartition(":") if resolver.count(":") == 1 else (resolver, "", "")
+            )
             self._resolver.nameservers = [host]
             self._resolver.port = int(port or 53)
         self._resolver.cache = dns.resolver.Cache()
@@ -61,8 +66,9 @@ class Dialer:
         kinds = ("A", "AAAA") if any(a.version == 6 and a.is_global for a in local) else ("A",)
         found: list[Address] = []
         errors: list[str] = []
-        answers = await asyncio.gather(*(self._resolver.resolve(name, kind) for kind in kinds),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(
+            *(self._resolver.resolve(name, kind) for kind in kinds), return_exceptions=True
+        )
         for kind, answer in zip(kinds, answers, strict=True):
             # One kind failing is no failure while the other answers.
             if isinstance(answer, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer):
@@ -74,46 +80,61 @@ class Dialer:
                 raise answer
             found += [ipaddress.ip_address(r.address) for r in answer]
         if not found:
-            raise DialError(f"cannot resolve {name} ({', '.join(errors)})" if errors
-                            else f"{name} does not resolve")
+            raise DialError(
+                f"cannot resolve {name} ({', '.join(errors)})"
+                if errors
+                else f"{name} does not resolve"
+            )
         reasons = [refusal(a, local) for a in found]
         allowed = [a for a, why in zip(found, reasons, strict=True) if why is None]
         if not allowed:
-            raise DialError(f"{name} resolves only to addresses no VM may reach: "
-                            f"{reasons[0]}", refused=True)
+            raise DialError(
+                f"{name} resolves only to addresses no VM may reach: {reasons[0]}", refused=True
+            )
         return allowed
 
-    async def connect(self, addresses: list[Address], port: int,
-                      upstream: Upstream | None) -> tuple[Streams, str]:
+    async def connect(
+        self, addresses: list[Address], port: int, upstream: Upstream | None
+    ) -> tuple[Streams, str]:
         """Connect to the first address that answers; the streams and the address."""
         last = "no address"
         for address in addresses:
             try:
                 if upstream is None:
                     streams = await asyncio.wait_for(
-                        asyncio.open_connection(str(address), port), CONNECT_TIMEOUT)
+                        asyncio.open_connection(str(address), port), CONNECT_TIMEOUT
+                    )
                 else:
                     streams = await self._via(upstream, address, port)
                 return streams, str(address)
             except DialError:
                 raise
             except (OSError, TimeoutError) as e:
-                last = f"{address}:{port}: {e.strerror or type(e).__name__}" if isinstance(
-                    e, OSError) else f"{address}:{port}: timed out"
+                last = (
+                    f"{address}:{port}: {e.strerror or type(e).__name__}"
+                    if isinstance(e, OSError)
+                    else f"{address}:{port}: timed out"
+                )
         raise DialError(f"cannot connect: {last}")
 
     async def _via(self, upstream: Upstream, address: Address, port: int) -> Streams:
         try:
             sock = await Proxy.from_url(upstream.url).connect(
-                dest_host=str(address), dest_port=port, timeout=CONNECT_TIMEOUT)
+                dest_host=str(address), dest_port=port, timeout=CONNECT_TIMEOUT
+            )
         except ProxyTimeoutError:
-            raise DialError(f"the upstream proxy {upstream.shown} did not answer in "
-                            f"{CONNECT_TIMEOUT:.0f}s", upstream=True) from None
+            raise DialError(
+                f"the upstream proxy {upstream.shown} did not answer in {CONNECT_TIMEOUT:.0f}s",
+                upstream=True,
+            ) from None
         except ProxyError as e:
             raise DialError(_proxy_refusal(upstream, e), upstream=True) from None
         except OSError as e:
-            raise DialError(f"cannot reach the upstream proxy {upstream.shown}: "
-                            f"{e.strerror or type(e).__name__}", upstream=True) from None
+            raise DialError(
+                f"cannot reach the upstream proxy {upstream.shown}: "
+                f"{e.strerror or type(e).__name__}",
+                upstream=True,
+            ) from None
         return await asyncio.open_connection(sock=sock)
 
     async def _local_now(self) -> frozenset[Address]:
@@ -127,6 +148,8 @@ def _proxy_refusal(upstream: Upstream, error: ProxyError) -> str:
     code = getattr(error, "error_code", None)
     text = str(error.args[0]) if error.args else type(error).__name__
     if code in (401, 407) or "authentication" in text.lower():  # tinyproxy answers 401
-        return (f"the upstream proxy {upstream.shown} refused Hearth's credentials ({text}): "
-                "check the user and password in the upstream proxy setting")
+        return (
+            f"the upstream proxy {upstream.shown} refused Hearth's credentials ({text}): "
+            "check the user and password in the upstream proxy setting"
+        )
     return f"the upstream proxy {upstream.shown} refused the connection: {text}"

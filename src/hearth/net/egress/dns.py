@@ -53,22 +53,27 @@ class DnsResponder:
         provider = policy.provider_for(name) if policy and name else None
         if provider is None:
             response.set_rcode(dns.rcode.REFUSED if policy is None else dns.rcode.NXDOMAIN)
-            self.audit(EgressRecord(
-                source=source, protocol="dns", port=53, started_at=datetime.now(UTC),
-                duration=0.0,
-                name=name or question.name.to_text()[:253],
-                vm_id=policy.vm_id if policy else None,
-                user_id=policy.user_id if policy else None,
-                reason="no VM has this address" if policy is None
-                else "the name is not in the VM's policy"))
+            self.audit(
+                EgressRecord(
+                    source=source,
+                    protocol="dns",
+                    port=53,
+                    started_at=datetime.now(UTC),
+                    duration=0.0,
+                    name=name or question.name.to_text()[:253],
+                    vm_id=policy.vm_id if policy else None,
+                    user_id=policy.user_id if policy else None,
+                    reason="no VM has this address"
+                    if policy is None
+                    else "the name is not in the VM's policy",
+                )
+            )
         elif question.rdtype == dns.rdatatype.A and question.rdclass == dns.rdataclass.IN:
-            response.answer.append(dns.rrset.from_text(question.name, TTL, "IN", "A",
-                                                       self.gateway))
+            response.answer.append(dns.rrset.from_text(question.name, TTL, "IN", "A", self.gateway))
         # An allowed name's other types (AAAA, HTTPS, ...) have no data: IPv4 to the gateway.
         return response.to_wire()
 
-    async def serve(self, udp_sock, tcp_sock) -> tuple[asyncio.DatagramTransport,
-                                                       asyncio.Server]:
+    async def serve(self, udp_sock, tcp_sock) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
         server = await asyncio.start_server(self._tcp, sock=tcp_sock)
@@ -78,8 +83,9 @@ class DnsResponder:
         source = writer.get_extra_info("peername")[0]
         try:
             while True:
-                length, = struct.unpack("!H", await asyncio.wait_for(
-                    reader.readexactly(2), TCP_IDLE))
+                (length,) = struct.unpack(
+                    "!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                )
                 reply = await self.answer(await reader.readexactly(length), source)
                 if reply is None:
                     break
@@ -119,7 +125,4 @@ def _formerr(wire: bytes) -> bytes | None:
     msg_id, flags = struct.unpack("!HH", wire[:4])
     if flags & 0x8000:  # a response sent to us: never answer it
         return None
-    return struct.pack("!HHHHHH", msg_id, 0x8000 | (flags & 0x7900) | dns.rcode.FORMERR,
-                       0, 0, 0, 0)
-
-
+    return struct.pack("!HHHHHH", msg_id, 0x8000 | (flags & 0x7900) | dns.rcode.FORMERR, 0, 0, 0, 0)

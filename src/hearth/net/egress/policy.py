@@ -24,8 +24,7 @@ class EgressPolicy:
     session_id: str | None = None
 
     def provider_for(self, name: str) -> str | None:
-        return next((provider for pattern, provider in self.rules if matches(pattern, name)),
-                    None)
+        return next((provider for pattern, provider in self.rules if matches(pattern, name)), None)
 
 
 class Verdict(StrEnum):

@@ -22,8 +22,13 @@ CHUNK = 65536
 
 
 class EgressProxy:
-    def __init__(self, policies: PolicyLookup, dialer: Dialer, audit: AuditSink,
-                 upstream_for: Callable[[str], Upstream | None] = lambda provider: None):
+    def __init__(
+        self,
+        policies: PolicyLookup,
+        dialer: Dialer,
+        audit: AuditSink,
+        upstream_for: Callable[[str], Upstream | None] = lambda provider: None,
+    ):
         self.policies = policies
         self.dialer = dialer
         self.audit = audit
@@ -31,15 +36,18 @@ class EgressProxy:
 
     async def serve(self, sock, tls: bool) -> asyncio.Server:
         return await asyncio.start_server(
-            lambda r, w: self.handle(r, w, tls), sock=sock, limit=CHUNK)
+            lambda r, w: self.handle(r, w, tls), sock=sock, limit=CHUNK
+        )
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     tls: bool) -> None:
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
         started, clock = datetime.now(UTC), time.monotonic()
         source = writer.get_extra_info("peername")[0]
         port = writer.get_extra_info("sockname")[1]
-        record = EgressRecord(source=source, protocol="tls" if tls else "http", port=port,
-                              started_at=started)
+        record = EgressRecord(
+            source=source, protocol="tls" if tls else "http", port=port, started_at=started
+        )
         try:
             await self._relay(reader, writer, tls, record)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -49,8 +57,13 @@ class EgressProxy:
             writer.close()
             self.audit(record)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     tls: bool, record: EgressRecord) -> None:
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: bool,
+        record: EgressRecord,
+    ) -> None:
         policy = await self.policies(record.source)
         if policy is None:
             record.reason = "no VM has this address"
@@ -59,7 +72,8 @@ class EgressProxy:
         record.session_id = policy.session_id
         try:
             asked, head = await asyncio.wait_for(
-                tls_server_name(reader) if tls else http_host(reader), NAME_TIMEOUT)
+                tls_server_name(reader) if tls else http_host(reader), NAME_TIMEOUT
+            )
             record.name = normalize(asked)
         except TimeoutError:
             record.reason = f"no server name within {NAME_TIMEOUT:.0f}s"
@@ -78,7 +92,8 @@ class EgressProxy:
         try:
             addresses = await self.dialer.resolve(record.name)
             (up_reader, up_writer), record.address = await self.dialer.connect(
-                addresses, record.port, upstream)
+                addresses, record.port, upstream
+            )
         except DialError as e:
             record.verdict = Verdict.refused if e.refused else Verdict.failed
             record.reason, record.upstream_error = str(e), e.upstream
@@ -89,22 +104,25 @@ class EgressProxy:
         try:
             up_writer.write(head)
             record.bytes_up = len(head)
-            up, down = await asyncio.gather(_pipe(reader, up_writer),
-                                            _pipe(up_reader, writer))
+            up, down = await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             record.bytes_up += up
             record.bytes_down = down
         finally:
             up_writer.close()
 
     @staticmethod
-    async def _refuse_http(writer: asyncio.StreamWriter, tls: bool, why: str,
-                           status: str = "403 Forbidden") -> None:
+    async def _refuse_http(
+        writer: asyncio.StreamWriter, tls: bool, why: str, status: str = "403 Forbidden"
+    ) -> None:
         """A plain-HTTP client is told why in a response; a TLS one only sees the close."""
         if tls:
             return
         body = f"Hearth egress: {why}\n".encode()
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: "
-                     f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: "
+            f"{len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
 

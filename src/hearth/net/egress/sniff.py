@@ -18,8 +18,7 @@ class SniffError(Exception):
     """The stream does not name a host; the message says what it held instead."""
 
 
-_NAMES: weakref.WeakKeyDictionary[ssl.SSLObject, list[str | None]] = (
-    weakref.WeakKeyDictionary())
+_NAMES: weakref.WeakKeyDictionary[ssl.SSLObject, list[str | None]] = weakref.WeakKeyDictionary()
 
 
 def _on_name(obj: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> int:

@@ -22,14 +22,18 @@ class Upstream:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
-            raise ValueError("an upstream proxy must be scheme://[user:pass@]host:port "
-                             "with a numeric port") from None
+            raise ValueError(
+                "an upstream proxy must be scheme://[user:pass@]host:port with a numeric port"
+            ) from None
         if parts.scheme not in SCHEMES:
-            raise ValueError(f"an upstream proxy's scheme must be one of {', '.join(SCHEMES)}, "
-                             f"not {parts.scheme[:16]!r}")
+            raise ValueError(
+                f"an upstream proxy's scheme must be one of {', '.join(SCHEMES)}, "
+                f"not {parts.scheme[:16]!r}"
+            )
         if not parts.hostname or port is None:
-            raise ValueError("an upstream proxy needs a host and a port "
-                             "(scheme://[user:pass@]host:port)")
+            raise ValueError(
+                "an upstream proxy needs a host and a port (scheme://[user:pass@]host:port)"
+            )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("an upstream proxy URL has no path, query or fragment")
         return cls(url, f"{parts.scheme}://{parts.hostname}:{port}")

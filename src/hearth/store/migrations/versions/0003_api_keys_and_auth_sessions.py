@@ -42,14 +42,12 @@ def upgrade() -> None:
     op.create_table(
         "auth_session_events",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("session_id", sa.String(32), sa.ForeignKey("auth_sessions.id"),
-                  nullable=False),
+        sa.Column("session_id", sa.String(32), sa.ForeignKey("auth_sessions.id"), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("detail", sa.Text),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index("ix_auth_session_events_session_id", "auth_session_events",
-                    ["session_id"])
+    op.create_index("ix_auth_session_events_session_id", "auth_session_events", ["session_id"])
 
 
 def downgrade() -> None:
