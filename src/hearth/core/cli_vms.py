@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core.agent_client import AgentRequestError
 from hearth.core.vms import LIVE_STATES, VmManager
 from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
 from hearth.store.models import Vm, VmState, utcnow
@@ -190,8 +191,14 @@ class CliVms:
                 f"the access token expired at {expires_at.isoformat()}: only "
                 "a refresh can tell, which the CLI makes on its next prompt",
             )
-        with self.vms.agent(vm) as agent:
-            status, detail = agent.probe_credentials(provider, spec.probe.to_agent())
+        try:
+            with self.vms.agent(vm) as agent:
+                status, detail = agent.probe_credentials(provider, spec.probe.to_agent())
+        except AgentRequestError as e:
+            if e.response.status_code != 400:
+                raise
+            # The CLI's file holds no access token (a CLI that signed itself out wipes it).
+            return Check(False, f"the stored credentials hold no access token ({e.message})")
         if status is not None and 200 <= status < 300:
             return Check(True, None)
         if status in (401, 403):
