@@ -17,6 +17,7 @@ import pytest
 from hearth import providers
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.cli_vms import CHECK_TIMEOUT
 from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
 from hearth.providers.base import Call
@@ -94,6 +95,11 @@ def hearth(tmp_path: Path) -> Iterator[Hearth]:
             _leave_nothing(h, home)
 
 
+# Validate runs the CLI's status command in the VM (up to CHECK_TIMEOUT there): under
+# emulation Gemini CLI's start alone can outlast the rig client's 30 s.
+VALIDATE_TIMEOUT = CHECK_TIMEOUT + 30
+
+
 def assert_revocation_is_told(
     rig,
     call,
@@ -108,12 +114,12 @@ def assert_revocation_is_told(
     not valid and why (`validate_refusal`), the credentials' status turns invalid, and a
     prompt fails saying the provider refused them, its reason holding the CLI's `refusal`."""
     path = f"/api/auth/validate/{user_id}/{provider}"
-    verdict = rig.api.get(path).json()
+    verdict = rig.api.get(path, timeout=VALIDATE_TIMEOUT).json()
     assert verdict["valid"] is True and verdict["status"] == "ready", verdict
     ((status, _, body),) = call(["POST", f"{origin}{REVOKE_PATH}", {}])
     assert status == 200 and json.loads(body)["revoked"] > 0, body
 
-    verdict = rig.api.get(path).json()
+    verdict = rig.api.get(path, timeout=VALIDATE_TIMEOUT).json()
     assert verdict["valid"] is False and verdict["status"] == "invalid", verdict
     assert validate_refusal in verdict["reason"], verdict
 
