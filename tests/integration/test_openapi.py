@@ -5,7 +5,6 @@ validate against the schemas the document gives and carry exactly their fields."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from hearth.api import admin_routes, auth_routes, prompt_routes, user_routes
 from hearth.api.app import create_app
 from hearth.api.keys import create_key
 from hearth.config import Settings
-from hearth.net.topology import VmNetwork
-from hearth.sandbox import sandbox
 from hearth.store.models import (
     AuthSession,
     AuthSessionEvent,
@@ -68,17 +65,6 @@ def test_every_json_route_names_its_response_schema(tmp_path: Path):
             ref = content["application/json"]["schema"]["$ref"]
             name = ref.removeprefix("#/components/schemas/")
             assert schemas[name]["properties"], (method, path)
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with sandbox() as controller:
-        settings = Settings(home=tmp_path, netns=f"{controller}-vm", controller_netns=controller)
-        try:
-            with TestClient(create_app(settings)) as c:
-                yield c
-        finally:
-            VmNetwork.from_settings(settings).teardown()
 
 
 class Api:
