@@ -130,14 +130,11 @@ def _crash_after(hearth: Hearth, plan: str, vm_id: str, step: str) -> None:
     """Run a VM's plan up to and including `step` in a process that then ends, as a crash
     would end it."""
     code = (
-        "import sys\n"
         "from hearth.config import Settings\n"
-        "from hearth.core import runtime\n"
+        "from hearth.core import runtime, vm_plans\n"
         "from hearth.core.plans import run_plan\n"
         "vms = runtime.vm_manager(Settings())\n"
-        f"steps = vms._{plan}_plan({vm_id!r})\n"
-        f"names = [s.name for s in steps]\n"
-        f"run_plan(steps[:names.index({step!r}) + 1])\n"
+        f"run_plan(vm_plans.{plan}_plan().through({step!r}), vms, {vm_id!r})\n"
     )
     subprocess.run(
         [*nsenter(hearth.namespace), sys.executable, "-c", code],

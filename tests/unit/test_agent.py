@@ -10,7 +10,6 @@ import os
 import queue
 import re
 import secrets
-import shlex
 import socket
 import subprocess
 import sys
@@ -22,24 +21,12 @@ from typing import Any
 
 import pytest
 
-import hearth.guest
 from hearth.core.agent_client import AgentClient
 from hearth.guest.agent import MAX_BODY
 from hearth.guest.seed import write_seed
+from tests.core_rig import agent_command
 
-GUEST_DIR = Path(hearth.guest.__file__).parent
-AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.service"
 START_TIMEOUT = 20.0
-
-
-def agent_command() -> list[str]:
-    """The unit's own ExecStart, with this Python and this checkout's guest directory."""
-    line = next(
-        line for line in AGENT_UNIT.read_text().splitlines() if line.startswith("ExecStart=")
-    )
-    argv = shlex.split(line.removeprefix("ExecStart="))
-    assert argv[0] == "/usr/bin/python3"
-    return [sys.executable] + [arg.replace("/usr/lib/hearth", str(GUEST_DIR)) for arg in argv[1:]]
 
 
 class RunningAgent:

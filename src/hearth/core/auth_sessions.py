@@ -22,10 +22,10 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core import machine
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
-from hearth.guest.seed import read_seed
 from hearth.store.credentials import CredentialStore
 from hearth.store.db import Database
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
@@ -38,6 +38,7 @@ TERMINAL = (
     AuthSessionStatus.expired,
 )
 BROWSER_IMAGE = "browser"
+VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -89,6 +90,11 @@ class Notifier:
         with self._cond:
             self._cond.wait_for(lambda: self._versions.get(session_id, 0) != seen, timeout)
             return self._versions.get(session_id, 0)
+
+
+def vnc_password() -> str:
+    """A fresh one per browser VM; VNC's own authentication reads only eight characters."""
+    return secrets.token_urlsafe(6)[:8]
 
 
 def token_hash(token: str) -> str:
@@ -175,7 +181,7 @@ class AuthSessions:
         vm = self.vms.get(session.vm_id) if session.vm_id else None
         if vm is None or vm.state != VmState.ready:
             return LiveView(session.provider, None, session.status)
-        password = read_seed(self.vms.workdir(vm.id) / "seed.img")["vnc_password"]
+        password = machine.seed_of(self.settings, vm.id)[VNC_PASSWORD]
         return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password), session.status)
 
     def egress_failed(self, session_id: str, reason: str) -> None:
@@ -222,7 +228,7 @@ class AuthSessions:
         vm_id = None
         try:
             self._advance(session_id, AuthSessionStatus.vm_booting)
-            vm = self.vms.create(BROWSER_IMAGE)
+            vm = self.vms.create(BROWSER_IMAGE, seed_extras={VNC_PASSWORD: vnc_password()})
             vm_id = vm.id
             self._update(session_id, vm_id=vm_id)
             self._check_running(session_id)

@@ -1,20 +1,42 @@
-"""A create or destroy is a plan of steps, each knowing whether it still has work to do.
+"""A VM's create, hibernate, resume or destroy is a plan of named steps, each knowing
+whether it still has work to do.
 
 Re-running a plan after a crash is safe: steps already done say so and are skipped. This is
-Flintlock's shape (`ShouldDo` / `Do`) in a few lines.
+Flintlock's shape (`ShouldDo` / `Do`) in a few lines. A step is given the VM as the database
+holds it just before the step, so no step works from what an earlier one saw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hearth.core.vms import VmManager
+    from hearth.store.models import Vm
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    should_do: Callable[[], bool]
-    do: Callable[[], None]
+    should_do: Callable[[VmManager, Vm], bool]
+    do: Callable[[VmManager, Vm], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    steps: tuple[Step, ...]
+
+    @property
+    def step_names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def through(self, step: str) -> Plan:
+        """The plan's steps up to and including `step`: what a process that crashed right
+        after it had done."""
+        return Plan(self.name, self.steps[: self.step_names.index(step) + 1])
 
 
 class StepFailed(RuntimeError):
@@ -24,12 +46,16 @@ class StepFailed(RuntimeError):
         self.cause = cause
 
 
-def run_plan(steps: list[Step], on_step: Callable[[str], None] = lambda name: None) -> None:
-    for step in steps:
-        if not step.should_do():
+def run_plan(
+    plan: Plan, vms: VmManager, vm_id: str, on_step: Callable[[str], None] = lambda name: None
+) -> None:
+    """Run the steps that still have work to do; `on_step` hears each name before it runs."""
+    for step in plan.steps:
+        vm = vms.get(vm_id)
+        if not step.should_do(vms, vm):
             continue
         on_step(step.name)
         try:
-            step.do()
+            step.do(vms, vm)
         except Exception as e:
             raise StepFailed(step.name, e) from e

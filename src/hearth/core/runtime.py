@@ -46,9 +46,10 @@ def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
     )
 
 
-def controller(settings: Settings) -> Controller:
-    db = open_database(settings)
-    vms = vm_manager(settings, db)
+def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
+    """The controller's parts; on `vms` (and its database) when given, else on this host's."""
+    vms = vms or vm_manager(settings)
+    db = vms.db
     credentials = CredentialStore(db, Keyring.from_settings(settings))
     cli_vms = CliVms(settings, vms, credentials)
     sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)

@@ -1,0 +1,68 @@
+"""What the core needs of the world outside it, as small interfaces (ports).
+
+The VMM driver's is `hearth.vmm.base.Driver`. The VM network (`hearth.net.topology.VmNetwork`
+on a host) and the guest agent (`hearth.core.agent_client.AgentClient`, HTTP to the guest)
+are here. Other implementations run without root: the unit tests' network leases loopback
+addresses without creating links, and their driver runs the real guest agent as a local
+process bound to the VM's address (tests/core_rig.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from hearth.store.models import Vm
+
+
+class Network(Protocol):
+    """Where VMs are plugged in: one TAP per VM on a bridge. Every operation is idempotent."""
+
+    netns: str  # the namespace the TAPs live in ("" = the controller's)
+
+    def ensure(self) -> None:
+        """Create whatever of the network is missing."""
+
+    def add_tap(self, name: str, mac: str, ip: str) -> None:
+        """Plug a VM's TAP into the bridge, admitting only `mac` and `ip` from it."""
+
+    def remove_tap(self, name: str) -> None: ...
+
+    def tap_state(self, name: str) -> str | None:
+        """The TAP's operational state, None when there is no such TAP."""
+
+    def taps(self) -> list[str]:
+        """Every TAP with Hearth's prefix."""
+
+
+class GuestAgent(AbstractContextManager, Protocol):
+    """A VM's agent, as the core drives it (the routes are in hearth.guest.agent)."""
+
+    def ready(self, timeout: float | None = None) -> dict: ...
+    def health(self, timeout: float | None = None) -> dict: ...
+    def start_login(self, spec: dict) -> dict: ...
+    def login_status(self) -> dict: ...
+    def credentials(self) -> dict[str, bytes]: ...
+    def put_credentials(
+        self,
+        provider: str,
+        credential_files: dict[str, bytes],
+        support_files: dict[str, bytes] | None = None,
+    ) -> str: ...
+    def read_credentials(self, provider: str) -> tuple[dict[str, bytes], str]: ...
+    def probe_credentials(self, provider: str, probe: dict) -> tuple[int | None, str | None]: ...
+    def wipe_credentials(self, provider: str) -> list[str]: ...
+    def run(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        provider: str | None = None,
+        timeout: float | None = None,
+    ) -> AbstractContextManager[Iterator[dict]]: ...
+    def cancel_run(self, run_id: str) -> dict: ...
+    def put_trust(self, pem: str) -> dict: ...
+    def set_clock(self, epoch: float) -> dict: ...
+
+
+AgentConnector = Callable[[Vm], GuestAgent]  # opens a client to the VM's agent
