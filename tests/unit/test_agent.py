@@ -24,7 +24,7 @@ import pytest
 from hearth.core.agent_client import AgentClient
 from hearth.guest.agent import MAX_BODY
 from hearth.guest.seed import write_seed
-from tests.core_rig import agent_command
+from tests.core_rig import GUEST_DIR, agent_command
 
 START_TIMEOUT = 20.0
 
