@@ -103,6 +103,7 @@ class AgentProcessDriver:
     """
 
     name: str = "process"
+    programs: tuple[str, ...] = (Path(os.path.realpath(sys.executable)).name,)
     failing: set[str] = field(default_factory=set)
     dying_boots: int = 0
 

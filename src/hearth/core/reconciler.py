@@ -18,6 +18,8 @@ from pathlib import Path
 from hearth.core.vms import LIVE_STATES, VmError, VmManager, busy_elsewhere
 from hearth.store.models import Vm, VmState
 from hearth.vmm.base import kill_pid, pid_alive, references
+from hearth.vmm.firecracker import FirecrackerDriver
+from hearth.vmm.qemu import QemuDriver
 
 
 @dataclass
@@ -72,7 +74,8 @@ def reconcile(vms: VmManager) -> Report:
             vms.network.remove_tap(tap)
             report.taps.append(tap)
 
-    for pid in vmm_processes(vms.settings.vms_dir):
+    programs = tuple(p for driver in vms.drivers.values() for p in driver.programs)
+    for pid in vmm_processes(vms.settings.vms_dir, programs):
         if not any(references(pid, vms.workdir(vm_id)) for vm_id in live):
             kill_pid(pid)
             report.processes.append(pid)
@@ -109,11 +112,12 @@ def repair(vms: VmManager, vm: Vm) -> str:
     return vms.get(vm.id).state
 
 
-VMM_PROGRAMS = ("qemu-system-x86_64", "firecracker", "jailer")
+HOST_PROGRAMS = QemuDriver.programs + FirecrackerDriver.programs
 
 
-def vmm_processes(vms_dir: Path) -> list[int]:
-    """VMM processes (QEMU or Firecracker) whose command line names Hearth's VM directory."""
+def vmm_processes(vms_dir: Path, programs: tuple[str, ...] = HOST_PROGRAMS) -> list[int]:
+    """VMM processes (by default QEMU's or Firecracker's) whose command line names Hearth's
+    VM directory."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -123,6 +127,6 @@ def vmm_processes(vms_dir: Path) -> list[int]:
         except OSError:
             continue
         pid = int(entry.name)
-        if program in VMM_PROGRAMS and references(pid, vms_dir) and pid_alive(pid):
+        if program in programs and references(pid, vms_dir) and pid_alive(pid):
             pids.append(pid)
     return pids

@@ -60,6 +60,7 @@ class MachineSpec:
 
 class Driver(Protocol):
     name: str
+    programs: tuple[str, ...]  # the executables its VMM processes run as
 
     def start(self, spec: MachineSpec) -> int:
         """Create the VM's disk overlay, spawn the VMM, boot the guest; return the VMM pid.

@@ -176,6 +176,7 @@ class FirecrackerDriver:
     """Runs each VM as a Firecracker process, optionally under Firecracker's jailer."""
 
     name = "firecracker"
+    programs = ("firecracker", "jailer")
 
     def __init__(self, binary: str = "firecracker", jailer: str = "") -> None:
         self.binary = binary

@@ -77,6 +77,7 @@ def kvm_runs_guests(timeout: float = 10.0) -> bool:
 
 class QemuDriver:
     name = "qemu"
+    programs = ("qemu-system-x86_64",)
 
     def __init__(self, accel: str = "auto", probe_cache: Path | None = None):
         self._accel = accel
