@@ -6,11 +6,15 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from hearth.errors import HearthError
+
 T = TypeVar("T")
 
 
-class Timeout(TimeoutError):
-    pass
+class Timeout(HearthError, TimeoutError):
+    """Something awaited did not happen in time; the message names it."""
+
+    http_status = 504
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:

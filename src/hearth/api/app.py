@@ -18,8 +18,10 @@ from hearth.api.live import live_router
 from hearth.api.schemas import Health
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.failures import reason as failure_reason
 from hearth.core.reconciler import reconcile
 from hearth.core.scheduler import every
+from hearth.errors import HearthError
 
 MAX_BODY_BYTES = 64 * 1024
 SESSION_SWEEP_SECONDS = 5.0
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HearthError, _hearth_error)
 
     @app.get("/healthz", tags=["liveness"])
     def healthz() -> Health:
@@ -86,6 +89,11 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(
         {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
+
+
+async def _hearth_error(_request: Request, exc: HearthError) -> JSONResponse:
+    """Hearth's own errors that no route answered otherwise (see hearth.errors)."""
+    return JSONResponse({"error": failure_reason(exc)}, status_code=exc.http_status)
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,9 +14,7 @@ from pydantic import BaseModel, Field
 
 from hearth.api.deps import USER_ID_PATTERN, UserId, controller, require_key
 from hearth.api.schemas import PromptCancelling, PromptHistory, PromptSummary, PromptView
-from hearth.core.cli_vms import UnknownUser
-from hearth.core.prompts import NoCredentials, Prompts
-from hearth.providers import UnknownProviderError
+from hearth.core.prompts import Prompts
 from hearth.store.models import Prompt
 
 MAX_PROMPT_CHARS = 32_000
@@ -62,13 +60,9 @@ async def run(body: PromptRequest, request: Request) -> StreamingResponse:
     """Run the prompt; events `connected`, `output` ({stream, data}) as the CLI prints, then
     `done` ({exit_code, duration, credentials}) or `error` ({reason})."""
     svc = prompts(request)
-    try:
+    try:  # UnknownUser (404) and NoCredentials (409) answer as hearth.errors says
         record = await asyncio.to_thread(svc.create, body.user_id, body.provider, body.prompt)
-    except UnknownUser as e:
-        raise HTTPException(404, str(e)) from None
-    except NoCredentials as e:
-        raise HTTPException(409, str(e)) from None
-    except (UnknownProviderError, ValueError) as e:
+    except ValueError as e:
         raise HTTPException(400, str(e)) from None
     return StreamingResponse(
         _events(svc, record.id),

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
-from hearth.core import machine
+from hearth.core import CoreError, machine
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
@@ -42,7 +42,7 @@ VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server read
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
-class SessionError(RuntimeError):
+class SessionError(CoreError):
     """The sign-in could not go on; the message is shown to the user and the API."""
 
 

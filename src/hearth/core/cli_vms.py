@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core import CoreError
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.vms import LIVE_STATES, VmManager
 from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
@@ -37,12 +38,16 @@ REFUSAL_WINDOW = 16 * 1024  # characters at the end of a run's output searched f
 EXPIRY_MARGIN = timedelta(minutes=5)
 
 
-class UnknownUser(LookupError):
+class UnknownUser(CoreError, LookupError):
     """Hearth holds nothing for this user: no credentials, no VM."""
 
+    http_status = 404
 
-class ProviderUnreachable(RuntimeError):
+
+class ProviderUnreachable(CoreError):
     """The provider could not be asked, or gave no verdict; the message says what happened."""
+
+    http_status = 502
 
 
 @dataclass(frozen=True)

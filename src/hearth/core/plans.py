@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hearth.core import CoreError
+
 if TYPE_CHECKING:
     from hearth.core.vms import VmManager
     from hearth.store.models import Vm
@@ -39,7 +41,9 @@ class Plan:
         return Plan(self.name, self.steps[: self.step_names.index(step) + 1])
 
 
-class StepFailed(RuntimeError):
+class StepFailed(CoreError):
+    """A plan's step raised; `step` names it and `cause` is what it raised."""
+
     def __init__(self, step: str, cause: BaseException):
         super().__init__(f"step {step!r} failed: {cause}")
         self.step = step

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from hearth import providers
 from hearth.config import Settings
+from hearth.core import CoreError
 from hearth.core.cli_vms import CliVms, UnknownUser
 from hearth.core.failures import reason as failure_reason
 from hearth.store.db import Database
@@ -28,8 +29,10 @@ MAX_STORED_OUTPUT = 1_000_000  # characters of output kept in the record
 FLUSH_EVERY = 1.0  # seconds between writes of a running prompt's output to its record
 
 
-class NoCredentials(LookupError):
+class NoCredentials(CoreError, LookupError):
     """The user has no credentials for that provider: they must sign in first."""
+
+    http_status = 409
 
 
 @dataclass

@@ -19,7 +19,7 @@ import httpx
 from sqlalchemy import select
 
 from hearth.config import Settings
-from hearth.core import machine
+from hearth.core import CoreError, machine
 from hearth.core.agent_client import AgentClient
 from hearth.core.plans import StepFailed, run_plan
 from hearth.core.ports import AgentConnector, GuestAgent, Network
@@ -46,8 +46,8 @@ LIVE_STATES = (
 IN_PROGRESS = (VmState.requested, VmState.booting, VmState.hibernating, VmState.resuming)
 
 
-class VmError(RuntimeError):
-    pass
+class VmError(CoreError):
+    """A VM could not be made, found or moved as asked."""
 
 
 class VmmExited(VmmError):

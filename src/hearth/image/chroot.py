@@ -9,11 +9,13 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from hearth.errors import HearthError
+
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 HOST_CA_IN_CHROOT = "/tmp/hearth-host-ca.pem"
 
 
-class BuildError(RuntimeError):
+class BuildError(HearthError):
     """A build step failed; the message names the step and the tail of its output."""
 
 

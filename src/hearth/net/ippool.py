@@ -7,16 +7,21 @@ import ipaddress
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from hearth.net import NetworkError
 from hearth.store.db import Database
 from hearth.store.models import IpLease, Vm
 
 
-class PoolExhausted(RuntimeError):
-    pass
+class PoolExhausted(NetworkError):
+    """Every address of the VM subnet is leased."""
+
+    http_status = 503
 
 
-class UnknownVm(LookupError):
+class UnknownVm(NetworkError, LookupError):
     """A lease was asked for a VM the database does not know (the foreign key refused it)."""
+
+    http_status = 404
 
 
 class IpPool:

@@ -20,13 +20,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hearth.config import Settings
 from hearth.guest.ports import AGENT_PORT, VNC_PORT
+from hearth.net import NetworkError
 from hearth.net.firewall import ruleset
 from hearth.net.namespace import nsenter
 from hearth.waiting import wait_for
-
-
-class NetworkError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

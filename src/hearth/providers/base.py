@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from hearth.errors import HearthError
+
 AccountInfo = tuple[str | None, int | None]  # (e-mail, expiry as Unix seconds)
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
-class UnknownProviderError(ValueError):
+class ProviderError(HearthError):
+    """A provider's spec cannot do what was asked (an unknown name, files it cannot read)."""
+
+    http_status = 400
+
+
+class UnknownProviderError(ProviderError, ValueError):
     """No provider has that name."""
 
 

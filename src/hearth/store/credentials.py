@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.config import Settings
 from hearth.guest import fileio
+from hearth.store import StoreError
 from hearth.store.crypto import (
     ENV_VAR,
     Keyring,
@@ -36,18 +37,26 @@ WRITE_ATTEMPTS = 50
 MAX_REASON = 500  # characters of a refusal kept
 
 
-class CredentialNotFound(LookupError):
+class CredentialNotFound(StoreError, LookupError):
+    """Nothing is stored for this user and provider."""
+
+    http_status = 404
+
     def __init__(self, user_id: str, provider: str):
         super().__init__(f"no {provider!r} credentials stored for user {user_id!r}")
 
 
-class CredentialConflict(RuntimeError):
+class CredentialConflict(StoreError):
     """Concurrent writers kept replacing the record under this one."""
 
+    http_status = 409
 
-class CredentialStale(RuntimeError):
+
+class CredentialStale(StoreError):
     """A write meant to follow one version found another: say, a refresh pulled from a VM
     after a new sign-in had already replaced the credentials it refreshed."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hearth.guest import fileio
+from hearth.store import StoreError
 
 if TYPE_CHECKING:
     from hearth.config import Settings
@@ -46,7 +47,7 @@ ENV_VAR = "HEARTH_MASTER_KEY"
 WRAP_CONTEXT = b"hearth.data-key.v1\0"
 
 
-class CryptoError(Exception):
+class CryptoError(StoreError):
     """Base of this module's errors; messages name key ids and files, never secrets."""
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from hearth.errors import HearthError
 
-class VmmError(RuntimeError):
+
+class VmmError(HearthError):
     """A VMM could not do what was asked; the message says what and why."""
 
 

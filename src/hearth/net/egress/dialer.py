@@ -16,6 +16,7 @@ import dns.resolver
 from python_socks import ProxyError, ProxyTimeoutError
 from python_socks.async_.asyncio import Proxy
 
+from hearth.net import NetworkError
 from hearth.net.egress.addresses import Address, refusal
 from hearth.net.egress.upstream import Upstream
 
@@ -24,7 +25,7 @@ RESOLVE_TIMEOUT = 5.0
 LOCAL_REFRESH = 10.0  # seconds the controller's own addresses are cached
 
 
-class DialError(Exception):
+class DialError(NetworkError):
     """The connection could not be made; the message says why, with no secret in it."""
 
     def __init__(self, message: str, refused: bool = False, upstream: bool = False):

@@ -11,10 +11,12 @@ import weakref
 
 import h11
 
+from hearth.net import NetworkError
+
 MAX_HEAD = 64 * 1024  # a ClientHello or a request head longer than this is refused
 
 
-class SniffError(Exception):
+class SniffError(NetworkError):
     """The stream does not name a host; the message says what it held instead."""
 
 
