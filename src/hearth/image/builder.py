@@ -31,15 +31,7 @@ IMAGE_CODE_DIR = Path(__file__).resolve().parent
 REQUIRED_TOOLS = ("debootstrap", "mkfs.ext4", "chroot", "mount", "umount")
 ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
 ROOTFS_HEADROOM_MIB = 1024  # room for the CLIs' state, browser profiles and logs
-# Units a Hearth VM never needs, each costing a process start (much under emulation):
-# hearth-net configures eth0 (nothing generates .network files from ip= or waits for
-# "online"); nobody logs in (root is locked; the serial console is a log, not a terminal);
-# the initrd already loaded the modules and mounted the root read-write with fstab's
-# options, and the kernel's devtmpfs has every node the VM uses, so neither udev nor the
-# remount, module-loading and static-node services have anything to do; the CPU's and
-# virtio-rng's entropy make a stored random seed moot; the journal stays in memory; a
-# disposable VM runs no package maintenance, debug filesystems or binfmt handlers, and
-# rebuilds no caches.
+# Units a Hearth VM never needs, each costing a process start: why each, docs/guest-boot.md.
 HEARTH_BOOT_MASKED = [
     "systemd-udevd.service",
     "systemd-udev-trigger.service",

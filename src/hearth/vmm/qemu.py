@@ -23,14 +23,7 @@ from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
 from hearth.waiting import Timeout, wait_for
 
 QEMU = "qemu-system-x86_64"
-# Under TCG: x86-64-v2, what the CLIs need (Claude Code's binary stops with "Illegal
-# instruction" on plain qemu64), and no more. Each extension beyond it ("max" offers AVX2
-# and more) is emulated, and the guest's libraries pick the widest: boots to the agent
-# took about 0.3 s longer with "max". Plus RDRAND: with it the kernel's random pool is
-# ready while the kernel still runs on one vCPU. Without it, the pool became ready when the
-# initrd loaded virtio-rng, and flipping that static key while the other vCPU ran the code
-# being patched sometimes killed the guest under multi-threaded TCG ("Oops: int3" in
-# crng_make_state).
+# Under TCG: x86-64-v2 (what the CLIs need) plus RDRAND, and no more: docs/guest-boot.md.
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+rdrand"
 SNAPSHOT = "snapshot.migration"
 QMP_TIMEOUT = 30.0
