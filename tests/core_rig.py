@@ -37,18 +37,21 @@ import hearth.guest
 from hearth import providers
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.reconciler import vmm_processes
 from hearth.core.runtime import Controller
 from hearth.core.vms import VmManager
 from hearth.demo_idp import RunningIdp, serve_in_thread
 from hearth.guest.fileio import write_atomic
 from hearth.providers import demo
-from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
+from hearth.vmm.base import MachineSpec, VmmError, kill_pid, references, running_pid
+from hearth.waiting import wait_for
 
 GUEST_DIR = Path(hearth.guest.__file__).parent
 AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.service"
 USER = "ada@example.test"
 SNAPSHOT = "snapshot.json"
 FIREFOX_TITLE = "Sign in \u2014 Mozilla Firefox"
+EXEC_TIMEOUT = 10.0
 
 
 def agent_command() -> list[str]:
@@ -134,6 +137,14 @@ class AgentProcessDriver:
                 start_new_session=True,
             )
         write_atomic(spec.pid_file, f"{process.pid}\n".encode(), 0o644)
+        # As a VMM's driver returns once the VMM runs: here, once the process runs the agent
+        # (until its exec, /proc shows it without the directory, and it is no VM's VMM).
+        wait_for(
+            lambda: references(process.pid, spec.workdir) or process.poll() is not None,
+            EXEC_TIMEOUT,
+            "the agent process to start",
+            interval=0.005,
+        )
         return process.pid
 
     def stop(self, spec: MachineSpec) -> None:
@@ -242,12 +253,9 @@ class Rig:
             return http.get(answer.headers["location"])
 
     def vm_processes(self) -> list[int]:
-        """Agent processes of this rig's VMs that still run."""
-        return [
-            pid
-            for vm in self.vms.list(include_destroyed=True)
-            if (pid := running_pid(self.vms.spec(vm))) is not None
-        ]
+        """Every agent process running from this rig's VM directories, whoever started it
+        (found in /proc, so a VMM started twice shows twice)."""
+        return vmm_processes(self.settings.vms_dir, self.driver.programs)
 
 
 @contextmanager
@@ -283,4 +291,6 @@ def build_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: objec
     finally:
         for vm in rig.vms.list():
             rig.vms.destroy(vm.id)
+        for pid in rig.vm_processes():  # what a test (or a regression) left without a record
+            kill_pid(pid)
         idp.stop()
