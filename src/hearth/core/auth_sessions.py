@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hearth import providers
 from hearth.config import Settings
@@ -228,9 +228,11 @@ class AuthSessions:
         vm_id = None
         try:
             self._advance(session_id, AuthSessionStatus.vm_booting)
-            vm = self.vms.create(BROWSER_IMAGE, seed_extras={VNC_PASSWORD: vnc_password()})
-            vm_id = vm.id
+            # Recorded before it boots, so that a VM whose boot fails is destroyed too.
+            vm_id = self.vms.record(BROWSER_IMAGE)
             self._update(session_id, vm_id=vm_id)
+            self.vms.finish_create(vm_id, seed_extras={VNC_PASSWORD: vnc_password()})
+            vm = self.vms.get(vm_id)
             self._check_running(session_id)
             with self.vms.agent(vm) as agent:
                 agent.start_login(spec.to_agent(self._provider_params(), self.vms.client_env()))
@@ -312,33 +314,27 @@ class AuthSessions:
         self, session_id: str, status: AuthSessionStatus, detail: str | None = None, **fields
     ):
         """Move a running session on; a session that ended meanwhile stays ended."""
-        if not self._transition(session_id, status, detail, only_if_running=True, **fields):
+        if not self._transition(session_id, status, detail, **fields):
             raise _SessionEnded
 
     def _finish(self, session_id: str, status: AuthSessionStatus, detail: str) -> None:
-        self._transition(
-            session_id,
-            status,
-            detail,
-            only_if_running=True,
-            error=(detail if status == AuthSessionStatus.failed else None),
-        )
+        error = detail if status == AuthSessionStatus.failed else None
+        self._transition(session_id, status, detail, error=error)
 
     def _transition(
-        self,
-        session_id: str,
-        status: AuthSessionStatus,
-        detail: str | None,
-        only_if_running: bool,
-        **fields,
+        self, session_id: str, status: AuthSessionStatus, detail: str | None, **fields
     ) -> bool:
+        """Move a session that has not ended to `status`, with its event; False if it had
+        ended. One conditional UPDATE decides, so a cancel and the session's own thread
+        cannot both win (SQLite ignores SELECT ... FOR UPDATE)."""
         with self.db.session() as s:
-            session = s.get(AuthSession, session_id, with_for_update=True)
-            if session is None or (only_if_running and session.status in TERMINAL):
+            moved = s.execute(
+                update(AuthSession)
+                .where(AuthSession.id == session_id, AuthSession.status.not_in(TERMINAL))
+                .values(status=status, **fields)
+            ).rowcount
+            if not moved:
                 return False
-            session.status = status
-            for key, value in fields.items():
-                setattr(session, key, value)
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
             s.commit()
         self.notifier.bump(session_id)

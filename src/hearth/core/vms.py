@@ -134,14 +134,15 @@ class VmManager:
     ) -> Vm:
         """Boot a VM from `image` and return it once its agent answers; `user_id` marks a
         user's CLI VM, `seed_extras` are secrets for the guest beside its agent token."""
-        if read_manifest(self.settings.images_dir / image) is None:
-            raise VmError(f"image {image!r} is not built (run: hearth image build {image})")
         vm_id = self.record(image, user_id)
         self.finish_create(vm_id, on_step, seed_extras)
         return self.get(vm_id)
 
     def record(self, image: str, user_id: str | None = None) -> str:
-        """The new VM's record (requested, owned by this process); its id."""
+        """The new VM's record (requested, owned by this process); its id. Its create plan
+        is then finish_create's."""
+        if read_manifest(self.settings.images_dir / image) is None:
+            raise VmError(f"image {image!r} is not built (run: hearth image build {image})")
         vm_id = uuid.uuid4().hex[:12]
         with self.db.session() as s:
             s.add(
