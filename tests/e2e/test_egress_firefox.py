@@ -54,7 +54,7 @@ def test_firefox_loads_an_allowed_page_and_shows_an_error_for_a_refused_one(tmp_
 
         def title() -> str:
             with inside(r.controller_ns), manager.agent(vm) as agent:
-                return agent.login_status()["firefox"]["title"] or ""
+                return agent.login_status().firefox.title or ""
 
         assert "claude.com" in title() and not title().startswith(REFUSED_TITLES), title()
         with live_view(started["connect_url"]) as (_, canvas):

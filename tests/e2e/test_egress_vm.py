@@ -63,10 +63,10 @@ def _run(r, manager, vm, argv: list[str]) -> tuple[int, str]:
         agent.run(argv, env=manager.client_env(), timeout=60) as events,
     ):
         for event in events:
-            if event["event"] == "output":
-                output.append(event["data"])
-            elif event["event"] == "exit":
-                return event["exit_code"], "".join(output)
+            if event.event == "output":
+                output.append(event.data)
+            elif event.event == "exit":
+                return event.exit_code, "".join(output)
     raise AssertionError("the run ended without an exit event")
 
 

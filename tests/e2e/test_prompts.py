@@ -104,7 +104,7 @@ def test_a_prompt_streams_its_output_and_the_refreshed_tokens_come_back(signed_i
     with inside(s.controller_ns), controller.vms.agent(vm) as agent:
         files, _ = agent.read_credentials("demo")
         with agent.run(["stat", "-c", "%a %U", f"/root/{CREDENTIALS}"]) as run:
-            stat = "".join(e["data"] for e in run if e["event"] == "output")
+            stat = "".join(e.data for e in run if e.event == "output")
     assert files[CREDENTIALS] == stored  # the one live copy: the VM's is the stored one
     assert stat.split() == ["600", "root"]
     assert json.loads(stored)["email"] == s.user
@@ -202,8 +202,8 @@ def test_removing_the_provider_wipes_the_files_in_the_vm(signed_in: Stack):
         with pytest.raises(httpx.HTTPStatusError):
             agent.read_credentials("demo")
         with agent.run(["test", "-e", f"/root/{CREDENTIALS}"]) as run:
-            exit_event = [e for e in run if e["event"] == "exit"][0]
-    assert exit_event["exit_code"] == 1
+            exit_event = [e for e in run if e.event == "exit"][0]
+    assert exit_event.exit_code == 1
     response = s.api.post(
         "/api/prompts", json={"user_id": USER, "provider": "demo", "prompt": "hi"}
     )

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hearth import providers
+from hearth.guest.protocol import LoginStatus
 from hearth.sandbox import inside
 from hearth.waiting import wait_for
 from tests.e2e.conftest import Hearth, needs_image
@@ -52,24 +53,24 @@ def test_each_real_cli_hands_firefox_its_authorize_url(hearth: Hearth):
                 timeout=300,
                 what=f"{name}'s authorize URL in Firefox",
             )
-            url = urlsplit(status["url"])
+            url = urlsplit(status.url)
             query = parse_qs(url.query)
-            assert url.scheme == "https" and url.hostname == host, status["url"]
+            assert url.scheme == "https" and url.hostname == host, status.url
             assert query["client_id"] == [client_id]
             assert query["redirect_uri"][0].startswith(redirect)
             assert query["response_type"] == ["code"] and query["state"]
             if pkce:
                 assert query["code_challenge_method"] == ["S256"] and query["code_challenge"]
-            assert not status["exited"], f"{name} exited before the sign-in"
+            assert not status.exited, f"{name} exited before the sign-in"
             agent.cancel_login()
             wait_for(
-                lambda: agent.login_status()["exited"], timeout=60, what=f"the {name} login to end"
+                lambda: agent.login_status().exited, timeout=60, what=f"the {name} login to end"
             )
     hearth("vm", "rm", vm.id)
 
 
-def _opened(status: dict) -> dict | None:
-    if status.get("exited") and not status.get("url"):
-        raise AssertionError(f"the login exited without a URL: {status.get('error')}")
-    firefox = status.get("firefox") or {}
-    return status if status.get("url") and firefox.get("opened") and firefox.get("title") else None
+def _opened(status: LoginStatus) -> LoginStatus | None:
+    if status.exited and not status.url:
+        raise AssertionError(f"the login exited without a URL: {status.error}")
+    firefox = status.firefox
+    return status if status.url and firefox.opened and firefox.title else None

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from hearth.core.agent_client import AgentClient
-from hearth.guest.agent import MAX_BODY
+from hearth.guest.http_api import MAX_BODY
 from hearth.guest.seed import write_seed
 from tests.core_rig import GUEST_DIR, agent_command
 
@@ -314,8 +314,8 @@ def test_ping_loopback_answers_ok_and_output(agent: RunningAgent) -> None:
 def test_clock_within_a_second_is_left_alone(agent: RunningAgent) -> None:
     with AgentClient("127.0.0.1", agent.token, agent.port) as client:
         answer = client.set_clock(time.time())
-    assert answer["adjusted"] is False
-    assert abs(answer["epoch"] - time.time()) < 60
+    assert answer.adjusted is False
+    assert abs(answer.epoch - time.time()) < 60
 
 
 # Only refused values: a test must never set the machine's clock.

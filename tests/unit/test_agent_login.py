@@ -244,15 +244,15 @@ def test_the_host_client_drives_a_login(agent: LoginAgent) -> None:
         assert refused.value.response.status_code == 409
         assert refused.value.message == "no login has been started"
 
-        assert client.start_login(agent.spec())["provider"] == "fake"
-        status = wait_for(lambda: (s := client.login_status())["url"] and s, WAIT, "the URL")
+        assert client.start_login(agent.spec()).provider == "fake"
+        status = wait_for(lambda: (s := client.login_status()).url and s, WAIT, "the URL")
         with pytest.raises(AgentRequestError, match="the fake login is still running"):
             client.start_login(agent.spec())
-        redirect(status["url"], code=CODE, state="s1")
-        wait_for(lambda: client.login_status()["exited"], WAIT, "the login to exit")
+        redirect(status.url, code=CODE, state="s1")
+        wait_for(lambda: client.login_status().exited, WAIT, "the login to exit")
         files = client.credentials()
         assert json.loads(files[".fake-cli/credentials.json"])["access_token"] == SECRET
-        assert client.open_url("https://provider.test/done") == {"opened": True}
+        assert client.open_url("https://provider.test/done").to_json() == {"opened": True}
 
 
 # -- logins that fail ---------------------------------------------------------------------

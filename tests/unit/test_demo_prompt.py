@@ -199,22 +199,22 @@ def test_a_prompt_run_through_the_agent_streams_and_hands_back_the_refresh(
     )
 
     with client.run(prompt_command("--", PROMPT), provider="demo", timeout=RUN_TIMEOUT) as events:
-        assert next(events)["event"] == "started"
+        assert next(events).event == "started"
         pieces = []
         for event in events:
-            if event["event"] == "exit":
+            if event.event == "exit":
                 exit_event = event
                 break
-            assert event["stream"] == "stdout", event
-            pieces.append(event["data"])
-    assert exit_event["exit_code"] == 0
+            assert event.stream == "stdout", event
+            pieces.append(event.data)
+    assert exit_event.exit_code == 0
     assert len(pieces) > 1  # the answer arrived in pieces, as it was written
     lines = [json.loads(line) for line in "".join(pieces).splitlines()]
     assert lines[1]["email"] == USER and lines[-1] == {"type": "result", "ok": True}
 
     # The run refreshed the token: the digest says so, and the new file is there to take.
     files, digest = client.read_credentials("demo")
-    assert exit_event["credentials_digest"] == digest != installed
+    assert exit_event.credentials_digest == digest != installed
     refreshed = json.loads(files[CREDENTIALS])
     assert refreshed["refresh_token"] != near_expiry["refresh_token"]
     assert userinfo(http, idp, refreshed["access_token"]).json()["email"] == USER

@@ -16,6 +16,7 @@ import pytest
 
 from hearth.core.agent_client import AgentRequestError
 from hearth.guest import runs
+from hearth.guest.protocol import RunEvent, RunExit
 from hearth.waiting import wait_for
 from tests.unit.test_custody import CliAgent, running_cli_agent
 
@@ -78,23 +79,23 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def collect(events: Iterator[dict[str, Any]]) -> tuple[dict[str, str], dict[str, Any]]:
+def collect(events: Iterator[RunEvent]) -> tuple[dict[str, str], RunExit]:
     """Everything up to the exit event: the output by stream, and the exit event."""
     output = {"stdout": "", "stderr": ""}
     for event in events:
-        if event["event"] == "exit":
+        if isinstance(event, RunExit):
             return output, event
-        assert event["event"] == "output", event
-        output[event["stream"]] += event["data"]
+        assert event.event == "output", event
+        output[event.stream] += event.data
     raise AssertionError("the stream ended without an exit event")
 
 
-def first_json_line(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def first_json_line(events: Iterator[RunEvent]) -> dict[str, Any]:
     text = ""
     while "\n" not in text:
         event = next(events)
-        assert event["event"] == "output" and event["stream"] == "stdout", event
-        text += event["data"]
+        assert event.event == "output" and event.stream == "stdout", event
+        text += event.data
     return json.loads(text)
 
 
@@ -104,46 +105,50 @@ def test_output_streams_as_it_is_produced(cli_agent: CliAgent, tmp_path: Path) -
     client = cli_agent.client
     with client.run(python(TALKER, str(fifo), MARKER)) as events:
         started = next(events)
-        assert started["event"] == "started" and started["pid"] > 0
-        assert len(started["run_id"]) == 32 and int(started["run_id"], 16) >= 0
+        assert started.event == "started" and started.pid > 0
+        assert len(started.run_id) == 32 and int(started.run_id, 16) >= 0
         # The CLI is blocked on the FIFO: this output cannot have waited for its exit.
         first = next(events)
-        assert first == {"event": "output", "stream": "stdout", "data": f"first {MARKER} a"}
-        assert client.run_status(started["run_id"])["running"] is True
+        assert first.to_json() == {
+            "event": "output",
+            "stream": "stdout",
+            "data": f"first {MARKER} a",
+        }
+        assert client.run_status(started.run_id).running is True
         fifo.write_text("go")
         output, exit_event = collect(events)
     assert output == {"stdout": "\u00e9 last\n", "stderr": "warning\n"}
-    assert exit_event == {
+    assert exit_event.to_json() == {
         "event": "exit",
-        "run_id": started["run_id"],
+        "run_id": started.run_id,
         "exit_code": 3,
         "signal": None,
-        "duration": exit_event["duration"],
+        "duration": exit_event.duration,
         "cancelled": False,
         "timed_out": False,
         "credentials_digest": None,
     }
-    assert exit_event["duration"] > 0
-    status = client.run_status(started["run_id"])
-    assert status == {
-        "run_id": started["run_id"],
+    assert exit_event.duration > 0
+    status = client.run_status(started.run_id)
+    assert status.to_json() == {
+        "run_id": started.run_id,
         "running": False,
         "exit_code": 3,
         "signal": None,
         "cancelled": False,
         "timed_out": False,
-        "duration": exit_event["duration"],
+        "duration": exit_event.duration,
     }
     log = cli_agent.stop()
-    assert f"hearth-agent: run {started['run_id']}: exited with 3 after " in log
+    assert f"hearth-agent: run {started.run_id}: exited with 3 after " in log
     assert MARKER not in log and "warning" not in log
 
 
 def test_a_run_gets_a_clean_environment_in_home(cli_agent: CliAgent) -> None:
     with cli_agent.client.run(python(SURROUNDINGS), env={"EXTRA": "yes"}) as events:
-        assert next(events)["event"] == "started"
+        assert next(events).event == "started"
         output, exit_event = collect(events)
-    assert exit_event["exit_code"] == 0 and output["stderr"] == ""
+    assert exit_event.exit_code == 0 and output["stderr"] == ""
     seen = json.loads(output["stdout"])
     assert seen == {
         "cwd": str(cli_agent.home),
@@ -163,43 +168,43 @@ def test_a_run_gets_a_clean_environment_in_home(cli_agent: CliAgent) -> None:
 def test_cancel_stops_the_whole_process_group(cli_agent: CliAgent) -> None:
     client = cli_agent.client
     with client.run(python(FAMILY, "plain")) as events:
-        run_id = next(events)["run_id"]
+        run_id = next(events).run_id
         family = first_json_line(events)
         assert alive(family["pid"]) and alive(family["grandchild"])
         status = client.cancel_run(run_id)
-        assert status["run_id"] == run_id and status["cancelled"] is True
+        assert status.run_id == run_id and status.cancelled is True
         _, exit_event = collect(events)
-    assert exit_event["cancelled"] is True and exit_event["timed_out"] is False
-    assert (exit_event["exit_code"], exit_event["signal"]) == (None, "SIGTERM")
+    assert exit_event.cancelled is True and exit_event.timed_out is False
+    assert (exit_event.exit_code, exit_event.signal) == (None, "SIGTERM")
     wait_for(lambda: not alive(family["grandchild"]), WAIT, "the grandchild to be gone")
     # A finished run stays as it was.
-    assert client.cancel_run(run_id)["signal"] == "SIGTERM"
+    assert client.cancel_run(run_id).signal == "SIGTERM"
 
 
 def test_a_client_that_goes_away_takes_the_run_with_it(cli_agent: CliAgent) -> None:
     client = cli_agent.client
     with client.run(python(FAMILY, "plain")) as events:
-        run_id = next(events)["run_id"]
+        run_id = next(events).run_id
         family = first_json_line(events)
     # Leaving the block closed the connection mid-stream.
     wait_for(lambda: not alive(family["pid"]), WAIT, "the run's CLI to be stopped")
     wait_for(lambda: not alive(family["grandchild"]), WAIT, "the grandchild to be gone")
     status = wait_for(
-        lambda: (s := client.run_status(run_id)) and not s["running"] and s, WAIT, "the run's end"
+        lambda: (s := client.run_status(run_id)) and not s.running and s, WAIT, "the run's end"
     )
-    assert status["cancelled"] is True and status["signal"] == "SIGTERM"
+    assert status.cancelled is True and status.signal == "SIGTERM"
     assert f"run {run_id}: stopping (its client went away)" in cli_agent.stop()
 
 
 def test_a_run_past_its_timeout_is_killed(cli_agent: CliAgent) -> None:
     # The CLI ignores SIGTERM: SIGKILL follows after the grace period.
     with cli_agent.client.run(python(FAMILY, "ignore-term"), timeout=0.5) as events:
-        assert next(events)["event"] == "started"
+        assert next(events).event == "started"
         family = first_json_line(events)
         _, exit_event = collect(events)
-    assert exit_event["timed_out"] is True and exit_event["cancelled"] is False
-    assert (exit_event["exit_code"], exit_event["signal"]) == (None, "SIGKILL")
-    assert exit_event["duration"] >= 0.5 + runs.KILL_GRACE
+    assert exit_event.timed_out is True and exit_event.cancelled is False
+    assert (exit_event.exit_code, exit_event.signal) == (None, "SIGKILL")
+    assert exit_event.duration >= 0.5 + runs.KILL_GRACE
     wait_for(lambda: not alive(family["grandchild"]), WAIT, "the grandchild to be gone")
 
 
@@ -211,18 +216,18 @@ def test_the_exit_event_carries_the_digest_of_the_credentials_after_the_run(
     refresh = "import pathlib; pathlib.Path.home().joinpath('.demo/token').write_text('new')"
 
     with client.run(python("pass"), provider="demo") as events:
-        _, unchanged = collect(e for e in events if e["event"] != "started")
-    assert unchanged["credentials_digest"] == installed
+        _, unchanged = collect(e for e in events if e.event != "started")
+    assert unchanged.credentials_digest == installed
 
     with client.run(python(refresh), provider="demo") as events:
-        _, changed = collect(e for e in events if e["event"] != "started")
+        _, changed = collect(e for e in events if e.event != "started")
     files, digest = client.read_credentials("demo")
     assert files == {".demo/token": b"new"}
-    assert changed["credentials_digest"] == digest != installed
+    assert changed.credentials_digest == digest != installed
 
     with client.run(python("pass"), provider="codex") as events:  # nothing installed
-        _, none = collect(e for e in events if e["event"] != "started")
-    assert none["credentials_digest"] is None
+        _, none = collect(e for e in events if e.event != "started")
+    assert none.credentials_digest is None
 
 
 def test_unknown_runs_are_404(cli_agent: CliAgent) -> None:

@@ -1,4 +1,5 @@
-"""The host's side of the in-guest agent: bearer-token HTTP to <guest>:AGENT_PORT (8080)."""
+"""The host's side of the in-guest agent: bearer-token HTTP to <guest>:AGENT_PORT (8080).
+The answers are hearth.guest.protocol's messages, parsed and checked."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ from contextlib import contextmanager
 import httpx
 
 from hearth.guest.ports import AGENT_PORT
+from hearth.guest.protocol import (
+    ClockAnswer,
+    CredentialFiles,
+    CredentialsInstalled,
+    CredentialsWiped,
+    LoginCredentials,
+    LoginStatus,
+    ProbeAnswer,
+    ProtocolError,
+    Ready,
+    RunEvent,
+    RunStatus,
+    TrustAnswer,
+    UrlOpened,
+    run_event,
+)
+
+__all__ = ["AgentClient", "AgentRequestError", "ProtocolError"]
 
 
 class AgentRequestError(httpx.HTTPStatusError):
@@ -30,10 +49,41 @@ class AgentRequestError(httpx.HTTPStatusError):
         )
 
 
-def _json(response: httpx.Response) -> dict:
+def _body(response: httpx.Response) -> object:
+    """The JSON of an agent's successful answer; AgentRequestError for a refusal,
+    ProtocolError for an answer that is not JSON."""
     if response.is_error:
         raise AgentRequestError(response)
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        raise ProtocolError(
+            f"the agent's answer to {response.request.method} {response.request.url.path} "
+            "is not JSON"
+        ) from None
+
+
+def _line(line: str) -> RunEvent:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        raise ProtocolError("a line of the agent's run stream is not JSON") from None
+    return run_event(data)
+
+
+def _diagnostics(response: httpx.Response) -> dict:
+    """A free-form answer (health, ping): any JSON object."""
+    response.raise_for_status()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ProtocolError(
+            f"the agent's answer to {response.request.method} {response.request.url.path} "
+            "must be a JSON object"
+        )
+    return body
 
 
 def _encode(files: dict[str, bytes]) -> dict[str, str]:
@@ -41,6 +91,9 @@ def _encode(files: dict[str, bytes]) -> dict[str, str]:
 
 
 class AgentClient:
+    """Every answer comes back parsed (hearth.guest.protocol): ProtocolError when the agent
+    sends something the protocol does not allow, AgentRequestError when it refuses."""
+
     def __init__(self, ip: str, token: str, port: int = AGENT_PORT, timeout: float = 10.0):
         self._timeout = timeout
         self._client = httpx.Client(
@@ -59,46 +112,41 @@ class AgentClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def ready(self, timeout: float | None = None) -> dict:
+    def ready(self, timeout: float | None = None) -> Ready:
         """The agent's cheap readiness answer (it runs nothing in the guest)."""
         kwargs = {"timeout": timeout} if timeout else {}
         response = self._client.get("/ready", **kwargs)
         response.raise_for_status()
-        return response.json()
+        return Ready.from_json(_body(response))
 
     def health(self, timeout: float | None = None) -> dict:
+        """The guest's report: hostname, uptimes, addresses, routes, DNS (free-form)."""
         kwargs = {"timeout": timeout} if timeout else {}
-        response = self._client.get("/health", **kwargs)
-        response.raise_for_status()
-        return response.json()
+        return _diagnostics(self._client.get("/health", **kwargs))
 
     def ping(self, host: str) -> dict:
-        response = self._client.post("/diagnostics/ping", json={"host": host})
-        response.raise_for_status()
-        return response.json()
+        """{"ok", "output"} of one ping from the guest (free-form)."""
+        return _diagnostics(self._client.post("/diagnostics/ping", json={"host": host}))
 
-    def start_login(self, spec: dict) -> dict:
+    def start_login(self, spec: dict) -> LoginStatus:
         """Start a provider login (ProviderSpec.to_agent()); returns its first status.
         AgentRequestError 409 while another login runs."""
-        return _json(self._client.post("/login", json={"spec": spec}))
+        return LoginStatus.from_json(_body(self._client.post("/login", json={"spec": spec})))
 
-    def login_status(self) -> dict:
-        """{"provider", "state", "url", "printed_url", "browser_url", "exited", "exit_code",
-        "success", "error", "firefox": {"opened", "title", "ready"}, ...}"""
-        return _json(self._client.get("/login"))
+    def login_status(self) -> LoginStatus:
+        return LoginStatus.from_json(_body(self._client.get("/login")))
 
-    def cancel_login(self) -> dict:
-        return _json(self._client.delete("/login"))
+    def cancel_login(self) -> LoginStatus:
+        return LoginStatus.from_json(_body(self._client.delete("/login")))
 
     def credentials(self) -> dict[str, bytes]:
         """The signed-in CLI's credential files by path under its HOME. AgentRequestError
         409 until the login has succeeded."""
-        files = _json(self._client.get("/credentials"))["files"]
-        return {path: base64.b64decode(content) for path, content in files.items()}
+        return LoginCredentials.from_json(_body(self._client.get("/credentials"))).files
 
-    def open_url(self, url: str) -> dict:
+    def open_url(self, url: str) -> UrlOpened:
         """Show an http(s) URL in the browser VM's Firefox."""
-        return _json(self._client.post("/open-url", json={"url": url}))
+        return UrlOpened.from_json(_body(self._client.post("/open-url", json={"url": url})))
 
     # -- the CLI VM --------------------------------------------------------------------
 
@@ -114,28 +162,31 @@ class AgentClient:
             "credential_files": _encode(credential_files),
             "support_files": _encode(support_files or {}),
         }
-        return _json(self._client.put(f"/credentials/{provider}", json=body))["digest"]
+        answer = _body(self._client.put(f"/credentials/{provider}", json=body))
+        return CredentialsInstalled.from_json(answer).digest
 
     def read_credentials(self, provider: str) -> tuple[dict[str, bytes], str]:
         """The provider's credential files as they are now, and their digest.
         AgentRequestError 404 when none were installed."""
-        body = _json(self._client.get(f"/credentials/{provider}"))
-        files = {path: base64.b64decode(content) for path, content in body["files"].items()}
-        return files, body["digest"]
+        answer = CredentialFiles.from_json(_body(self._client.get(f"/credentials/{provider}")))
+        return answer.files, answer.digest
 
     def probe_credentials(self, provider: str, probe: dict) -> tuple[int | None, str | None]:
         """Ask the provider about the installed access token (ProviderSpec.probe.to_agent());
         the HTTP status (None: not reached) and what went wrong (None on a 2xx)."""
-        body = _json(
-            self._client.post(
-                f"/credentials/{provider}/probe", json=probe, timeout=self._timeout + 30
+        answer = ProbeAnswer.from_json(
+            _body(
+                self._client.post(
+                    f"/credentials/{provider}/probe", json=probe, timeout=self._timeout + 30
+                )
             )
         )
-        return body["status"], body["detail"]
+        return answer.status, answer.detail
 
     def wipe_credentials(self, provider: str) -> list[str]:
         """Remove the provider's files; the paths that were there."""
-        return _json(self._client.delete(f"/credentials/{provider}"))["removed"]
+        answer = _body(self._client.delete(f"/credentials/{provider}"))
+        return list(CredentialsWiped.from_json(answer).removed)
 
     @contextmanager
     def run(
@@ -144,12 +195,10 @@ class AgentClient:
         env: dict[str, str] | None = None,
         provider: str | None = None,
         timeout: float | None = None,
-    ) -> Iterator[Iterator[dict]]:
-        """Run a CLI in the VM; yields its events as they happen: {"event": "started",
-        "run_id", "pid"}, {"event": "output", "stream", "data"}..., then {"event": "exit",
-        "run_id", "exit_code", "signal", "duration", "cancelled", "timed_out",
-        "credentials_digest"}. Leaving the block before the exit event stops the run.
-        A CLI may be silent for long, so reads wait without a limit."""
+    ) -> Iterator[Iterator[RunEvent]]:
+        """Run a CLI in the VM; yields its events as they happen: RunStarted, RunOutput...,
+        then RunExit. Leaving the block before the exit event stops the run. A CLI may be
+        silent for long, so reads wait without a limit."""
         body = {"argv": argv, "env": env, "provider": provider, "timeout": timeout}
         with self._client.stream(
             "POST", "/runs", json=body, timeout=httpx.Timeout(self._timeout, read=None)
@@ -157,21 +206,19 @@ class AgentClient:
             if response.is_error:
                 response.read()
                 raise AgentRequestError(response)
-            yield (json.loads(line) for line in response.iter_lines() if line)
+            yield (_line(line) for line in response.iter_lines() if line)
 
-    def run_status(self, run_id: str) -> dict:
-        """{"run_id", "running", "exit_code", "signal", "cancelled", "timed_out", "duration"}"""
-        return _json(self._client.get(f"/runs/{run_id}"))
+    def run_status(self, run_id: str) -> RunStatus:
+        return RunStatus.from_json(_body(self._client.get(f"/runs/{run_id}")))
 
-    def cancel_run(self, run_id: str) -> dict:
+    def cancel_run(self, run_id: str) -> RunStatus:
         """Stop a run (SIGTERM, then SIGKILL); its status."""
-        return _json(self._client.delete(f"/runs/{run_id}"))
+        return RunStatus.from_json(_body(self._client.delete(f"/runs/{run_id}")))
 
-    def put_trust(self, pem: str) -> dict:
-        """Have the VM's clients trust extra CAs (hearth/guest/trust.py); {"certificates",
-        "env"}."""
-        return _json(self._client.put("/trust", json={"pem": pem}))
+    def put_trust(self, pem: str) -> TrustAnswer:
+        """Have the VM's clients trust extra CAs (hearth/guest/trust.py)."""
+        return TrustAnswer.from_json(_body(self._client.put("/trust", json={"pem": pem})))
 
-    def set_clock(self, epoch: float) -> dict:
-        """Set the guest clock (after a snapshot restore); {"adjusted", "epoch"}."""
-        return _json(self._client.put("/clock", json={"epoch": epoch}))
+    def set_clock(self, epoch: float) -> ClockAnswer:
+        """Set the guest clock (after a snapshot restore)."""
+        return ClockAnswer.from_json(_body(self._client.put("/clock", json={"epoch": epoch})))

@@ -26,6 +26,7 @@ from hearth.core import CoreError, machine
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
+from hearth.guest.protocol import LoginStatus
 from hearth.store.credentials import CredentialStore
 from hearth.store.db import Database
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
@@ -239,9 +240,9 @@ class AuthSessions:
                 status = self._wait(
                     session_id, agent, _authorize_page_shown, "Firefox to show the authorize page"
                 )
-                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status["url"])
+                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status.url)
                 status = self._wait(session_id, agent, _login_over, "the sign-in")
-                if not status["success"]:
+                if not status.success:
                     raise _login_failed(status, "without signing in")
                 files = agent.credentials()
             email, expires_at = spec.account(files)
@@ -263,11 +264,13 @@ class AuthSessions:
         finally:
             self._destroy_vm(vm_id)
 
-    def _wait(self, session_id: str, agent, done: Callable[[dict], bool], what: str) -> dict:
+    def _wait(
+        self, session_id: str, agent, done: Callable[[LoginStatus], bool], what: str
+    ) -> LoginStatus:
         """Poll the agent until `done`, the session ends, or it expires."""
         session = self.get(session_id)
         remaining = (session.expires_at - datetime.now(UTC)).total_seconds()
-        last: dict = {}
+        last: LoginStatus | None = None
 
         def check() -> bool:
             nonlocal last
@@ -283,6 +286,7 @@ class AuthSessions:
         except Timeout:
             self._finish(session_id, AuthSessionStatus.expired, f"expired waiting for {what}")
             raise _SessionEnded from None
+        assert last is not None  # wait_for returned: check() saw `done`
         return last
 
     def _check_running(self, session_id: str) -> None:
@@ -344,19 +348,17 @@ class AuthSessions:
         self.db.update(AuthSession, session_id, **fields)
 
 
-def _authorize_page_shown(status: dict) -> bool:
-    if status.get("exited") and not status.get("success"):
+def _authorize_page_shown(status: LoginStatus) -> bool:
+    if status.exited and not status.success:
         raise _login_failed(status, "before showing an authorize URL")
-    return bool(status.get("url") and status.get("firefox", {}).get("ready"))
+    return bool(status.url and status.firefox.ready)
 
 
-def _login_failed(status: dict, when: str) -> SessionError:
+def _login_failed(status: LoginStatus, when: str) -> SessionError:
     """The agent's reason (it ends with the CLI's last screen, redacted in the guest)."""
-    reason = status.get("error") or f"the login command exited with {status.get('exit_code')}"
-    return SessionError(
-        f"the {status.get('provider')} login ended {when}: {str(reason)[:MAX_LOGIN_ERROR]}"
-    )
+    reason = status.error or f"the login command exited with {status.exit_code}"
+    return SessionError(f"the {status.provider} login ended {when}: {reason[:MAX_LOGIN_ERROR]}")
 
 
-def _login_over(status: dict) -> bool:
-    return bool(status.get("success") or status.get("exited"))
+def _login_over(status: LoginStatus) -> bool:
+    return status.success or status.exited

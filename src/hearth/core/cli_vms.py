@@ -28,6 +28,7 @@ from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.vms import LIVE_STATES, VmManager
+from hearth.guest.protocol import RunEvent, RunExit, RunOutput, RunStarted
 from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
 from hearth.store.models import Vm, VmState, utcnow
 
@@ -48,6 +49,17 @@ class ProviderUnreachable(CoreError):
     """The provider could not be asked, or gave no verdict; the message says what happened."""
 
     http_status = 502
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """A run's end as CliVms.run reports it: the agent's exit event, whether the run
+    refreshed the credentials (then stored), and why the provider refused them, when the
+    CLI failed for that (else None)."""
+
+    exit: RunExit
+    credentials_updated: bool
+    refused: str | None
 
 
 @dataclass(frozen=True)
@@ -104,10 +116,10 @@ class CliVms:
 
     def run(
         self, vm: Vm, user_id: str, provider: str, argv: list[str], timeout: float
-    ) -> Iterator[dict]:
-        """Run `argv` in the VM, yielding the agent's events; the exit event gains
-        "credentials": "updated" when the run refreshed the tokens, which are then stored,
-        and "refused": why, when the CLI failed because the provider refused them."""
+    ) -> Iterator[RunStarted | RunOutput | RunEnd]:
+        """Run `argv` in the VM, yielding the agent's events; its exit event comes as a
+        RunEnd, which says whether the run refreshed the tokens (they are then stored) and
+        why the provider refused them when the CLI failed for that."""
         spec = providers.get(provider)
         env = {**self.vms.client_env(), **spec.quiet_env}
         tail = ""
@@ -115,19 +127,17 @@ class CliVms:
             self.vms.agent(vm) as agent,
             agent.run(argv, env=env, provider=provider, timeout=timeout) as events,
         ):
+            event: RunEvent
             for event in events:
-                if event.get("event") == "output":
-                    tail = (tail + event["data"])[-REFUSAL_WINDOW:]
-                elif event.get("event") == "exit":
-                    updated = self.settle(vm, user_id, provider, event.get("credentials_digest"))
-                    refused = spec.refused(tail) if event.get("exit_code") else None
+                if isinstance(event, RunOutput):
+                    tail = (tail + event.data)[-REFUSAL_WINDOW:]
+                elif isinstance(event, RunExit):
+                    updated = self.settle(vm, user_id, provider, event.credentials_digest)
+                    refused = spec.refused(tail) if event.exit_code else None
                     if refused:
                         self._judge(vm, user_id, provider, refused)
-                    event = {
-                        **event,
-                        "credentials": "updated" if updated else "unchanged",
-                        "refused": refused,
-                    }
+                    yield RunEnd(event, updated, refused)
+                    continue
                 yield event
 
     def settle(self, vm: Vm, user_id: str, provider: str, digest: str | None) -> bool:
@@ -180,10 +190,10 @@ class CliVms:
         output: list[str] = []
         exit_code = None
         for event in self.run(vm, user_id, provider, list(spec.status_argv), CHECK_TIMEOUT):
-            if event.get("event") == "output":
-                output.append(event["data"])
-            elif event.get("event") == "exit":
-                exit_code = event.get("exit_code")
+            if isinstance(event, RunOutput):
+                output.append(event.data)
+            elif isinstance(event, RunEnd):
+                exit_code = event.exit.exit_code
         return Check(*spec.status_check(exit_code, "".join(output)))
 
     def _probe(self, vm: Vm, user_id: str, provider: str) -> Check:

@@ -20,8 +20,9 @@ from sqlalchemy import select
 from hearth import providers
 from hearth.config import Settings
 from hearth.core import CoreError
-from hearth.core.cli_vms import CliVms, UnknownUser
+from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
 from hearth.core.failures import reason as failure_reason
+from hearth.guest.protocol import RunOutput, RunStarted
 from hearth.store.db import Database
 from hearth.store.models import Prompt, PromptStatus, utcnow
 
@@ -142,19 +143,18 @@ class Prompts:
                     spec.prompt_command(record.prompt),
                     self.settings.prompt_timeout,
                 ):
-                    kind = event.get("event")
-                    if kind == "started":
-                        self._started(prompt_id, event["run_id"])
-                    elif kind == "output":
-                        if output.add(event["data"], time.monotonic() - started):
+                    if isinstance(event, RunStarted):
+                        self._started(prompt_id, event.run_id)
+                    elif isinstance(event, RunOutput):
+                        if output.add(event.data, time.monotonic() - started):
                             self.db.update(
                                 Prompt,
                                 prompt_id,
                                 output=output.text,
                                 first_output_seconds=output.first_at,
                             )
-                        yield "output", {"stream": event["stream"], "data": event["data"]}
-                    elif kind == "exit":
+                        yield "output", {"stream": event.stream, "data": event.data}
+                    elif isinstance(event, RunEnd):
                         done = self._ended(prompt_id, event, output, time.monotonic() - started)
                         yield "done", done
                         return
@@ -183,16 +183,16 @@ class Prompts:
         if live.cancel_reason:  # asked to stop before the run existed
             self.cancel(prompt_id)
 
-    def _ended(self, prompt_id: str, exit_event: dict, output: _Output, seconds: float) -> dict:
+    def _ended(self, prompt_id: str, end: RunEnd, output: _Output, seconds: float) -> dict:
         """The run's outcome: cancelled (asked to, or too long), failed because the provider
         refused the credentials (the app must have the user sign in again), or completed
         with the CLI's exit code."""
         reason = self._live_of(prompt_id).cancel_reason
-        if exit_event.get("timed_out"):
+        if end.exit.timed_out:
             reason = f"the CLI ran longer than {self.settings.prompt_timeout:.0f} s"
-        if exit_event.get("cancelled") or exit_event.get("timed_out"):
+        if end.exit.cancelled or end.exit.timed_out:
             status = PromptStatus.cancelled
-        elif refused := exit_event.get("refused"):
+        elif refused := end.refused:
             status = PromptStatus.failed
             reason = (
                 f"the provider refused the stored credentials ({refused}): the user "
@@ -204,16 +204,16 @@ class Prompts:
             prompt_id,
             status,
             output=output,
-            exit_code=exit_event.get("exit_code"),
+            exit_code=end.exit.exit_code,
             error=reason,
             duration=seconds,
         )
         return {
             "prompt_id": prompt_id,
             "status": status,
-            "exit_code": exit_event.get("exit_code"),
+            "exit_code": end.exit.exit_code,
             "duration": round(seconds, 3),
-            "credentials": exit_event.get("credentials"),
+            "credentials": "updated" if end.credentials_updated else "unchanged",
             **({"reason": reason} if reason else {}),
         }
 

@@ -1,65 +1,56 @@
 """The in-guest agent: a small HTTP API the controller drives, behind a per-VM bearer token.
 
 Standard library only (the image has Debian's python3 and no pip). Every route is a
-function in ROUTES, registered with @route under a path whose `{name}` segments become
-request.params; a handler receives the parsed Request and returns a Response (JSON), a
-Stream (chunked, for a run's output as it happens) or raises HttpError.
-Nothing here logs the token, any request header, a login's or a run's output or any
-credential: the console and journal show only method, path and status, and progress in words.
+function registered with @route (ROUTER, hearth.guest.http_api) under a path whose `{name}`
+segments become request.params; a handler receives the agent's state and the parsed
+Request, and returns a Response holding one of hearth.guest.protocol's messages (what the
+host's client parses back), a Stream (chunked, for a run's output as it happens) or raises
+HttpError. Nothing here logs the token, any request header, a login's or a run's output or
+any credential: the console and journal show only method, path and status, and progress in
+words.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import os
-import re
-import select
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 if __package__:
-    from . import browser_shim, custody, login, ports, probe, runs, seed, trust
+    from . import browser_shim, custody, http_api, login, ports, probe, protocol, runs, seed, trust
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import custody
+    import http_api
     import login
     import ports
     import probe
+    import protocol
     import runs
     import seed
     import trust
 
+HttpError = http_api.HttpError
+Request = http_api.Request
+Response = http_api.Response
+Stream = http_api.Stream
+log = http_api.log
+
 DEFAULT_ADDR = "0.0.0.0"
 DEFAULT_PORT = ports.AGENT_PORT  # HEARTH_AGENT_PORT overrides it for local runs (tests)
-MAX_BODY = 1024 * 1024
 RESOLV_CONF = Path("/etc/resolv.conf")
 PING_TIMEOUT = 10.0
-PARAM = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what a {name} segment of a route matches
 CLOCK_TOLERANCE = 1.0  # seconds the guest clock may be off before PUT /clock sets it
 MAX_EPOCH = 2.0**33  # year 2242: anything later is a bad request, not a time
-
-_log_lock = threading.Lock()
-
-
-def log(message: str) -> None:
-    with _log_lock:
-        sys.stdout.write(f"hearth-agent: {message}\n")
-        sys.stdout.flush()
 
 
 def uptime() -> float:
@@ -67,101 +58,17 @@ def uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-class HttpError(Exception):
-    """Ends a request with `status` and a JSON body {"error": message}."""
-
-    def __init__(
-        self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: Message
-    body: bytes
-    params: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> dict[str, Any]:
-        """The body as a JSON object, or a 400 saying why it is not one."""
-        try:
-            data = json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise HttpError(
-                HTTPStatus.BAD_REQUEST, f"request body is not valid JSON: {e}"
-            ) from None
-        if not isinstance(data, dict):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
-        return data
-
-
-@dataclass
-class Response:
-    body: Any
-    status: HTTPStatus = HTTPStatus.OK
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Stream:
-    """A 200 sent with Transfer-Encoding: chunked, each chunk flushed as `chunks` yields it.
-    An empty chunk sends nothing: it lets the server check that the client is still there
-    while the source is quiet. `chunks` is closed when the client goes away, so its source
-    can stop (a run kills its CLI)."""
-
-    chunks: Iterator[bytes]
-    content_type: str
-
-
 @dataclass
 class Agent:
-    """What handlers may use: the token (for auth only), when serving began, the logins
-    and the prompt runs."""
+    """What handlers may use: when serving began, the logins and the prompt runs."""
 
-    token: str
     started_at_uptime: float = 0.0
     logins: login.LoginManager = field(default_factory=lambda: login.LoginManager(log))
     runs: runs.RunManager = field(default_factory=lambda: runs.RunManager(log))
 
 
-Handler = Callable[[Agent, Request], Response | Stream]
-ROUTES: dict[str, dict[str, Handler]] = {}
-
-
-def route(method: str, path: str) -> Callable[[Handler], Handler]:
-    """Register `handler` for `method` on `path`, whose `{name}` segments match any value
-    PARAM allows (an exact path is preferred over a pattern)."""
-
-    def register(handler: Handler) -> Handler:
-        ROUTES.setdefault(path, {})[method] = handler
-        return handler
-
-    return register
-
-
-def match_route(path: str) -> tuple[dict[str, Handler], dict[str, str]] | None:
-    """The methods registered for `path` and the values of its `{name}` segments."""
-    if path in ROUTES:
-        return ROUTES[path], {}
-    segments = path.split("/")
-    for pattern, methods in ROUTES.items():
-        parts = pattern.split("/")
-        if "{" not in pattern or len(parts) != len(segments):
-            continue
-        params = {}
-        for part, segment in zip(parts, segments, strict=True):
-            if part.startswith("{") and part.endswith("}") and PARAM.fullmatch(segment):
-                params[part[1:-1]] = segment
-            elif part != segment:
-                break
-        else:
-            return methods, params
-    return None
+ROUTER = http_api.Router()
+route = ROUTER.route
 
 
 def _ip_json(*args: str) -> list[dict[str, Any]]:
@@ -215,7 +122,7 @@ def ready(agent: Agent, request: Request) -> Response:
     """The readiness probe: it starts no process, so a guest just restored from a snapshot
     (which under emulation must translate its code afresh) answers at once. /health, which
     runs `ip` twice, is the report."""
-    return Response({"status": "ok", "uptime": uptime()})
+    return Response(protocol.Ready("ok", uptime()))
 
 
 @route("GET", "/health")
@@ -303,7 +210,7 @@ def credentials(agent: Agent, request: Request) -> Response:
         files = session.credentials()
     except login.NotReady as e:
         raise HttpError(HTTPStatus.CONFLICT, str(e)) from None
-    return Response({"provider": session.spec.name, "files": files})
+    return Response(protocol.LoginCredentials(session.spec.name, files))
 
 
 # --- credential custody (the CLI VM) -----------------------------------------------------
@@ -329,7 +236,7 @@ def install_credentials(agent: Agent, request: Request) -> Response:
     except (custody.CustodyError, OSError) as e:
         raise _custody_error(e) from None
     log(f"installed {len(files)} credential and {len(support)} support files for {provider}")
-    return Response({"provider": provider, "digest": digest})
+    return Response(protocol.CredentialsInstalled(provider, digest))
 
 
 @route("GET", "/credentials/{provider}")
@@ -340,8 +247,7 @@ def read_credentials(agent: Agent, request: Request) -> Response:
         files, digest = custody.read(provider)
     except (custody.CustodyError, custody.NoManifest, OSError) as e:
         raise _custody_error(e) from None
-    encoded = {path: custody.b64encode(content) for path, content in files.items()}
-    return Response({"provider": provider, "files": encoded, "digest": digest})
+    return Response(protocol.CredentialFiles(provider, files, digest))
 
 
 @route("POST", "/credentials/{provider}/probe")
@@ -358,7 +264,7 @@ def probe_credentials(agent: Agent, request: Request) -> Response:
     except (custody.CustodyError, custody.NoManifest, OSError) as e:
         raise _custody_error(e) from None
     log(f"probed {provider}'s provider: {answer['status']}")
-    return Response({"provider": provider, **answer})
+    return Response(protocol.ProbeAnswer(provider, answer["status"], answer["detail"]))
 
 
 @route("DELETE", "/credentials/{provider}")
@@ -369,7 +275,7 @@ def wipe_credentials(agent: Agent, request: Request) -> Response:
     except (custody.CustodyError, OSError) as e:
         raise _custody_error(e) from None
     log(f"removed {len(removed)} files of {provider}")
-    return Response({"provider": provider, "removed": removed})
+    return Response(protocol.CredentialsWiped(provider, tuple(removed)))
 
 
 # --- prompt runs (the CLI VM) ------------------------------------------------------------
@@ -440,7 +346,7 @@ def set_clock(agent: Agent, request: Request) -> Response:
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot set the clock: {e.strerror or e}"
             ) from None
         log(f"set the clock {'forward' if offset > 0 else 'back'} by {abs(offset):.1f}s")
-    return Response({"adjusted": adjusted, "epoch": time.time()})
+    return Response(protocol.ClockAnswer(adjusted, time.time()))
 
 
 # --- extra certificate authorities -------------------------------------------------------
@@ -459,7 +365,7 @@ def put_trust(agent: Agent, request: Request) -> Response:
             HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot write the CAs: {e.strerror or e}"
         ) from None
     log(f"trusting {count} extra CA certificate(s)")
-    return Response({"certificates": count, "env": trust.ENV})
+    return Response(protocol.TrustAnswer(count, dict(trust.ENV)))
 
 
 # --- the browser VM ----------------------------------------------------------------------
@@ -475,160 +381,7 @@ def open_url(agent: Agent, request: Request) -> Response:
     except (OSError, RuntimeError) as e:
         raise HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot open Firefox: {e}") from None
     log("opened a URL in Firefox")
-    return Response({"opened": True})
-
-
-class AgentRequestHandler(BaseHTTPRequestHandler):
-    server: AgentServer
-    protocol_version = "HTTP/1.1"
-    server_version = "hearth-agent"
-    sys_version = ""
-    timeout = 60  # seconds a client may stall mid-request before its socket is closed
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def _dispatch(self) -> None:
-        path = urlsplit(self.path).path
-        try:
-            self._authorize()
-            body = self._read_body()
-            found = match_route(path)
-            if found is None:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
-            methods, params = found
-            handler = methods.get(self.command)
-            if handler is None:
-                raise HttpError(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    f"{path} does not accept {self.command}",
-                    {"Allow": ", ".join(sorted(methods))},
-                )
-            request = Request(self.command, path, self.headers, body, params)
-            response = handler(self.server.agent, request)
-        except HttpError as e:
-            response = Response({"error": e.message}, e.status, e.headers)
-        except Exception as e:  # a handler bug must answer 500, not drop the connection
-            log(f"internal error in {self.command} {path}: {type(e).__name__}")
-            response = Response({"error": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
-        if isinstance(response, Stream):
-            self._send_stream(response, path)
-        else:
-            self._send_json(response.status, response.body, response.headers)
-
-    def _authorize(self) -> None:
-        scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
-        expected = self.server.agent.token.encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), expected
-        ):
-            # The body of an unauthenticated request is never read, so the connection
-            # cannot be reused.
-            self.close_connection = True
-            raise HttpError(
-                HTTPStatus.UNAUTHORIZED,
-                "missing or wrong bearer token",
-                {"WWW-Authenticate": "Bearer"},
-            )
-
-    def _read_body(self) -> bytes:
-        if "Transfer-Encoding" in self.headers:
-            self.close_connection = True
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
-        raw = self.headers.get("Content-Length", "0")
-        if not raw.isascii() or not raw.isdigit():
-            self.close_connection = True
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:32]!r}")
-        length = int(raw)
-        if length > MAX_BODY:
-            self.close_connection = True
-            raise HttpError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit",
-            )
-        return self.rfile.read(length)
-
-    def _send_json(
-        self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None
-    ) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_stream(self, stream: Stream, path: str) -> None:
-        """Send `stream` chunk by chunk; close it however sending ends, so its source learns
-        that nobody listens any more. A failure after the headers can only end the
-        connection: the missing last chunk tells the client the stream is incomplete."""
-        try:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", stream.content_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            for chunk in stream.chunks:
-                if chunk:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.flush()
-                elif self._client_gone():
-                    raise ConnectionResetError("the client closed the connection")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
-            log(f"{self.command} {path}: the client went away mid-stream")
-        except Exception as e:  # the source failed: end the connection, not the agent
-            self.close_connection = True
-            log(f"internal error streaming {self.command} {path}: {type(e).__name__}")
-        finally:
-            close = getattr(stream.chunks, "close", None)
-            if close is not None:
-                close()
-
-    def _client_gone(self) -> bool:
-        """True when the client has closed its end (readable, and a peek finds EOF)."""
-        readable, _, _ = select.select([self.connection], [], [], 0)
-        return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol errors the standard library detects (bad request line, unknown method,
-        oversized headers) also answer in JSON."""
-        self.close_connection = True
-        status = HTTPStatus(code)
-        self._send_json(status, {"error": message or status.phrase})
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = urlsplit(self.path).path if getattr(self, "path", None) else "-"
-        log(f"{self.command or '-'} {path} {code}")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silenced: the default logs raw request lines to stderr. log_request is enough."""
-
-
-class AgentServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
-        super().__init__(address, AgentRequestHandler)
-        self.agent = agent
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the address: early in boot there
-        is no resolver, and the lookup would hold the agent back for the resolver's timeout."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = socket.gethostname(), self.server_address[1]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line instead of the default traceback on stderr."""
-        log(f"connection from {client_address[0]} failed: {type(sys.exc_info()[1]).__name__}")
+    return Response(protocol.UrlOpened(True))
 
 
 def notify_ready() -> None:
@@ -657,9 +410,9 @@ def main() -> int:
         log(f"error: HEARTH_AGENT_PORT {port_text!r} is not a port number")
         return 1
     addr = os.environ.get("HEARTH_AGENT_ADDR", DEFAULT_ADDR)
-    agent = Agent(token)
+    agent = Agent()
     try:
-        server = AgentServer((addr, int(port_text)), agent)
+        server = http_api.ApiServer((addr, int(port_text)), ROUTER, token, agent)
     except OSError as e:
         log(f"error: cannot listen on {addr}:{port_text}: {e}")
         return 1

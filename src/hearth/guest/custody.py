@@ -48,10 +48,6 @@ def _manifest_path(provider: str) -> Path:
     return Path(os.environ.get(STATE_ENV, DEFAULT_STATE)) / "credentials" / f"{provider}.json"
 
 
-def b64encode(content: bytes) -> str:
-    return base64.b64encode(content).decode("ascii")
-
-
 def decode_files(body: dict[str, Any], name: str, required: bool = False) -> dict[str, bytes]:
     """body[name], {relative path under HOME: base64}, checked and decoded."""
     files = body.get(name, {})

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import processes
+    from . import processes, protocol
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import processes
+    import protocol
 
 FIREFOX = "firefox-esr"
 DISPLAY = ":1"
@@ -205,9 +206,9 @@ class Firefox:
             if self._closed.wait(WINDOW_POLL):
                 return
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> protocol.FirefoxStatus:
         title = window_title(self.env) if self.opened else None
-        return {"opened": self.opened, "title": title, "ready": is_ready(title)}
+        return protocol.FirefoxStatus(self.opened, title, is_ready(title))
 
     def close(self) -> None:
         """End the instance and its bus, and delete the profile (it holds the sign-in's

@@ -19,7 +19,6 @@ Standard library only: it runs with Debian's python3.
 
 from __future__ import annotations
 
-import base64
 import codecs
 import contextlib
 import fcntl
@@ -41,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import browser_shim, fileio, firefox, processes
+    from . import browser_shim, fileio, firefox, processes, protocol
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import fileio
     import firefox
     import processes
+    import protocol
 
 HOME_ENV = "HEARTH_LOGIN_HOME"
 RUN_DIR_ENV = "HEARTH_RUN_DIR"
@@ -587,7 +587,7 @@ class LoginSession:
                 self.error = "cancelled"
                 self._stop("cancelled", time.monotonic())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> protocol.LoginStatus:
         with self._lock:
             if self.exit_code is not None:
                 state = "exited"
@@ -595,24 +595,24 @@ class LoginSession:
                 state = "starting"
             else:
                 state = "running"
-            status = {
+            fields = {
                 "provider": self.spec.name,
                 "state": state,
                 "url": self.url,
                 "printed_url": self.printed_url,
                 "browser_url": self.browser_url,
-                "prompts_answered": list(self.answered),
+                "prompts_answered": tuple(self.answered),
                 "success_marker_seen": self.marker_seen,
                 "exited": self.exit_code is not None,
                 "exit_code": self.exit_code,
                 "success": self.success,
                 "error": self.error,
             }
-        status["firefox"] = self.firefox.status()
-        return status
+        # Outside the lock: the window title comes from a subprocess.
+        return protocol.LoginStatus(**fields, firefox=self.firefox.status())
 
-    def credentials(self) -> dict[str, str]:
-        """The credential files, base64, once the login has succeeded."""
+    def credentials(self) -> dict[str, bytes]:
+        """The credential files by path under HOME, once the login has succeeded."""
         with self._lock:
             if self.exit_code is None:
                 raise NotReady("the login is still running")
@@ -628,7 +628,7 @@ class LoginSession:
                 raise NotReady(f"{relative} has gone since the login") from None
             if len(content) > MAX_CREDENTIAL_BYTES:
                 raise NotReady(f"{relative} is larger than {MAX_CREDENTIAL_BYTES} bytes")
-            files[relative] = base64.b64encode(content).decode("ascii")
+            files[relative] = content
         return files
 
 

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import IO, Any
 
 if __package__:
-    from . import custody, login, processes
+    from . import custody, login, processes, protocol
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import custody
     import login
     import processes
+    import protocol
 
 DEFAULT_TIMEOUT = 3600.0
 MAX_TIMEOUT = 86400.0
@@ -103,7 +104,7 @@ class Run:
     def __init__(self, request: RunRequest, log: Callable[[str], None]) -> None:
         self.id = secrets.token_hex(16)
         self.request = request
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.events: queue.Queue[protocol.RunEvent] = queue.Queue()
         self.finished = threading.Event()
         self._log = log
         self._lock = threading.Lock()
@@ -135,7 +136,7 @@ class Run:
         )
         self._process, self._started = process, time.monotonic()
         self.log(f"started (pid {process.pid})")
-        self.events.put({"event": "started", "run_id": self.id, "pid": process.pid})
+        self.events.put(protocol.RunStarted(self.id, process.pid))
         assert process.stdout is not None and process.stderr is not None
         readers = [
             threading.Thread(target=self._read, args=(pipe, name), daemon=True)
@@ -151,9 +152,9 @@ class Run:
         with pipe:
             while chunk := os.read(pipe.fileno(), READ_SIZE):  # whatever has arrived
                 if text := decoder.decode(chunk):
-                    self.events.put({"event": "output", "stream": stream, "data": text})
+                    self.events.put(protocol.RunOutput(stream, text))
             if text := decoder.decode(b"", final=True):
-                self.events.put({"event": "output", "stream": stream, "data": text})
+                self.events.put(protocol.RunOutput(stream, text))
 
     def _wait(self, readers: list[threading.Thread]) -> None:
         assert self._process is not None
@@ -182,16 +183,15 @@ class Run:
             self.finished.set()
         self.log(f"exited with {self.signal or code} after {self.duration:.1f}s")
         self.events.put(
-            {
-                "event": "exit",
-                "run_id": self.id,
-                "exit_code": self.exit_code,
-                "signal": self.signal,
-                "duration": self.duration,
-                "cancelled": self.cancelled,
-                "timed_out": self.timed_out,
-                "credentials_digest": credentials_digest,
-            }
+            protocol.RunExit(
+                run_id=self.id,
+                exit_code=self.exit_code,
+                signal=self.signal,
+                duration=self.duration,
+                cancelled=self.cancelled,
+                timed_out=self.timed_out,
+                credentials_digest=credentials_digest,
+            )
         )
 
     # -- stopping ------------------------------------------------------------------------
@@ -230,22 +230,24 @@ class Run:
                 self.cancelled = True
                 self._stop(why)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> protocol.RunStatus:
         with self._lock:
             running = not self.finished.is_set()
-            return {
-                "run_id": self.id,
-                "running": running,
-                "exit_code": self.exit_code,
-                "signal": self.signal,
-                "cancelled": self.cancelled,
-                "timed_out": self.timed_out,
-                "duration": time.monotonic() - self._started if running else self.duration,
-            }
+            duration = time.monotonic() - self._started if running else self.duration
+            assert duration is not None  # set before the run is finished
+            return protocol.RunStatus(
+                run_id=self.id,
+                running=running,
+                exit_code=self.exit_code,
+                signal=self.signal,
+                cancelled=self.cancelled,
+                timed_out=self.timed_out,
+                duration=duration,
+            )
 
 
 class EventStream:
-    """A run's events as NDJSON lines, for agent.Stream. While the CLI is silent it yields
+    """A run's events as NDJSON lines, for http_api.Stream. While the CLI is silent it yields
     b"" every IDLE_CHECK seconds, so the server can notice a client that has gone; closing
     the stream before the exit event stops the run."""
 
@@ -263,8 +265,8 @@ class EventStream:
             event = self.run.events.get(timeout=IDLE_CHECK)
         except queue.Empty:
             return b""
-        self._done = event["event"] == "exit"
-        return json.dumps(event).encode() + b"\n"
+        self._done = isinstance(event, protocol.RunExit)
+        return json.dumps(event.to_json()).encode() + b"\n"
 
     def close(self) -> None:
         if not self._done:
