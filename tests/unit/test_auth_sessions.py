@@ -488,7 +488,7 @@ def test_a_wrong_password_is_refused_on_the_form_and_the_session_waits_for_a_ret
     assert "Wrong e-mail or password." in refused.text
     assert rig.controller.sessions.get(session.id).status == AuthSessionStatus.awaiting_user
     with rig.vms.agent(rig.vms.get(session.vm_id)) as agent:
-        assert agent.login_status()["exited"] is False
+        assert agent.login_status().exited is False
 
     rig.approve(session.oauth_url)  # the user tries again, with the right password
     assert wait_ended(rig, session.id).status == AuthSessionStatus.completed

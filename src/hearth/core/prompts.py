@@ -131,8 +131,9 @@ class Prompts:
         spec = providers.get(record.provider)
         started = time.monotonic()
         output = _Output()
-        yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
+        ended = False  # the outcome is recorded and being told: a close now changes nothing
         try:
+            yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
             with self.cli_vms.using(record.user_id, record.provider) as vm:
                 self.db.update(Prompt, prompt_id, vm_id=vm.id)
                 self._live_of(prompt_id).vm_id = vm.id
@@ -156,14 +157,19 @@ class Prompts:
                         yield "output", {"stream": event.stream, "data": event.data}
                     elif isinstance(event, RunEnd):
                         done = self._ended(prompt_id, event, output, time.monotonic() - started)
+                        ended = True
                         yield "done", done
                         return
             raise RuntimeError("the agent's stream ended before the CLI exited")
         except GeneratorExit:  # closed by its reader: nobody is left to read the output
-            self.cancel(prompt_id, "the client disconnected")
-            self._finish(
-                prompt_id, PromptStatus.cancelled, error="the client disconnected", output=output
-            )
+            if not ended:
+                self.cancel(prompt_id, "the client disconnected")
+                self._finish(
+                    prompt_id,
+                    PromptStatus.cancelled,
+                    error="the client disconnected",
+                    output=output,
+                )
             raise
         except Exception as e:  # noqa: BLE001 - any failure ends the prompt, with its reason
             reason = failure_reason(e)
