@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def world(rig: Rig, vm_id: str) -> dict[str, object]:
 
 def answers(rig: Rig, vm_id: str) -> bool:
     with rig.vms.agent(rig.vms.get(vm_id)) as agent:
-        return agent.ready(timeout=2)["status"] == "ok"
+        return agent.ready(timeout=2).status == "ok"
 
 
 # -- the plans, their starting points and their operations --------------------------------
@@ -459,6 +461,42 @@ def test_destroy_twice_is_the_same_as_once(rig: Rig) -> None:
     assert world(rig, vm.id) == once == CLEAN_END["destroy"]
     assert ran == ["record-destroyed"]  # only the record: there was nothing left to remove
     assert rig.vms.console_archive(vm.id).read_text() == archived
+
+
+def test_two_destroys_at_once_in_one_process_both_end_with_nothing_left(rig: Rig) -> None:
+    """A sign-in's cleanup and an API destroy, say: one plan at a time per VM."""
+    vm = rig.vms.create("cli")
+    errors: list[BaseException] = []
+
+    def destroy() -> None:
+        try:
+            rig.vms.destroy(vm.id)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=destroy) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    assert world(rig, vm.id) == CLEAN_END["destroy"]
+
+
+def test_destroy_is_refused_while_another_live_hearth_process_runs_a_plan(rig: Rig) -> None:
+    vm = rig.vms.create("cli")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        rig.vms.update(vm.id, state=VmState.booting, owner_pid=other.pid)
+        with pytest.raises(VmError, match=f"booting in Hearth process {other.pid}"):
+            rig.vms.destroy(vm.id)
+        assert rig.vms.vmm_alive(rig.vms.get(vm.id))  # nothing was touched
+    finally:
+        other.kill()
+        other.wait()
+    rig.vms.destroy(vm.id)  # its owner gone, the VM is anyone's to destroy
+    assert world(rig, vm.id) == CLEAN_END["destroy"]
 
 
 def test_destroy_of_a_hibernated_vm_removes_its_snapshot_tap_and_lease(rig: Rig) -> None:

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth.core.machine import CONSOLE
 from hearth.core.vms import LIVE_STATES, VmError, VmManager, busy_elsewhere
 from hearth.store.models import Vm, VmState
 from hearth.vmm.base import kill_pid, pid_alive, references
@@ -88,9 +89,19 @@ def reconcile(vms: VmManager) -> Report:
     if vms.settings.vms_dir.is_dir():
         for d in vms.settings.vms_dir.iterdir():
             if d.is_dir() and d.name not in live:
+                keep_console(vms, d)
                 shutil.rmtree(d, ignore_errors=True)
                 report.directories.append(d.name)
     return report
+
+
+def keep_console(vms: VmManager, directory: Path) -> None:
+    """Archive an orphaned directory's console log (a failed VM's error points to it)."""
+    console = directory / CONSOLE
+    if console.is_file():
+        archive = vms.console_archive(directory.name)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(console, archive)
 
 
 def repair(vms: VmManager, vm: Vm) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -83,6 +84,14 @@ class VmManager:
         self.agents = agents
         self.vmm = vmm or settings.vmm  # the driver new VMs get
         self.pool = IpPool(db, settings.gateway)
+        self._guard = threading.Lock()
+        self._plans: dict[str, threading.RLock] = {}  # VM id -> held while a plan runs on it
+
+    def _one_plan_at_a_time(self, vm_id: str) -> threading.RLock:
+        """The VM's lock in this process: two plans on one VM (a sign-in's cleanup and an
+        API destroy, say) would each find the other's work half done."""
+        with self._guard:
+            return self._plans.setdefault(vm_id, threading.RLock())
 
     # -- queries -------------------------------------------------------------------------
 
@@ -164,12 +173,13 @@ class VmManager:
         self, vm_id: str, on_step: OnStep = _quiet, seed_extras: Mapping[str, str] | None = None
     ) -> None:
         """Run (or finish) the create plan of a VM; on failure record the step and stop it."""
-        try:
-            run_plan(create_plan(seed_extras), self, vm_id, on_step)
-        except StepFailed as e:
-            self.update(vm_id, state=VmState.failed, failed_step=e.step, error=str(e.cause))
-            self.stop_vmm(self.get(vm_id))
-            raise self._failure(vm_id, e) from e
+        with self._one_plan_at_a_time(vm_id):
+            try:
+                run_plan(create_plan(seed_extras), self, vm_id, on_step)
+            except StepFailed as e:
+                self.update(vm_id, state=VmState.failed, failed_step=e.step, error=str(e.cause))
+                self.stop_vmm(self.get(vm_id))
+                raise self._failure(vm_id, e) from e
 
     def wait_for_boot(self, vm_id: str) -> None:
         """Wait for a booting guest's agent. A guest that dies first is booted once more on
@@ -212,22 +222,23 @@ class VmManager:
         It keeps its TAP and address: the guest's network configuration is in the snapshot.
         A VM left hibernating by a crash is finished the same way.
         """
-        vm = self.get(vm_id)
-        if vm.state == VmState.hibernated:
-            return
-        self._require(vm, VmState.ready, VmState.hibernating)
-        try:
-            run_plan(hibernate_plan(), self, vm_id, on_step)
-        except StepFailed as e:
-            # A snapshot that failed leaves the guest running: the VM is as ready as before.
-            alive = self.vmm_alive(vm)
-            self.update(
-                vm_id,
-                state=VmState.ready if alive else VmState.failed,
-                failed_step=e.step,
-                error=str(e.cause),
-            )
-            raise self._failure(vm_id, e) from e
+        with self._one_plan_at_a_time(vm_id):
+            vm = self.get(vm_id)
+            if vm.state == VmState.hibernated:
+                return
+            self._require(vm, VmState.ready, VmState.hibernating)
+            try:
+                run_plan(hibernate_plan(), self, vm_id, on_step)
+            except StepFailed as e:
+                # A snapshot that failed leaves the guest running: as ready as before.
+                alive = self.vmm_alive(vm)
+                self.update(
+                    vm_id,
+                    state=VmState.ready if alive else VmState.failed,
+                    failed_step=e.step,
+                    error=str(e.cause),
+                )
+                raise self._failure(vm_id, e) from e
 
     def resume(self, vm_id: str, on_step: OnStep = _quiet) -> Vm:
         """Restore a hibernated VM and return it once its agent answers.
@@ -235,34 +246,39 @@ class VmManager:
         Its `boot_seconds` are then the seconds from the restore's start to the agent's first
         answer. A resume that fails goes back to hibernated while the snapshot is whole.
         """
-        vm = self.get(vm_id)
-        if vm.state == VmState.ready:
-            return vm
-        self._require(vm, VmState.hibernated, VmState.resuming)
-        try:
-            run_plan(resume_plan(), self, vm_id, on_step)
-        except StepFailed as e:
-            self.abandon_resume(vm_id)
-            self.update(vm_id, failed_step=e.step, error=str(e.cause))
-            raise self._failure(vm_id, e) from e
-        return self.get(vm_id)
+        with self._one_plan_at_a_time(vm_id):
+            vm = self.get(vm_id)
+            if vm.state == VmState.ready:
+                return vm
+            self._require(vm, VmState.hibernated, VmState.resuming)
+            try:
+                run_plan(resume_plan(), self, vm_id, on_step)
+            except StepFailed as e:
+                self.abandon_resume(vm_id)
+                self.update(vm_id, failed_step=e.step, error=str(e.cause))
+                raise self._failure(vm_id, e) from e
+            return self.get(vm_id)
 
     def abandon_resume(self, vm_id: str) -> None:
         """End a resume that did not reach the agent: stop any half-restored VMM, and go back
         to hibernated if the snapshot is still whole (no guest ran on from it), else failed."""
-        vm = self.get(vm_id)
-        self.stop_vmm(vm)
-        self.update(
-            vm_id, pid=None, state=VmState.hibernated if self.has_snapshot(vm) else VmState.failed
-        )
+        with self._one_plan_at_a_time(vm_id):
+            vm = self.get(vm_id)
+            self.stop_vmm(vm)
+            state = VmState.hibernated if self.has_snapshot(vm) else VmState.failed
+            self.update(vm_id, pid=None, state=state)
 
     # -- destroy ---------------------------------------------------------------------------
 
     def destroy(self, vm_id: str, on_step: OnStep = _quiet) -> None:
-        """Remove everything the VM holds. Safe to repeat, and on a half-created VM."""
-        if self.get(vm_id).state != VmState.failed:
-            self.update(vm_id, state=VmState.stopping)
-        run_plan(destroy_plan(), self, vm_id, on_step)
+        """Remove everything the VM holds. Safe to repeat, and on a half-created VM; refused
+        while another live Hearth process runs a plan on it."""
+        with self._one_plan_at_a_time(vm_id):
+            vm = self.get(vm_id)
+            _refuse_if_busy_elsewhere(vm)
+            if vm.state != VmState.failed:
+                self.update(vm_id, state=VmState.stopping)
+            run_plan(destroy_plan(), self, vm_id, on_step)
 
     # -- what the steps use ----------------------------------------------------------------
 
@@ -279,8 +295,7 @@ class VmManager:
         """Refuse a VM in another state, or one another live Hearth process is working on."""
         if vm.state not in states:
             raise VmError(f"VM {vm.id} is {vm.state}, not {' or '.join(states)}")
-        if busy_elsewhere(vm):
-            raise VmError(f"VM {vm.id} is {vm.state} in Hearth process {vm.owner_pid}")
+        _refuse_if_busy_elsewhere(vm)
 
     def _failure(self, vm_id: str, failed: StepFailed) -> VmError:
         console = self.workdir(vm_id) / machine.CONSOLE
@@ -295,6 +310,11 @@ def busy_elsewhere(vm: Vm) -> bool:
         and vm.owner_pid != os.getpid()
         and pid_alive(vm.owner_pid)
     )
+
+
+def _refuse_if_busy_elsewhere(vm: Vm) -> None:
+    if busy_elsewhere(vm):
+        raise VmError(f"VM {vm.id} is {vm.state} in Hearth process {vm.owner_pid}")
 
 
 def time_since(started: float | None) -> float | None:
