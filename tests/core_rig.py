@@ -258,6 +258,21 @@ class Rig:
         return vmm_processes(self.settings.vms_dir, self.driver.programs)
 
 
+def local_controller(config: Settings) -> tuple[LoopbackNetwork, AgentProcessDriver, Controller]:
+    """The controller wired by hearth.core.runtime on the rig's ports, for `config`; its
+    "images" are manifests only, since the guest is this checkout's agent."""
+    for image in (config.cli_image, "browser"):
+        images = config.images_dir / image
+        images.mkdir(parents=True, exist_ok=True)
+        (images / "manifest.json").write_text(
+            json.dumps({"image": image, "guest": "the guest agent of this checkout, as a process"})
+        )
+    network, driver = LoopbackNetwork(), AgentProcessDriver()
+    db = runtime.open_database(config)
+    vms = VmManager(config, db, network, {driver.name: driver}, vmm=driver.name)
+    return network, driver, runtime.controller(config, vms)
+
+
 @contextmanager
 def build_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: object) -> Iterator[Rig]:
     """A rig in `tmp_path`; on leaving, every VM it made is destroyed."""
@@ -276,16 +291,8 @@ def build_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: objec
         upstream_proxy="",
     )
     config = base.model_copy(update=settings)
-    for image in (config.cli_image, "browser"):
-        images = config.images_dir / image
-        images.mkdir(parents=True, exist_ok=True)
-        (images / "manifest.json").write_text(
-            json.dumps({"image": image, "guest": "the guest agent of this checkout, as a process"})
-        )
-    network, driver = LoopbackNetwork(), AgentProcessDriver()
-    db = runtime.open_database(config)
-    vms = VmManager(config, db, network, {driver.name: driver}, vmm=driver.name)
-    rig = Rig(config, network, driver, runtime.controller(config, vms), idp, password)
+    network, driver, controller = local_controller(config)
+    rig = Rig(config, network, driver, controller, idp, password)
     try:
         yield rig
     finally:

@@ -29,7 +29,7 @@ from sqlalchemy import event, func, select
 
 from hearth import providers
 from hearth.core import machine
-from hearth.core.auth_sessions import TERMINAL, Notifier, token_hash
+from hearth.core.auth_sessions import TERMINAL, Notifier, Recovery, token_hash
 from hearth.guest.ports import VNC_PORT
 from hearth.providers import UnknownProviderError
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
@@ -347,7 +347,7 @@ def test_an_ended_session_stays_as_it_ended(rig):
     assert sessions.cancel(session.id).status == AuthSessionStatus.completed
     sessions.egress_failed(session.id, "the upstream proxy refused us")
     assert sessions.expire_due() == []
-    assert sessions.recover() == []
+    assert sessions.recover() == Recovery()
 
     after = sessions.get(session.id)
     assert (after.status, after.error) == (AuthSessionStatus.completed, None)
@@ -570,7 +570,7 @@ def test_recover_fails_sessions_a_dead_controller_left_running_and_destroys_thei
     booting = left_behind(rig, "u2", AuthSessionStatus.started)  # before it had a VM
     done = left_behind(rig, "u3", AuthSessionStatus.completed)
 
-    assert sorted(rig.controller.sessions.recover()) == sorted([awaiting, booting])
+    assert rig.controller.sessions.recover() == Recovery(failed=[awaiting, booting])
 
     reason = "the controller restarted during the sign-in"
     for session_id in (awaiting, booting):
@@ -580,7 +580,7 @@ def test_recover_fails_sessions_a_dead_controller_left_running_and_destroys_thei
     assert_vm_gone(rig, vm.id)  # recover() destroys it itself, before it returns
     assert rig.controller.sessions.get(done).status == AuthSessionStatus.completed
     assert statuses(rig, done) == ["completed"]
-    assert rig.controller.sessions.recover() == []
+    assert rig.controller.sessions.recover() == Recovery()
 
 
 # -- the notifier --------------------------------------------------------------------------

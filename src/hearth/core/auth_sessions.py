@@ -13,7 +13,8 @@ import hmac
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ from hearth.guest.ports import VNC_PORT
 from hearth.guest.protocol import LoginStatus
 from hearth.store.credentials import CredentialStore
 from hearth.store.db import Database
-from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
+from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, Vm, VmState
 from hearth.waiting import Timeout, wait_for
 
 TERMINAL = (
@@ -40,6 +41,8 @@ TERMINAL = (
 )
 BROWSER_IMAGE = "browser"
 VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
+ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
+RESTARTED = "the controller restarted during the sign-in"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -49,6 +52,21 @@ class SessionError(CoreError):
 
 class _SessionEnded(Exception):
     """Raised inside a session's thread when it was cancelled or expired meanwhile."""
+
+
+@dataclass
+class _Cleanup:
+    """What a session's thread must destroy when it ends: its browser VM, once recorded."""
+
+    vm_id: str | None = None
+
+
+@dataclass
+class Recovery:
+    """What recover() did with the sessions a dead controller left running."""
+
+    adopted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,9 +161,7 @@ class AuthSessions:
             s.add(AuthSessionEvent(session_id=session_id, status=AuthSessionStatus.started))
             s.commit()
         self.notifier.bump(session_id)
-        threading.Thread(
-            target=self._run, args=(session_id,), name=f"session-{session_id}", daemon=True
-        ).start()
+        self._start_thread(session_id, self._run)
         return self.get(session_id), token
 
     def get(self, session_id: str) -> AuthSession | None:
@@ -209,52 +225,81 @@ class AuthSessions:
             )
         return due
 
-    def recover(self) -> list[str]:
-        """At start-up: sessions whose thread died with the last controller fail, and their
-        browser VMs go (a VM that may hold a login is never reused)."""
+    def recover(self) -> Recovery:
+        """At start-up (after the reconciler): a session whose browser VM still runs a login
+        that waits is adopted, and a thread follows it on as its own did; the others fail
+        ("the controller restarted during the sign-in") and their browser VMs go (a VM that
+        may hold a login is never reused)."""
         with self.db.session() as s:
-            stale = list(s.scalars(select(AuthSession).where(AuthSession.status.not_in(TERMINAL))))
-        for session in stale:
-            self._finish(
-                session.id, AuthSessionStatus.failed, "the controller restarted during the sign-in"
+            stale = list(
+                s.scalars(
+                    select(AuthSession)
+                    .where(AuthSession.status.not_in(TERMINAL))
+                    .order_by(AuthSession.created_at)
+                )
             )
-            self._destroy_vm(session.vm_id)
-        return [session.id for session in stale]
+        recovery = Recovery()
+        for session in stale:
+            if self._login_waiting(session):
+                self._transition(session.id, session.status, ADOPTED)
+                self._start_thread(session.id, self._follow_adopted)
+                recovery.adopted.append(session.id)
+            else:
+                self._finish(session.id, AuthSessionStatus.failed, RESTARTED)
+                self._destroy_vm(session.vm_id)
+                recovery.failed.append(session.id)
+        return recovery
+
+    def _login_waiting(self, session: AuthSession) -> bool:
+        """Whether the session's VM is ready and its CLI login runs on, not yet over."""
+        if session.vm_id is None:
+            return False
+        vm = self.vms.get(session.vm_id)
+        if vm.state != VmState.ready or not self.vms.vmm_alive(vm):
+            return False
+        try:
+            with self.vms.agent(vm) as agent:
+                return not agent.login_status().exited
+        except (httpx.HTTPError, ValueError):  # no login there, or an agent that is not well
+            return False
 
     # -- the session's own thread ------------------------------------------------------------
 
+    def _start_thread(self, session_id: str, target: Callable[[str], None]) -> None:
+        threading.Thread(
+            target=target, args=(session_id,), name=f"session-{session_id}", daemon=True
+        ).start()
+
     def _run(self, session_id: str) -> None:
+        """Boot the browser VM, start the CLI's login in it, and follow it to the end."""
         session = self.get(session_id)
         spec = providers.get(session.provider)
-        vm_id = None
-        try:
+        with self._ending(session_id) as cleanup:
             self._advance(session_id, AuthSessionStatus.vm_booting)
             # Recorded before it boots, so that a VM whose boot fails is destroyed too.
-            vm_id = self.vms.record(BROWSER_IMAGE)
-            self._update(session_id, vm_id=vm_id)
-            self.vms.finish_create(vm_id, seed_extras={VNC_PASSWORD: vnc_password()})
-            vm = self.vms.get(vm_id)
+            cleanup.vm_id = self.vms.record(BROWSER_IMAGE)
+            self._update(session_id, vm_id=cleanup.vm_id)
+            self.vms.finish_create(cleanup.vm_id, seed_extras={VNC_PASSWORD: vnc_password()})
+            vm = self.vms.get(cleanup.vm_id)
             self._check_running(session_id)
             with self.vms.agent(vm) as agent:
                 agent.start_login(spec.to_agent(self._provider_params(), self.vms.client_env()))
-                status = self._wait(
-                    session_id, agent, _authorize_page_shown, "Firefox to show the authorize page"
-                )
-                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status.url)
-                status = self._wait(session_id, agent, _login_over, "the sign-in")
-                if not status.success:
-                    raise _login_failed(status, "without signing in")
-                files = agent.credentials()
-            email, expires_at = spec.account(files)
-            self.credentials.put(
-                session.user_id, session.provider, files, account_email=email, expires_at=expires_at
-            )
-            self._advance(
-                session_id,
-                AuthSessionStatus.completed,
-                detail=f"credentials stored for {email or 'the account'}",
-            )
-            self.on_stored(session.user_id, session.provider)
+            self._follow(session_id, vm)
+
+    def _follow_adopted(self, session_id: str) -> None:
+        """Follow a login an earlier controller started, from wherever it has got to."""
+        session = self.get(session_id)
+        with self._ending(session_id) as cleanup:
+            cleanup.vm_id = session.vm_id
+            self._follow(session_id, self.vms.get(session.vm_id))
+
+    @contextmanager
+    def _ending(self, session_id: str) -> Iterator[_Cleanup]:
+        """End the session however its work ends (with the reason when it fails), and
+        destroy its browser VM whatever the end."""
+        cleanup = _Cleanup()
+        try:
+            yield cleanup
         except _SessionEnded:
             pass
         except SessionError as e:  # ours, in full: a login's error ends with the CLI's screen
@@ -262,7 +307,32 @@ class AuthSessions:
         except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
             self._finish(session_id, AuthSessionStatus.failed, failure_reason(e))
         finally:
-            self._destroy_vm(vm_id)
+            self._destroy_vm(cleanup.vm_id)
+
+    def _follow(self, session_id: str, vm: Vm) -> None:
+        """Wait for the authorize page, then for the user, then store the credentials."""
+        session = self.get(session_id)
+        spec = providers.get(session.provider)
+        with self.vms.agent(vm) as agent:
+            status = self._wait(
+                session_id, agent, _authorize_page_shown, "Firefox to show the authorize page"
+            )
+            if self.get(session_id).status != AuthSessionStatus.awaiting_user:
+                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status.url)
+            status = self._wait(session_id, agent, _login_over, "the sign-in")
+            if not status.success:
+                raise _login_failed(status, "without signing in")
+            files = agent.credentials()
+        email, expires_at = spec.account(files)
+        self.credentials.put(
+            session.user_id, session.provider, files, account_email=email, expires_at=expires_at
+        )
+        self._advance(
+            session_id,
+            AuthSessionStatus.completed,
+            detail=f"credentials stored for {email or 'the account'}",
+        )
+        self.on_stored(session.user_id, session.provider)
 
     def _wait(
         self, session_id: str, agent, done: Callable[[LoginStatus], bool], what: str

@@ -20,8 +20,14 @@ const END_STATES = {
     expired: ['This sign-in session has expired.', 'error', AGAIN],
 };
 
+// A viewer that loses its connection (the controller restarting, say) tries again by
+// itself for a while; the button is there too.
+const RETRY_MS = 2000;
+const RETRIES = 30;
+
 let rfb = null;
 let ended = false;
+let retries = 0;
 
 function showStatus(text, tone) {
     statusLine.textContent = text;
@@ -47,6 +53,7 @@ function connectViewer() {
     rfb.resizeSession = false;
     rfb.background = '#1f2328';
     rfb.addEventListener('connect', () => {
+        retries = 0;
         showViewer('Connected: click the screen to type.', false);
         rfb.focus();
     });
@@ -55,8 +62,17 @@ function connectViewer() {
     });
     rfb.addEventListener('disconnect', () => {
         rfb = null;
-        if (!ended) {
-            showViewer('The connection to the browser closed.', true);
+        if (ended) {
+            return;
+        }
+        showViewer('The connection to the browser closed.', true);
+        if (retries < RETRIES) {
+            retries += 1;
+            setTimeout(() => {
+                if (rfb === null && !ended) {
+                    connectViewer();
+                }
+            }, RETRY_MS);
         }
     });
 }
