@@ -45,7 +45,7 @@ def _found(svc: AuthSessions, session_id: str) -> AuthSession:
     return session
 
 
-def _view(svc: AuthSessions, session: AuthSession) -> SessionView:
+def session_view(svc: AuthSessions, session: AuthSession) -> SessionView:
     return SessionView(
         session_id=session.id,
         user_id=session.user_id,
@@ -79,7 +79,7 @@ def start(body: StartRequest, request: Request) -> SessionStarted:
 @router.get("/session/{session_id}", dependencies=[Depends(require_key)])
 def status(session_id: SessionId, request: Request) -> SessionView:
     svc = sessions(request)
-    return _view(svc, _found(svc, session_id))
+    return session_view(svc, _found(svc, session_id))
 
 
 @router.get("/session/{session_id}/oauth", dependencies=[Depends(require_key)])

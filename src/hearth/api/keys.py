@@ -7,8 +7,10 @@ import hmac
 import secrets
 from typing import Literal
 
+from sqlalchemy import select
+
 from hearth.store.db import Database
-from hearth.store.models import ApiKey
+from hearth.store.models import ApiKey, utcnow
 
 Role = Literal["app", "admin"]
 ROLES: tuple[Role, ...] = ("app", "admin")
@@ -40,3 +42,19 @@ def verify_key(db: Database, key: str) -> ApiKey | None:
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def list_keys(db: Database) -> list[ApiKey]:
+    """Every key's record, oldest first (hashes only: the keys themselves are never kept)."""
+    with db.session() as s:
+        return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
+def revoke_key(db: Database, key_id: str) -> ApiKey | None:
+    """Revoke a key from now on (a second revoke keeps the first time); None if unknown."""
+    with db.session() as s:
+        record = s.get(ApiKey, key_id)
+        if record is not None and record.revoked_at is None:
+            record.revoked_at = utcnow()
+            s.commit()
+        return record

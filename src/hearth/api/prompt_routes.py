@@ -34,7 +34,7 @@ def prompts(request: Request) -> Prompts:
     return controller(request).prompts
 
 
-def _summary(record: Prompt) -> dict:
+def prompt_summary(record: Prompt) -> dict:
     return {
         "prompt_id": record.id,
         "user_id": record.user_id,
@@ -110,7 +110,7 @@ def status(prompt_id: PromptId, request: Request) -> PromptView:
     record = prompts(request).get(prompt_id)
     if record is None:
         raise HTTPException(404, f"no prompt {prompt_id}")
-    return PromptView(**_summary(record), output=record.output)
+    return PromptView(**prompt_summary(record), output=record.output)
 
 
 @router.post("/prompts/{prompt_id}/cancel", status_code=202)
@@ -129,4 +129,6 @@ def history(
     user_id: UserId, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> PromptHistory:
     records = prompts(request).history(user_id, limit)
-    return PromptHistory(user_id=user_id, prompts=[PromptSummary(**_summary(r)) for r in records])
+    return PromptHistory(
+        user_id=user_id, prompts=[PromptSummary(**prompt_summary(r)) for r in records]
+    )

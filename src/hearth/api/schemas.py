@@ -171,3 +171,76 @@ class EgressConnectionView(BaseModel):
 
 class EgressLog(BaseModel):
     connections: list[EgressConnectionView] = Field(description="newest first")
+
+
+# -- the operator's (admin keys) --------------------------------------------------------
+
+
+class VmView(BaseModel):
+    """A VM as the operator sees it: never its agent token or seed."""
+
+    vm_id: str
+    image: str
+    vmm: str
+    state: VmState
+    ip: str | None
+    user_id: str | None = Field(description="whose CLI VM; null for a browser VM")
+    boot_seconds: float | None
+    failed_step: str | None
+    error: str | None
+    created_at: IsoTime
+    last_active_at: IsoTime | None
+
+
+class VmList(BaseModel):
+    vms: list[VmView]
+
+
+class ConsoleTail(BaseModel):
+    vm_id: str
+    lines: list[str] = Field(description="the console log's last lines, oldest first")
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionView] = Field(description="newest first")
+
+
+class UserSummary(BaseModel):
+    user_id: str
+    credentials: list[CredentialView]
+    vm: UserVm | None
+    prompts: list[PromptSummary] = Field(description="the latest, newest first")
+
+
+class UserList(BaseModel):
+    users: list[UserSummary]
+
+
+class HostView(BaseModel):
+    memory_total_mib: int
+    memory_available_mib: int
+    vm_memory_mib: int = Field(description="guest memory of the VMs that run now")
+    vms_by_state: dict[str, int]
+    addresses: int = Field(description="in the VM subnet")
+    addresses_leased: int
+
+
+class KeyView(BaseModel):
+    key_id: str
+    role: Literal["app", "admin"]
+    name: str
+    created_at: IsoTime
+    revoked_at: IsoTime | None
+
+
+class KeyList(BaseModel):
+    keys: list[KeyView]
+
+
+class KeyCreated(KeyView):
+    key: str = Field(description="the key itself: shown this once, stored only as a hash")
+
+
+class KeyRequest(BaseModel):
+    role: Literal["app", "admin"] = "app"
+    name: str = Field("", max_length=128)

@@ -31,7 +31,7 @@ def _known_provider(provider: str) -> None:
         )
 
 
-def _info(info: CredentialInfo) -> CredentialView:
+def credential_view(info: CredentialInfo) -> CredentialView:
     return CredentialView(
         provider=info.provider,
         account_email=info.account_email,
@@ -51,7 +51,7 @@ def credentials(user_id: UserId, request: Request) -> UserCredentials:
     vm = svc.vm_of(user_id)
     return UserCredentials(
         user_id=user_id,
-        credentials=[_info(i) for i in svc.credentials.of_user(user_id)],
+        credentials=[credential_view(i) for i in svc.credentials.of_user(user_id)],
         vm=UserVm(vm_id=vm.id, state=vm.state) if vm else None,
     )
 
