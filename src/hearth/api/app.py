@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hearth.api import admin_routes, auth_routes, prompt_routes, user_routes
+from hearth.api import admin_page, admin_routes, auth_routes, prompt_routes, user_routes
+from hearth.api.admin_sessions import AdminSessions
 from hearth.api.live import live_router
 from hearth.api.schemas import Health
 from hearth.config import Settings
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         await egress.stop()
 
     app = FastAPI(title="Hearth", lifespan=lifespan)
+    app.state.admin_sessions = AdminSessions()
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -68,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(prompt_routes.router)
     app.include_router(user_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(admin_page.router)
     app.include_router(live_router(resolve))
     return app
 

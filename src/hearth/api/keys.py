@@ -44,6 +44,13 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_record(db: Database, key_id: str) -> ApiKey | None:
+    """The key's record by its id while it is not revoked."""
+    with db.session() as s:
+        record = s.get(ApiKey, key_id)
+    return record if record is not None and record.revoked_at is None else None
+
+
 def list_keys(db: Database) -> list[ApiKey]:
     """Every key's record, oldest first (hashes only: the keys themselves are never kept)."""
     with db.session() as s:
