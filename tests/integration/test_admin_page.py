@@ -3,34 +3,26 @@ controller over SSE, and its actions (cancel a sign-in, destroy a VM, create and
 key) with the session cookie and its CSRF token. Screenshots are kept in
 $HEARTH_TEST_ARTIFACTS/admin (default artifacts/admin).
 
-The controller serves on 127.0.0.1 from this process (uvicorn on a thread), its VM network
-in namespaces of the test's own; no VM boots: records are made as the lifecycle leaves
+The controller serves on 127.0.0.1 from this process (tests/integration/conftest.py
+`serve`); no VM boots: records are made as the lifecycle leaves
 them, and the lifecycle itself is tested in tests/unit/test_vm_plans.py.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
 
-from hearth.api.app import create_app
 from hearth.api.keys import create_key, key_record
-from hearth.config import Settings
 from hearth.core.runtime import Controller
-from hearth.net.topology import VmNetwork
-from hearth.sandbox import sandbox
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState
-from hearth.waiting import wait_for
 from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.conftest import Served, serve
 
 ARTIFACTS = (
     Path(os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
@@ -39,30 +31,10 @@ ARTIFACTS = (
 WAIT_MS = 15_000
 
 
-@dataclass
-class Served:
-    url: str
-    controller: Controller
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    with sandbox() as ns:
-        settings = Settings(home=tmp_path, netns=f"{ns}-vm", controller_netns=ns)
-        app = create_app(settings)
-        listener = socket.create_server(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-        thread.start()
-        try:
-            wait_for(lambda: server.started, 60, "the controller to listen")
-            port = listener.getsockname()[1]
-            yield Served(f"http://127.0.0.1:{port}", app.state.controller)
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            listener.close()
-            VmNetwork.from_settings(settings).teardown()
+    with serve(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hearth.api import admin_page, admin_routes, auth_routes, prompt_routes, user_routes
 from hearth.api.admin_sessions import AdminSessions
 from hearth.api.live import live_router
-from hearth.api.schemas import Health
+from hearth.api.schemas import ERROR_RESPONSES, Health
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.failures import reason as failure_reason
@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         stop.set()
         await egress.stop()
 
-    app = FastAPI(title="Hearth", lifespan=lifespan)
+    app = FastAPI(title="Hearth", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.admin_sessions = AdminSessions()
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(HTTPException, _http_error)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hearth import providers
-from hearth.api.deps import USER_ID_PATTERN, controller, require_key
+from hearth.api.deps import PROVIDERS, USER_ID_PATTERN, controller, require_key
 from hearth.api.schemas import (
     CredentialsStatus,
     OAuthUrl,
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/api/auth", tags=["auth sessions"])
 
 class StartRequest(BaseModel):
     user_id: str = Field(pattern=USER_ID_PATTERN)
-    provider: str = Field(max_length=64)
+    provider: str = Field(max_length=64, json_schema_extra=PROVIDERS)
 
 
 def sessions(request: Request) -> AuthSessions:

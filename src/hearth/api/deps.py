@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import HTTPException, Path, Request
 
+from hearth import providers
 from hearth.api.admin_sessions import COOKIE, CSRF_HEADER, csrf_ok
 from hearth.api.keys import key_record, verify_key
 from hearth.core.runtime import Controller
@@ -14,6 +15,9 @@ from hearth.store.models import ApiKey
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"  # the product's user ids, as given to Hearth
 UserId = Annotated[str, Path(pattern=USER_ID_PATTERN)]
+# The schema names the known providers; an unknown one is still answered 400, naming them.
+PROVIDERS = {"enum": providers.names()}
+ProviderName = Annotated[str, Path(max_length=64, json_schema_extra=PROVIDERS)]
 
 
 def controller(request: Request) -> Controller:

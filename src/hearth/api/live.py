@@ -59,7 +59,7 @@ def live_router(resolve: Resolve) -> APIRouter:
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     router = APIRouter()
 
-    @router.get("/connect/{session_id}", response_class=HTMLResponse)
+    @router.get("/connect/{session_id}", response_class=HTMLResponse, include_in_schema=False)
     async def connect_page(request: Request, session_id: str, token: str = "") -> Response:
         view = await resolve(session_id, token) if token else None
         if view is None:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from hearth.api.deps import USER_ID_PATTERN, UserId, controller, require_key
+from hearth.api.deps import PROVIDERS, USER_ID_PATTERN, UserId, controller, require_key
 from hearth.api.schemas import PromptCancelling, PromptHistory, PromptSummary, PromptView
 from hearth.core.prompts import Prompts
 from hearth.store.models import Prompt
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api", tags=["prompts"], dependencies=[Depends(requir
 
 class PromptRequest(BaseModel):
     user_id: str = Field(pattern=USER_ID_PATTERN)
-    provider: str = Field(max_length=64)
+    provider: str = Field(max_length=64, json_schema_extra=PROVIDERS)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
 
 

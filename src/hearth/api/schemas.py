@@ -244,3 +244,40 @@ class KeyCreated(KeyView):
 class KeyRequest(BaseModel):
     role: Literal["app", "admin"] = "app"
     name: str = Field("", max_length=128)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx the API answers (see docs/errors.md)."""
+
+    error: str = Field(description="what is wrong, for the person reading it")
+
+
+class InvalidRequest(ErrorBody):
+    """A request whose parameters or body do not fit the route (422)."""
+
+    error: Literal["invalid request"]
+    problems: list[str] = Field(description="`where: what`, one per problem")
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    **{
+        code: {"model": ErrorBody, "description": why}
+        for code, why in (
+            (400, "bad input"),
+            (401, "no valid API key"),
+            (403, "the key's role may not do this"),
+            (404, "no such thing"),
+            (409, "not now: the state forbids it"),
+            (413, "the body is too large"),
+            (500, "Hearth could not do it"),
+            (501, "the provider has no such check"),
+            (502, "the provider could not be asked"),
+            (503, "no capacity now"),
+            (504, "timed out"),
+        )
+    },
+    422: {"model": InvalidRequest, "description": "the request does not fit the route"},
+}

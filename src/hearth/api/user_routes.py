@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hearth import providers
-from hearth.api.deps import UserId, controller, require_key
+from hearth.api.deps import ProviderName, UserId, controller, require_key
 from hearth.api.schemas import (
     CredentialsRemoved,
     CredentialView,
@@ -57,7 +57,7 @@ def credentials(user_id: UserId, request: Request) -> UserCredentials:
 
 
 @router.delete("/users/{user_id}/credentials/{provider}")
-def remove(user_id: UserId, provider: str, request: Request) -> CredentialsRemoved:
+def remove(user_id: UserId, provider: ProviderName, request: Request) -> CredentialsRemoved:
     _known_provider(provider)
     existed, wiped = cli_vms(request).remove(user_id, provider)
     if not existed and not wiped:
@@ -68,7 +68,7 @@ def remove(user_id: UserId, provider: str, request: Request) -> CredentialsRemov
 
 
 @router.get("/auth/validate/{user_id}/{provider}")
-def validate(user_id: UserId, provider: str, request: Request) -> Validation:
+def validate(user_id: UserId, provider: ProviderName, request: Request) -> Validation:
     """The verdict on the user's sign-in, from their CLI VM: the CLI's own status check and,
     where that reads only the CLI's files, the provider's answer (hearth.core.cli_vms.check).
     `valid` is null when only a refresh could tell; 502 when the provider gave no verdict."""
