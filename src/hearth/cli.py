@@ -15,6 +15,7 @@ from rich.table import Table
 
 from hearth import config
 from hearth.core import runtime
+from hearth.core.auth_sessions import BROWSER_IMAGE, browser_seed
 from hearth.core.reconciler import reconcile
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
@@ -114,7 +115,10 @@ def vm_boot(
     reconcile(vms)
     try:
         with err.status(f"booting a {image} VM") as status:
-            vm = vms.create(image, on_step=lambda step: status.update(f"{image} VM: {step}"))
+            extras = browser_seed() if image == BROWSER_IMAGE else None  # its VNC password
+            vm = vms.create(
+                image, on_step=lambda step: status.update(f"{image} VM: {step}"), seed_extras=extras
+            )
     except Exception as e:  # noqa: BLE001 - the message is the user's answer
         raise fail(str(e)) from None
     with vms.agent(vm) as agent:

@@ -111,6 +111,11 @@ class Notifier:
             return self._versions.get(session_id, 0)
 
 
+def browser_seed() -> dict[str, str]:
+    """What a browser VM's seed holds beside its agent token: its VNC server's password."""
+    return {VNC_PASSWORD: vnc_password()}
+
+
 def vnc_password() -> str:
     """A fresh one per browser VM; VNC's own authentication reads only eight characters."""
     return secrets.token_urlsafe(6)[:8]
@@ -279,7 +284,7 @@ class AuthSessions:
             # Recorded before it boots, so that a VM whose boot fails is destroyed too.
             cleanup.vm_id = self.vms.record(BROWSER_IMAGE)
             self._update(session_id, vm_id=cleanup.vm_id)
-            self.vms.finish_create(cleanup.vm_id, seed_extras={VNC_PASSWORD: vnc_password()})
+            self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
             vm = self.vms.get(cleanup.vm_id)
             self._check_running(session_id)
             with self.vms.agent(vm) as agent:
