@@ -255,7 +255,7 @@ class Rig:
     def vm_processes(self) -> list[int]:
         """Every agent process running from this rig's VM directories, whoever started it
         (found in /proc, so a VMM started twice shows twice)."""
-        return vmm_processes(self.settings.vms_dir, self.driver.programs)
+        return sorted(vmm_processes(self.settings.vms_dir, self.driver.programs))
 
 
 def local_controller(config: Settings) -> tuple[LoopbackNetwork, AgentProcessDriver, Controller]:

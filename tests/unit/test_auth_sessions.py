@@ -611,10 +611,12 @@ def test_notifier_wait_wakes_on_a_bump_from_another_thread():
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    time.sleep(0.2)  # not a wait for anything: it lets the watcher block before the bump
+    # Bump only once the watcher is blocked in the wait (it is the condition's one waiter).
+    wait_for(lambda: len(notifier._cond._waiters) == 1, WAIT, "the watcher to block")
+    assert woke == []
     notifier.bump("s")
     watcher.join(WAIT)
     version, waited = woke[0]
     assert version == 1
-    assert 0.2 <= waited < WAIT / 2  # it blocked until the bump, and woke at the bump
+    assert waited < WAIT / 2  # it woke at the bump, not at its timeout
     assert (notifier.version("s"), notifier.version("never")) == (1, 0)

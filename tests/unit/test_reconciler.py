@@ -31,32 +31,6 @@ from tests.core_rig import Rig
 # -- helpers -----------------------------------------------------------------------------
 
 
-def agent_pids(rig: Rig) -> list[int]:
-    """Every live process whose command line names the rig's VM directory (from /proc)."""
-    marker = str(rig.settings.vms_dir).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes()  # empty for a zombie
-        except OSError:
-            continue
-        if marker in argv:
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def exec_settled(rig: Rig, vm_id: str) -> None:
-    """Wait until a VMM the rig's driver just started has exec'd: its start() returns once
-    the child is forked, and for a moment after, /proc shows it with an empty command line,
-    so it is not yet recognised as the VM's VMM (running_pid). A real driver's start()
-    returns once the guest runs; this puts the rig's there before the world is looked at."""
-    vm = rig.vms.get(vm_id)
-    if vm.pid is not None and pid_alive(vm.pid):
-        wait_for(lambda: rig.vms.vmm_alive(vm), 5, f"VM {vm_id}'s VMM to exec")
-
-
 @pytest.fixture
 def dead_pid() -> int:
     """The pid of a process that has ended (a Hearth process that died)."""
@@ -88,7 +62,7 @@ def assert_gone(rig: Rig, vm: Vm) -> None:
     assert vm.tap not in rig.network.taps()
     assert vm.id not in rig.vms.pool.leases()
     assert not rig.vms.workdir(vm.id).exists()
-    assert not any(str(rig.vms.workdir(vm.id)) in cmdline(pid) for pid in agent_pids(rig))
+    assert not any(str(rig.vms.workdir(vm.id)) in cmdline(pid) for pid in rig.vm_processes())
 
 
 def assert_holds_its_things(rig: Rig, vm: Vm) -> None:
@@ -115,7 +89,6 @@ def crashed_create(rig: Rig, through: str, owner_pid: int) -> Vm:
     vm_id = rig.vms.record("cli")
     run_plan(create_plan().through(through), rig.vms, vm_id)
     rig.vms.update(vm_id, owner_pid=owner_pid)
-    exec_settled(rig, vm_id)
     return rig.vms.get(vm_id)
 
 
@@ -135,7 +108,7 @@ def test_a_ready_vm_with_a_live_vmm_is_adopted_and_keeps_everything(rig: Rig) ->
     assert report == Report(adopted=[vm.id])
     assert report.empty()  # adopting is no repair
     assert rig.vms.get(vm.id).state == VmState.ready
-    assert agent_pids(rig) == [vm.pid]
+    assert rig.vm_processes() == [vm.pid]
     assert_holds_its_things(rig, vm)
     assert answers(rig, vm)
     second_reconcile_is_empty(rig)
@@ -192,7 +165,7 @@ def test_a_vm_left_booting_by_a_dead_owner_is_destroyed_with_its_vmm(
     report = reconcile(rig.vms)
 
     assert report == Report(destroyed=[vm.id])
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert_gone(rig, vm)
     second_reconcile_is_empty(rig)
 
@@ -231,7 +204,7 @@ def test_a_vm_booting_in_another_live_hearth_process_is_left_alone(rig: Rig, liv
     assert report == Report()  # neither adopted nor touched
     after = rig.vms.get(vm.id)
     assert (after.state, after.owner_pid) == (VmState.booting, live_pid)
-    assert agent_pids(rig) == [vm.pid]
+    assert rig.vm_processes() == [vm.pid]
     assert_holds_its_things(rig, vm)
 
 
@@ -251,7 +224,7 @@ def test_a_vm_left_hibernating_with_a_live_vmm_is_repaired_to_hibernated(
     assert report == Report(repaired={vm.id: VmState.hibernated})
     assert rig.vms.get(vm.id).state == VmState.hibernated
     assert rig.vms.has_snapshot(vm)
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert_holds_its_things(rig, vm)
     second_reconcile_is_empty(rig)
 
@@ -295,7 +268,6 @@ def test_a_vm_left_resuming_with_a_live_vmm_is_repaired_to_ready(rig: Rig, dead_
     rig.vms.hibernate(vm.id)
     run_plan(resume_plan().through("restore"), rig.vms, vm.id)
     rig.vms.update(vm.id, owner_pid=dead_pid)
-    exec_settled(rig, vm.id)
     restored = rig.vms.get(vm.id)
     assert rig.vms.vmm_alive(restored) and not rig.vms.has_snapshot(restored)
 
@@ -304,7 +276,7 @@ def test_a_vm_left_resuming_with_a_live_vmm_is_repaired_to_ready(rig: Rig, dead_
     assert report == Report(repaired={vm.id: VmState.ready})
     after = rig.vms.get(vm.id)
     assert after.state == VmState.ready
-    assert agent_pids(rig) == [restored.pid] == [after.pid]  # the same VMM, not another
+    assert rig.vm_processes() == [restored.pid] == [after.pid]  # the same VMM, not another
     assert_holds_its_things(rig, vm)
     assert answers(rig, after)
     second_reconcile_is_empty(rig)
@@ -319,7 +291,6 @@ def test_a_vm_left_resuming_with_a_half_restored_vmm_beside_its_snapshot_is_rest
     # The restore had spawned its VMM but not consumed the snapshot when Hearth died.
     half = rig.driver.start(rig.vms.spec(vm))
     rig.vms.update(vm.id, owner_pid=dead_pid, pid=half)
-    exec_settled(rig, vm.id)
     assert rig.vms.has_snapshot(vm)
 
     report = reconcile(rig.vms)
@@ -328,7 +299,7 @@ def test_a_vm_left_resuming_with_a_half_restored_vmm_beside_its_snapshot_is_rest
     after = rig.vms.get(vm.id)
     assert after.state == VmState.ready
     assert not pid_alive(half)
-    assert agent_pids(rig) == [after.pid] != [half]
+    assert rig.vm_processes() == [after.pid] != [half]
     assert not rig.vms.has_snapshot(after)
     assert answers(rig, after)
     second_reconcile_is_empty(rig)
@@ -347,7 +318,7 @@ def test_a_vm_left_resuming_without_a_vmm_but_with_its_snapshot_goes_back_to_hib
     assert report == Report(repaired={vm.id: VmState.hibernated})
     assert rig.vms.get(vm.id).state == VmState.hibernated
     assert rig.vms.has_snapshot(vm)
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert_holds_its_things(rig, vm)
     second_reconcile_is_empty(rig)
     assert rig.vms.resume(vm.id).state == VmState.ready
@@ -360,7 +331,6 @@ def test_a_vm_left_resuming_without_a_vmm_or_a_snapshot_is_destroyed(
     rig.vms.hibernate(vm.id)
     run_plan(resume_plan().through("restore"), rig.vms, vm.id)  # the snapshot is consumed
     rig.vms.update(vm.id, owner_pid=dead_pid)
-    exec_settled(rig, vm.id)
     kill_pid(rig.vms.get(vm.id).pid)  # and the restored guest died
 
     report = reconcile(rig.vms)
@@ -402,13 +372,13 @@ def test_a_vmm_process_running_from_the_vms_directory_that_no_vm_owns_is_killed(
     machine.lay_out(spec, ghost.agent_token, {})
     pid = rig.driver.start(spec)
     try:
-        wait_for(lambda: pid in agent_pids(rig), 5, "the orphan agent to exec")
+        wait_for(lambda: pid in rig.vm_processes(), 5, "the orphan agent to exec")
 
         report = reconcile(rig.vms)
 
         assert report == Report(adopted=[vm.id], processes=[pid], directories=[ghost.id])
         assert not pid_alive(pid)
-        assert agent_pids(rig) == [vm.pid]
+        assert rig.vm_processes() == [vm.pid]
         assert answers(rig, vm)
         second_reconcile_is_empty(rig)
     finally:
@@ -464,7 +434,7 @@ def test_everything_of_a_vm_whose_record_was_marked_destroyed_is_removed_as_orph
         leases=[lost.id],
         directories=[lost.id],
     )
-    assert agent_pids(rig) == [kept.pid]
+    assert rig.vm_processes() == [kept.pid]
     assert rig.network.taps() == [kept.tap]
     assert rig.vms.pool.leases() == {kept.id: kept.ip}
     assert sorted(p.name for p in rig.settings.vms_dir.iterdir()) == [kept.id]
@@ -512,7 +482,7 @@ def test_a_mixed_crash_is_sorted_out_in_one_reconcile_then_nothing_is_left_to_do
         taps=["hthorphan1"],
         directories=["stray"],
     )
-    assert agent_pids(rig) == [ready.pid]
+    assert rig.vm_processes() == [ready.pid]
     assert sorted(rig.network.taps()) == sorted([ready.tap, hibernated.tap, hibernating.tap])
     assert sorted(rig.vms.pool.leases()) == sorted([ready.id, hibernated.id, hibernating.id])
     assert_gone(rig, booting)

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -25,44 +24,15 @@ from hearth.core.plans import Plan, run_plan
 from hearth.core.vm_plans import create_plan, destroy_plan, hibernate_plan, resume_plan
 from hearth.core.vms import VmError, VmManager, VmmExited
 from hearth.store.models import VmState
-from hearth.vmm.base import pid_alive
-from hearth.waiting import wait_for
 from tests.core_rig import Rig
 
 # -- looking at the world ----------------------------------------------------------------
 
 
-def agent_pids(rig: Rig) -> list[int]:
-    """Every live process whose command line names the rig's VM directory, found in /proc
-    (not through the pid files, so a VMM the plans lost track of is counted too)."""
-    marker = str(rig.settings.vms_dir).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes()  # empty for a zombie
-        except OSError:
-            continue
-        if marker in argv:
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def exec_settled(rig: Rig, vm_id: str) -> None:
-    """Wait until a VMM the rig's driver just started has exec'd: its start() returns once
-    the child is forked, and for a moment after, /proc shows it with an empty command line,
-    so it is not yet recognised as the VM's VMM (running_pid). A real driver's start()
-    returns once the guest runs; this puts the rig's there before the world is looked at."""
-    vm = rig.vms.get(vm_id)
-    if vm.pid is not None and pid_alive(vm.pid):
-        wait_for(lambda: rig.vms.vmm_alive(vm), 5, f"VM {vm_id}'s VMM to exec")
-
-
 def world(rig: Rig, vm_id: str) -> dict[str, object]:
     """What the VM holds, with its own id and TAP written as "it" so runs compare."""
     vm = rig.vms.get(vm_id)
-    pids = agent_pids(rig)
+    pids = rig.vm_processes()
     if not pids and vm.pid is None:
         vmm = None
     elif pids == [vm.pid]:
@@ -205,7 +175,7 @@ def test_create_leaves_a_ready_vm_with_one_lease_tap_and_answering_agent(rig: Ri
     assert rig.vms.pool.leases() == {vm.id: vm.ip}
     assert rig.network.taps() == [vm.tap]
     assert rig.network.plugged[vm.tap] == (vm.mac, vm.ip)
-    assert rig.vm_processes() == [vm.pid] == agent_pids(rig)
+    assert rig.vm_processes() == [vm.pid] == rig.vm_processes()
     assert rig.vms.vmm_alive(vm)
     assert answers(rig, vm.id)
     assert vm.boot_seconds is not None and 0 < vm.boot_seconds < rig.settings.boot_timeout
@@ -236,7 +206,7 @@ def test_hibernate_keeps_tap_lease_and_snapshot_and_ends_the_vmm(rig: Rig) -> No
     assert after.pid is None
     assert rig.vms.has_snapshot(after)
     assert not rig.vms.vmm_alive(after)
-    assert rig.vm_processes() == [] == agent_pids(rig)
+    assert rig.vm_processes() == [] == rig.vm_processes()
     assert rig.network.taps() == [vm.tap]
     assert rig.vms.pool.leases() == {vm.id: vm.ip}
 
@@ -252,7 +222,7 @@ def test_resume_consumes_the_snapshot_and_times_the_restore(rig: Rig) -> None:
     assert not rig.vms.has_snapshot(resumed)
     assert resumed.boot_seconds is not None and resumed.boot_seconds > 0
     assert resumed.ip == vm.ip and resumed.tap == vm.tap
-    assert rig.vm_processes() == [resumed.pid] == agent_pids(rig)
+    assert rig.vm_processes() == [resumed.pid] == rig.vm_processes()
     assert resumed.pid != vm.pid
     assert answers(rig, vm.id)
 
@@ -266,7 +236,7 @@ def test_destroy_removes_everything_and_archives_the_console(rig: Rig) -> None:
     assert after.pid is None
     assert rig.vms.pool.leases() == {}
     assert rig.network.taps() == []
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert not rig.vms.workdir(vm.id).exists()
     assert "listening" in rig.vms.console_archive(vm.id).read_text()
 
@@ -282,7 +252,6 @@ def test_a_crash_after_the_step_then_a_rerun_ends_as_a_clean_run_with_nothing_do
     whole = PLANS[plan]()
 
     run_plan(whole.through(step), rig.vms, vm_id)  # the process dies right after `step`
-    exec_settled(rig, vm_id)
     if step != whole.step_names[-1]:  # every plan's last step records its end state
         assert rig.vms.get(vm_id).state != CLEAN_END[plan]["state"]
 
@@ -311,7 +280,7 @@ def test_a_vmm_that_refuses_to_start_fails_the_create_at_boot_and_destroy_cleans
     assert vm.state == VmState.failed
     assert vm.failed_step == "boot"
     assert "refused to start" in vm.error
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert rig.network.taps() == [vm.tap]  # what the failed create got is still held...
 
     rig.vms.destroy(vm.id)
@@ -330,7 +299,7 @@ def test_a_guest_that_dies_once_while_booting_is_booted_again_and_comes_up(rig: 
     assert vm.state == VmState.ready
     assert vm.failed_step is None
     assert answers(rig, vm.id)
-    assert agent_pids(rig) == [vm.pid]
+    assert rig.vm_processes() == [vm.pid]
     console = (rig.vms.workdir(vm.id) / machine.CONSOLE).read_text()
     assert "booting again" in console
     assert rig.driver.dying_boots == 0
@@ -347,7 +316,7 @@ def test_a_guest_that_dies_on_both_boots_fails_with_the_vmm_exited_cause(rig: Ri
     assert vm.state == VmState.failed
     assert vm.failed_step == "wait-for-agent"
     assert "exited before the agent answered" in vm.error
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert "booting again" in (rig.vms.workdir(vm.id) / machine.CONSOLE).read_text()
 
 
@@ -362,7 +331,7 @@ def test_a_snapshot_that_fails_leaves_the_vm_ready_and_its_agent_answering(rig: 
     assert after.state == VmState.ready
     assert after.failed_step == "snapshot"
     assert not rig.vms.has_snapshot(after)
-    assert agent_pids(rig) == [vm.pid]
+    assert rig.vm_processes() == [vm.pid]
     assert answers(rig, vm.id)
 
     rig.vms.hibernate(vm.id)  # the VMM refuses only once
@@ -384,7 +353,7 @@ def test_a_restore_that_fails_leaves_the_vm_hibernated_with_its_snapshot_then_re
     assert after.failed_step == "restore"
     assert after.pid is None
     assert rig.vms.has_snapshot(after)
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
     assert rig.network.taps() == [vm.tap]
     assert rig.vms.pool.leases() == {vm.id: vm.ip}
 
@@ -411,7 +380,7 @@ def test_a_guest_that_dies_while_resuming_fails_the_vm_as_its_snapshot_is_consum
     assert after.failed_step == "wait-for-agent"
     assert after.pid is None
     assert not rig.vms.has_snapshot(after)
-    assert agent_pids(rig) == []
+    assert rig.vm_processes() == []
 
     rig.vms.destroy(vm.id)
     assert world(rig, vm.id)["leases"] == world(rig, vm.id)["taps"] == []
