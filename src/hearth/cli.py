@@ -7,11 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hearth import config
 from hearth.core import runtime
@@ -22,6 +23,9 @@ from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
 from hearth.net.namespace import nsenter
 from hearth.sandbox import sandbox
+
+if TYPE_CHECKING:
+    from hearth.doctor import Check
 
 app = typer.Typer(no_args_is_help=True, help="Hearth: AI coding CLIs in microVMs.")
 image_app = typer.Typer(no_args_is_help=True, help="Golden VM images.")
@@ -452,6 +456,67 @@ def egress_log(
             str(c.bytes_down),
         )
     out.print(table)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Bring the database's schema to the latest migration (`hearth serve` does it too)."""
+    from hearth.store.db import Database
+
+    done = Database(config.load().db_url).migrate()
+    if done.before == done.after:
+        out.print(f"the database is at the latest migration ({done.after}): nothing to do")
+    else:
+        out.print(f"migrated the database from {done.before or 'an empty schema'} to {done.after}")
+
+
+@app.command("doctor")
+def doctor_cmd(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print a JSON list of the checks")
+    ] = False,
+) -> None:
+    """Check the host and say how to fix each problem; exit code 0 only when all pass."""
+    from hearth import doctor
+
+    checks = doctor.run_checks(config.load())
+    if as_json:
+        print(json.dumps([c.as_json() for c in checks], indent=2))
+    else:
+        show_checks(out, checks)
+    if not doctor.all_passed(checks):
+        raise typer.Exit(1)
+
+
+_STATUS_STYLE = {"pass": ("ok", "green"), "fail": ("FAIL", "bold red"), "skipped": ("skip", "dim")}
+
+
+def show_checks(console: Console, checks: list[Check]) -> None:
+    """One line per check and one per fix, never wrapped, so paths, URLs and commands can be
+    copied whatever the terminal's width."""
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        label, style = _STATUS_STYLE[c.status.value]
+        line = Text.assemble((f"{label:<4}", style), f"  {c.name:<{width}}  {c.message}")
+        console.print(line, soft_wrap=True, highlight=False)
+        if c.fix:
+            console.print(
+                f"{'':4}  {'':<{width}}  fix: {c.fix}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+    failures = sum(c.status.value == "fail" for c in checks)
+    console.print(
+        f"{len(checks)} checks: {failures} failed"
+        if failures
+        else f"{len(checks)} checks: all passed",
+        highlight=False,
+    )
 
 
 @app.command("reconcile")

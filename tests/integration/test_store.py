@@ -9,14 +9,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from hearth.net.ippool import IpPool, PoolExhausted, UnknownVm
-from hearth.store.db import MIGRATIONS, Database
+from hearth.store.db import Database, head_revision
 from hearth.store.models import Base, IpLease, Vm, VmState
 
 SMALL = ipaddress.IPv4Interface("192.0.2.1/29")  # TEST-NET-1: hosts .1-.6, .1 is the gateway
@@ -31,12 +29,6 @@ def add_vms(db: Database, *vm_ids: str) -> None:
             for vm_id in vm_ids
         )
         s.commit()
-
-
-def head_revision() -> str:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(cfg).get_current_head()
 
 
 # -- schema ------------------------------------------------------------------------------

@@ -104,6 +104,22 @@ class BuildResult:
     rebuilt: bool  # False when an image with the same inputs was already there
 
 
+@dataclass(frozen=True)
+class ImageState:
+    """How a built image stands against its inputs now: the one test of "up to date", for
+    the builder (nothing to do) and `hearth doctor` (the image needs a build)."""
+
+    name: str
+    path: Path
+    inputs: str  # what the recipe, settings and code hash to now
+    built_inputs: str | None  # what the image there was built from; None: no image
+    missing: tuple[str, ...]  # artefacts the image directory lacks
+
+    @property
+    def current(self) -> bool:
+        return self.built_inputs == self.inputs and not self.missing
+
+
 class ImageBuilder:
     def __init__(
         self,
@@ -138,19 +154,28 @@ class ImageBuilder:
         image = key_of("image", guest, builder)
         return {"base": base, "packages": packages, "guest": guest, "image": image}
 
+    def state(self, name: str) -> ImageState:
+        keys = self.keys(recipes.get(name))
+        return self._state(name, keys)
+
+    def _state(self, name: str, keys: dict[str, str]) -> ImageState:
+        out = self.settings.images_dir / name
+        manifest = read_manifest(out)
+        return ImageState(
+            name,
+            out,
+            keys["image"],
+            manifest.get("inputs") if manifest else None,
+            tuple(a for a in ARTEFACTS if not (out / a).is_file()),
+        )
+
     def build(self, name: str, force: bool = False) -> BuildResult:
         recipe = recipes.get(name)
         keys = self.keys(recipe)
         out = self.settings.images_dir / name
-        current = read_manifest(out)
-        if (
-            not force
-            and current
-            and current.get("inputs") == keys["image"]
-            and all((out / a).is_file() for a in ARTEFACTS)
-        ):
+        if not force and self._state(name, keys).current:
             self.progress(f"{name}: up to date ({keys['image']})")
-            return BuildResult(name, out, current, rebuilt=False)
+            return BuildResult(name, out, read_manifest(out), rebuilt=False)
 
         started = time.monotonic()
         self.layers.clean_partial()

@@ -55,6 +55,17 @@ class KeyringError(CryptoError):
     """The master keys cannot be loaded, or are unsafe to use."""
 
 
+class UnsafeKeyFile(KeyringError):
+    """The key file may be read or written by others than its owner; `fix` says how to mend it."""
+
+    def __init__(self, path: Path, mode: int):
+        self.fix = f"chmod 600 {path}"
+        super().__init__(
+            f"master key file {path} has mode {mode:04o}; it must be readable by its owner "
+            f"only: run `{self.fix}`"
+        )
+
+
 class UnknownKeyId(CryptoError):
     """A record was sealed under a master key this keyring does not hold."""
 
@@ -170,16 +181,18 @@ class Keyring:
     def load_or_create(cls, path: Path) -> Keyring:
         """The key file at `path`; if there is none, one with a new key, mode 0600."""
         try:
-            return cls._load(path)
+            return cls.load(path)
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(FileExistsError):  # another process created it first: use that one
             _write_key_file(path, cls.from_key(MasterKey.generate()), replace_existing=False)
-        return cls._load(path)
+        return cls.load(path)
 
     @classmethod
-    def _load(cls, path: Path) -> Keyring:
+    def load(cls, path: Path) -> Keyring:
+        """The key file at `path` (FileNotFoundError if there is none; KeyringError if it is
+        unsafe or invalid)."""
         keys, current, stamp = _read_key_file(path)
         keyring = cls(keys, current)
         keyring._path = path
@@ -277,10 +290,7 @@ def _read_key_file(path: Path) -> tuple[list[MasterKey], str, _Stamp]:
         st = os.fstat(f.fileno())  # the file actually read, not whatever the path names later
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
-            raise KeyringError(
-                f"master key file {path} has mode {mode:04o}; it must be readable by its owner "
-                f"only: run `chmod 600 {path}`"
-            )
+            raise UnsafeKeyFile(path, mode)
         raw = f.read()
     invalid = f"master key file {path} is not valid"
     try:

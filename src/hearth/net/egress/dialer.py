@@ -37,6 +37,13 @@ class DialError(NetworkError):
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+def resolver_address(resolver: str) -> tuple[str, int]:
+    """The address and port of the egress_resolver setting ("ip" or "ip:port"; an IPv6
+    address has no port)."""
+    host, _, port = resolver.rpartition(":") if resolver.count(":") == 1 else (resolver, "", "")
+    return host, int(port or 53)
+
+
 class Dialer:
     def __init__(
         self,
@@ -46,11 +53,9 @@ class Dialer:
     ):
         self._resolver = dns.asyncresolver.Resolver(configure=not resolver)
         if resolver:
-            host, _, port = (
-                resolver.rpartition(":") if resolver.count(":") == 1 else (resolver, "", "")
-            )
+            host, port = resolver_address(resolver)
             self._resolver.nameservers = [host]
-            self._resolver.port = int(port or 53)
+            self._resolver.port = port
         self._resolver.cache = dns.resolver.Cache()
         self._resolver.lifetime = RESOLVE_TIMEOUT
         self._hosts = {name: ipaddress.ip_address(a) for name, a in (hosts or {}).items()}

@@ -13,6 +13,8 @@ SCHEMES = ("http", "socks5")
 class Upstream:
     url: str = field(repr=False)  # with credentials: never logged or returned
     shown: str  # scheme://host:port
+    host: str
+    port: int
 
     @classmethod
     def parse(cls, url: str) -> Upstream:
@@ -36,4 +38,4 @@ class Upstream:
             )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("an upstream proxy URL has no path, query or fragment")
-        return cls(url, f"{parts.scheme}://{parts.hostname}:{port}")
+        return cls(url, f"{parts.scheme}://{parts.hostname}:{port}", parts.hostname, port)
