@@ -465,9 +465,15 @@ app.add_typer(db_app, name="db")
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Bring the database's schema to the latest migration (`hearth serve` does it too)."""
-    from hearth.store.db import Database
+    from sqlalchemy.exc import SQLAlchemyError
 
-    done = Database(config.load().db_url).migrate()
+    from hearth.store.db import Database, connect_failure, shown_url
+
+    url = config.load().db_url
+    try:
+        done = Database(url).migrate()
+    except SQLAlchemyError as e:
+        raise fail(f"cannot migrate {shown_url(url)}: {connect_failure(e)}") from None
     if done.before == done.after:
         out.print(f"the database is at the latest migration ({done.after}): nothing to do")
     else:

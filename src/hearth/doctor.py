@@ -34,7 +34,14 @@ from hearth.image.builder import ImageBuilder
 from hearth.net.egress.dialer import resolver_address
 from hearth.net.egress.upstream import Upstream
 from hearth.store.crypto import ENV_VAR, Keyring, KeyringError, MasterKey, UnsafeKeyFile
-from hearth.store.db import head_revision, known_revisions, make_engine, schema_revision
+from hearth.store.db import (
+    connect_failure,
+    head_revision,
+    known_revisions,
+    make_engine,
+    schema_revision,
+    shown_url,
+)
 from hearth.vmm.qemu import QEMU, kvm_runs_guests
 
 # Room for VM disks' copy-on-write overlays, hibernated VMs' snapshots (each as big as its
@@ -220,7 +227,7 @@ def check_images(settings: Settings) -> Iterator[Check]:
 def check_database(settings: Settings) -> Iterator[Check]:
     name = "database"
     url = make_url(settings.db_url)
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(settings.db_url)
     migrate = "hearth db migrate"
     if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
         yield failed(name, f"no database at {url.database}", migrate)
@@ -231,7 +238,7 @@ def check_database(settings: Settings) -> Iterator[Check]:
     except SQLAlchemyError as e:
         yield failed(
             name,
-            f"cannot reach {shown}: {_last_line(str(getattr(e, 'orig', None) or e))}",
+            f"cannot reach {shown}: {connect_failure(e)}",
             "start the database server, or correct HEARTH_DATABASE_URL",
         )
         return
@@ -294,8 +301,12 @@ def check_egress_resolver(settings: Settings) -> Iterator[Check]:
         servers = [resolver_address(settings.egress_resolver)]
         fix = "start that DNS server, or correct HEARTH_EGRESS_RESOLVER"
     else:
-        servers = [(host, 53) for host in dns.resolver.Resolver().nameservers]
         fix = "correct /etc/resolv.conf, or set HEARTH_EGRESS_RESOLVER"
+        try:
+            servers = [(host, 53) for host in dns.resolver.Resolver().nameservers]
+        except dns.resolver.NoResolverConfiguration:
+            yield failed(name, "the system has no DNS server (/etc/resolv.conf names none)", fix)
+            return
     for host, port in servers:
         where = f"{host}:{port}"
         query = dns.message.make_query(".", "NS")

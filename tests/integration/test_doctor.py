@@ -203,7 +203,14 @@ def test_an_unreachable_database_fails_without_its_password(
     check = only(doctor.check_database(Settings(home=tmp_path, database_url=url)))
     assert check.status is Status.FAIL
     assert "cannot reach postgresql+psycopg://hearth:***@127.0.0.1" in check.message
+    assert "Connection refused" in check.message
     assert "hunter2secret" not in check.message + check.fix
+
+    env = {"HEARTH_HOME": str(tmp_path), "HEARTH_DATABASE_URL": url}
+    migrate = CliRunner().invoke(app, ["db", "migrate"], env=env)
+    assert migrate.exit_code == 1
+    assert "cannot migrate postgresql+psycopg://hearth:***@127.0.0.1" in migrate.stderr
+    assert "hunter2secret" not in migrate.output
 
 
 # -- egress --------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -31,6 +32,18 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def shown_url(url: str) -> str:
+    """The database URL as messages may show it: its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def connect_failure(error: SQLAlchemyError) -> str:
+    """What the driver said when it could not connect or query: its first line, which names
+    the server and the cause but never the URL's password."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _alembic_config() -> Config:
