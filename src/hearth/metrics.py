@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from hearth.config import host_port
+from hearth.net import NetworkError
 from hearth.store.models import AuthSession, Prompt, Vm, VmState, utcnow
 
 if TYPE_CHECKING:
@@ -108,6 +109,12 @@ EVENTS = (
     EGRESS,
     STEPS_FAILED,
 )
+
+
+class MetricsListenError(NetworkError):
+    """The metrics listener (metrics_listen) could not listen where it was told."""
+
+
 VMS = "hearth_vms"
 LEASES_USED = "hearth_ip_leases_used"
 LEASES_FREE = "hearth_ip_leases_free"
@@ -217,7 +224,11 @@ def listen(ctl: Controller) -> Callable[[], None]:
     if not ctl.settings.metrics_listen:
         return lambda: None
     host, port = host_port(ctl.settings.metrics_listen)
-    server, thread = start_http_server(port, host, registry(ctl))
+    try:
+        server, thread = start_http_server(port, host, registry(ctl))
+    except OSError as e:
+        where = ctl.settings.metrics_listen
+        raise MetricsListenError(f"cannot listen on HEARTH_METRICS_LISTEN {where}: {e}") from e
 
     def stop() -> None:
         server.shutdown()

@@ -251,6 +251,14 @@ def test_the_metrics_listener_serves_the_same_metrics_without_a_key(served):
     assert value(listened, "hearth_ip_leases_free") == value(over_api, "hearth_ip_leases_free")
 
 
+def test_a_metrics_listener_whose_address_is_taken_says_where(served):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        where = f"127.0.0.1:{taken.getsockname()[1]}"
+        settings = served.rig.settings.model_copy(update={"metrics_listen": where})
+        with pytest.raises(metrics.MetricsListenError, match=f"HEARTH_METRICS_LISTEN {where}: "):
+            metrics.listen(replace(served.rig.controller, settings=settings))
+
+
 def test_a_bad_metrics_listen_is_refused_naming_what_is_wrong():
     with pytest.raises(ValueError, match="not host:port"):
         Settings(metrics_listen="9464")
