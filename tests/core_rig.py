@@ -3,6 +3,8 @@ images and no VMs (hearth.core.ports).
 
 - `LoopbackNetwork`: TAPs are records, and the pool leases addresses from a /24 of
   127.0.0.0/8, all of which Linux answers on loopback, so each VM has an address of its own.
+  The egress listeners bind the gateway's address on free ports (no root for 53, 80 and
+  443): the rig's guests reach the IdP directly, never through them.
 - `AgentProcessDriver`: a VMM whose guest is the real guest agent (hearth/guest/agent.py,
   started as its systemd unit starts it) as a local process bound to the VM's address, with
   the VM's directory as its disk: HOME, the agent's state and the login's run directory live
@@ -11,16 +13,19 @@ images and no VMs (hearth.core.ports).
   Firefox is a script that records the URLs it is sent.
 - `Rig`: the controller wired as hearth.core.runtime wires it, on those two, with the demo
   provider's real login and prompt commands (run from this checkout's guest directory)
-  against the demo identity provider on 127.0.0.1.
+  against the demo identity provider on 127.0.0.1; `serve_rig` runs the controller's API
+  around it over real HTTP.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +40,7 @@ import pytest
 
 import hearth.guest
 from hearth import providers
+from hearth.api.app import create_app
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
@@ -45,6 +51,7 @@ from hearth.guest.fileio import write_atomic
 from hearth.providers import demo
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, references, running_pid
 from hearth.waiting import wait_for
+from tests.served import serve_app
 
 GUEST_DIR = Path(hearth.guest.__file__).parent
 AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.service"
@@ -69,7 +76,8 @@ class LoopbackNetwork:
 
     netns = ""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway: str) -> None:
+        self.gateway = gateway
         self.plugged: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -90,6 +98,21 @@ class LoopbackNetwork:
     def taps(self) -> list[str]:
         with self._lock:
             return sorted(self.plugged)
+
+    def gateway_sockets(self, wanted: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+        """One socket per (kind, port) wanted, on the gateway's address and a free port."""
+        made = []
+        for kind, _port in wanted:
+            sock = socket.socket(type=socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+            sock.bind((self.gateway, 0))
+            if kind == "tcp":
+                sock.listen()
+            sock.setblocking(False)
+            made.append(sock)
+        return made
+
+    def controller_addresses(self) -> frozenset[ipaddress.IPv4Address]:
+        return frozenset({ipaddress.ip_address("127.0.0.1")})
 
 
 def loopback_cidr() -> str:
@@ -267,10 +290,18 @@ def local_controller(config: Settings) -> tuple[LoopbackNetwork, AgentProcessDri
         (images / "manifest.json").write_text(
             json.dumps({"image": image, "guest": "the guest agent of this checkout, as a process"})
         )
-    network, driver = LoopbackNetwork(), AgentProcessDriver()
+    network, driver = LoopbackNetwork(str(config.gateway.ip)), AgentProcessDriver()
     db = runtime.open_database(config)
     vms = VmManager(config, db, network, {driver.name: driver}, vmm=driver.name)
     return network, driver, runtime.controller(config, vms)
+
+
+@contextmanager
+def serve_rig(rig: Rig) -> Iterator[str]:
+    """The controller's API around the rig's controller (hearth.api.app, its start-up and
+    shut-down and all) over real HTTP on 127.0.0.1; its URL."""
+    with serve_app(create_app(rig.settings, lambda _settings: rig.controller)) as url:
+        yield url
 
 
 @contextmanager

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     public_url: str = "http://localhost:8000"  # how users' browsers reach the controller
     session_ttl: float = 900.0  # seconds an auth session may take before it expires
     demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
+    # "host:port" ("[::1]:9464" for IPv6) of a listener serving /metrics without a key, for
+    # a scraper that only this address lets in; empty: /metrics on the API, admin key only.
+    metrics_listen: str = ""
 
     # Users' CLI VMs
     cli_image: str = "cli"
@@ -109,6 +112,13 @@ class Settings(BaseSettings):
             ipaddress.ip_address(host)
             if port and not (port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError(f"the resolver's port must be 1-65535, not {port!r}")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            host_port(value)
         return value
 
     @field_validator("vm_ca_file")
@@ -170,6 +180,16 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'hearth.db'}"
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """The (host, port) of "host:port" or "[v6 address]:port"; ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"the port must be 1-65535, not {port!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def _read(path: str) -> str:

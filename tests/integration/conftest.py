@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from hearth.api.app import create_app
@@ -18,7 +15,7 @@ from hearth.config import Settings
 from hearth.core.runtime import Controller
 from hearth.net.topology import VmNetwork
 from hearth.sandbox import sandbox
-from hearth.waiting import wait_for
+from tests.served import serve_app
 
 
 @pytest.fixture
@@ -48,15 +45,8 @@ def serve(home: Path) -> Iterator[Served]:
     with sandbox() as ns:
         settings = Settings(home=home, netns=f"{ns}-vm", controller_netns=ns)
         app = create_app(settings)
-        listener = socket.create_server(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-        thread.start()
         try:
-            wait_for(lambda: server.started, 60, "the controller to listen")
-            yield Served(f"http://127.0.0.1:{listener.getsockname()[1]}", app.state.controller)
+            with serve_app(app) as url:
+                yield Served(url, app.state.controller)
         finally:
-            server.should_exit = True
-            thread.join(30)
-            listener.close()
             VmNetwork.from_settings(settings).teardown()

@@ -28,6 +28,7 @@ from hearth.store.models import (
 
 STREAMS = {("POST", "/api/prompts"), ("GET", "/api/auth/session/{session_id}/events")}
 PAGES = {("GET", "/connect/{session_id}")}
+TEXTS = {("GET", "/metrics")}  # Prometheus's text format
 
 
 def success(operation: dict) -> dict:
@@ -61,6 +62,8 @@ def test_every_json_route_names_its_response_schema(tmp_path: Path):
             assert list(content) == ["text/event-stream"], (method, path)
         elif (method, path) in PAGES:
             assert "text/html" in content, (method, path)
+        elif (method, path) in TEXTS:
+            assert [c.split(";")[0] for c in content] == ["text/plain"], (method, path)
         else:
             ref = content["application/json"]["schema"]["$ref"]
             name = ref.removeprefix("#/components/schemas/")

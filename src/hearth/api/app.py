@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -13,7 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hearth.api import admin_page, admin_routes, auth_routes, prompt_routes, user_routes
+from hearth import metrics
+from hearth.api import (
+    admin_page,
+    admin_routes,
+    auth_routes,
+    metrics_routes,
+    prompt_routes,
+    user_routes,
+)
 from hearth.api.admin_sessions import AdminSessions
 from hearth.api.live import live_router
 from hearth.api.schemas import ERROR_RESPONSES, Health
@@ -33,12 +42,16 @@ def idle_sweep_seconds(settings: Settings) -> float:
     return min(30.0, max(0.5, settings.idle_hibernate / 10))
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, parts: Callable[[Settings], runtime.Controller] = runtime.controller
+) -> FastAPI:
+    """The app of a controller made by `parts` at start (the tests' rig gives its own)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Blocking work stays off the event loop (pyroute2's sync API runs a loop of its own).
         logging.getLogger("uvicorn.error").addFilter(no_query_strings)
-        ctl = await asyncio.to_thread(runtime.controller, settings)
+        ctl = await asyncio.to_thread(parts, settings)
         await asyncio.to_thread(reconcile, ctl.vms)
         await asyncio.to_thread(ctl.sessions.recover)
         await asyncio.to_thread(ctl.prompts.recover)
@@ -47,9 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
         stop = threading.Event()
         every(SESSION_SWEEP_SECONDS, ctl.sessions.expire_due, stop)
         every(idle_sweep_seconds(settings), ctl.cli_vms.sweep, stop)
+        stop_metrics = metrics.listen(ctl)
         app.state.controller = ctl
         yield
         stop.set()
+        stop_metrics()
         await egress.stop()
 
     app = FastAPI(title="Hearth", lifespan=lifespan, responses=ERROR_RESPONSES)
@@ -71,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(user_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(admin_page.router)
+    app.include_router(metrics_routes.router)
     app.include_router(live_router(resolve))
     return app
 

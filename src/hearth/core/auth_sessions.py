@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import select, update
 
-from hearth import providers
+from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError, machine
 from hearth.core.failures import reason as failure_reason
@@ -417,6 +417,8 @@ class AuthSessions:
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
             s.commit()
         self.notifier.bump(session_id)
+        if status in TERMINAL:
+            metrics.sign_in_ended(self.get(session_id))
         return True
 
     def _update(self, session_id: str, **fields) -> None:

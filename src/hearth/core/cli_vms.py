@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from hearth import providers
+from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.agent_client import AgentRequestError
@@ -167,6 +167,7 @@ class CliVms:
             except CredentialStale:
                 return False  # a new sign-in replaced them meanwhile; it goes in next time
             self.credentials.set_lease(user_id, provider, Lease(vm.id, new.version, digest))
+            metrics.credentials_written_back(provider)
             return True
 
     def check(self, user_id: str, provider: str) -> Check:

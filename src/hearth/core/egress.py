@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy import bindparam, insert, select, update
 
-from hearth import providers
+from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core.auth_sessions import TERMINAL
 from hearth.net.egress.dialer import Dialer
@@ -213,6 +213,7 @@ class Audit:
                     ended,
                 )
             s.commit()
+        metrics.egress_recorded(fresh)
         for key, r in latest.items():
             if r.duration is None:
                 self._open.add(key)

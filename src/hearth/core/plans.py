@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hearth import metrics
 from hearth.core import CoreError
 
 if TYPE_CHECKING:
@@ -62,4 +63,5 @@ def run_plan(
         try:
             step.do(vms, vm)
         except Exception as e:
+            metrics.plan_step_failed(plan.name, step.name)
             raise StepFailed(step.name, e) from e

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from hearth import providers
+from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
@@ -242,6 +242,7 @@ class Prompts:
         if output is not None:
             fields.update(output=output.text, first_output_seconds=output.first_at)
         self.db.update(Prompt, prompt_id, **fields)
+        metrics.prompt_ended(self.get(prompt_id))
 
 
 class _Output:

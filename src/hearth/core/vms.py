@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
+from hearth import metrics
 from hearth.config import Settings
 from hearth.core import CoreError, machine
 from hearth.core.agent_client import AgentClient
@@ -211,8 +212,9 @@ class VmManager:
                 return True
 
             wait_for(answered, self.settings.boot_timeout, "the guest agent", interval=0.02)
-        started = self.get(vm.id).boot_started
-        self.update(vm.id, boot_seconds=time_since(started))
+        seconds = time_since(self.get(vm.id).boot_started)
+        self.update(vm.id, boot_seconds=seconds)
+        metrics.agent_answered(vm, seconds)
 
     # -- hibernate and resume --------------------------------------------------------------
 
