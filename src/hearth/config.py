@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     vcpus: int = 2
     memory_mib: int = 1024
     boot_timeout: float = 180.0
+    # MiB of QEMU's translation cache under TCG; empty: the driver's measured cap
+    # (hearth.vmm.qemu.TB_SIZE_MIB), 0: QEMU's own default (1 GiB).
+    qemu_tb_size_mib: int | None = Field(default=None, ge=0)
     # The guest's ports are constants of the image: hearth.guest.ports.
 
     # Network
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     # A PEM file of CAs the VMs' clients trust besides the system's: for an upstream proxy
     # that re-signs TLS; the tests use it for their test CA. Sent to each VM by its agent.
     vm_ca_file: str = ""
+
+    # Capacity (hearth.core.capacity): what running VMs may take, and the queue beyond it.
+    vm_memory_budget_mib: int = Field(default=0, ge=0)  # 0: MemTotal less the host's reserve
+    max_vms: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)  # running
+    auth_queue_max: int = Field(default=20, ge=0)  # sign-ins waiting for a VM; then 503
+    max_prompts_per_user: int = Field(default=2, ge=1)  # running at once; then 429
 
     # Controller
     public_url: str = "http://localhost:8000"  # how users' browsers reach the controller

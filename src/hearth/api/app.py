@@ -112,7 +112,10 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 async def _hearth_error(_request: Request, exc: HearthError) -> JSONResponse:
     """Hearth's own errors that no route answered otherwise (see hearth.errors)."""
-    return JSONResponse({"error": failure_reason(exc)}, status_code=exc.http_status)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(
+        {"error": failure_reason(exc)}, status_code=exc.http_status, headers=headers
+    )
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

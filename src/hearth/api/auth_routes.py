@@ -51,6 +51,7 @@ def session_view(svc: AuthSessions, session: AuthSession) -> SessionView:
         user_id=session.user_id,
         provider=session.provider,
         status=session.status,
+        queue_position=svc.queue_position(session.id),
         error=session.error,
         expires_at=session.expires_at.isoformat(),
         timeline=[
@@ -72,6 +73,7 @@ def start(body: StartRequest, request: Request) -> SessionStarted:
     return SessionStarted(
         session_id=session.id,
         status=session.status,
+        queue_position=svc.queue_position(session.id),
         connect_url=f"{base}/connect/{session.id}?token={token}",
     )
 
@@ -130,7 +132,8 @@ def cancel(session_id: SessionId, request: Request) -> SessionCancelled:
         200: {
             "content": {"text/event-stream": {}},
             "description": "`status` events ({status, at, detail}, as in "
-            "the session's timeline) until the session ends",
+            "the session's timeline) until the session ends; `queue` events ({position}) "
+            "while it is queued",
         }
     },
 )
@@ -139,7 +142,8 @@ async def events(
     request: Request,
     token: Annotated[str | None, Query(max_length=128)] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: one `status` event per timeline entry, until the session ends.
+    """Server-Sent Events: one `status` event per timeline entry, until the session ends,
+    and while it is queued a `queue` event ({position}) whenever its position changes.
 
     Authenticated by an API key, or by the live view's token (EventSource sends no headers).
     """
@@ -150,6 +154,7 @@ async def events(
 
     async def stream():
         sent = 0
+        position = None
         while True:
             seen = svc.notifier.version(session_id)
             timeline = await asyncio.to_thread(svc.timeline, session_id)
@@ -157,6 +162,10 @@ async def events(
                 data = {"status": event.status, "at": event.at.isoformat(), "detail": event.detail}
                 yield f"event: status\ndata: {json.dumps(data)}\n\n"
             sent = len(timeline)
+            now = await asyncio.to_thread(svc.queue_position, session_id)
+            if now != position and now is not None:
+                yield f"event: queue\ndata: {json.dumps({'position': now})}\n\n"
+            position = now
             if timeline and timeline[-1].status in TERMINAL:
                 return
             if await request.is_disconnected():

@@ -67,6 +67,7 @@ def live_router(resolve: Resolve) -> APIRouter:
         context = {
             "provider": view.provider,
             "status": view.status,
+            "queue_position": view.queue_position,
             **_session_paths(session_id, token),
         }
         return templates.TemplateResponse(request, "connect.html", context, headers=PAGE_HEADERS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -58,28 +58,36 @@ def prompt_summary(record: Prompt) -> dict:
 )
 async def run(body: PromptRequest, request: Request) -> StreamingResponse:
     """Run the prompt; events `connected`, `output` ({stream, data}) as the CLI prints, then
-    `done` ({exit_code, duration, credentials}) or `error` ({reason})."""
+    `done` ({exit_code, duration, credentials}) or `error` ({reason}). 503 with Retry-After
+    when the user's CLI VM cannot be woken for lack of room, 429 when the user runs as many
+    prompts as they may."""
     svc = prompts(request)
-    try:  # UnknownUser (404) and NoCredentials (409) answer as hearth.errors says
+    try:  # UnknownUser (404), NoCredentials (409), TooManyPrompts (429): as hearth.errors says
         record = await asyncio.to_thread(svc.create, body.user_id, body.provider, body.prompt)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
+    events = svc.stream(record.id)
+    first = await asyncio.to_thread(next, events)  # after admission: NoCapacity answers 503
     return StreamingResponse(
-        _events(svc, record.id),
+        _events(svc, record.id, events, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Prompt-Id": record.id},
     )
 
 
-async def _events(svc: Prompts, prompt_id: str) -> AsyncIterator[str]:
-    """The run's events, from its thread (the work is blocking) to the client. A client that
-    goes away stops the CLI: the run is cancelled, and its record says why."""
+async def _events(
+    svc: Prompts, prompt_id: str, events: Iterator[tuple[str, dict]], first: tuple[str, dict]
+) -> AsyncIterator[str]:
+    """The run's events (`first`, then the rest of `events`), from its thread (the work is
+    blocking) to the client. A client that goes away stops the CLI: the run is cancelled,
+    and its record says why."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
+    queue.put_nowait(first)
 
     def pump() -> None:
         try:
-            for event in svc.stream(prompt_id):
+            for event in events:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)

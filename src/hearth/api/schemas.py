@@ -28,6 +28,7 @@ class Health(BaseModel):
 class SessionStarted(BaseModel):
     session_id: str
     status: AuthSessionStatus
+    queue_position: int | None = Field(description="while queued, as in SessionView")
     connect_url: str = Field(description="the live view, with its one-time token (shown once)")
 
 
@@ -42,6 +43,9 @@ class SessionView(BaseModel):
     user_id: str
     provider: str
     status: AuthSessionStatus
+    queue_position: int | None = Field(
+        description="while queued: 1 for the next sign-in to start, and so on; else null"
+    )
     error: str | None
     expires_at: IsoTime
     timeline: list[TimelineEntry]
@@ -272,6 +276,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
             (404, "no such thing"),
             (409, "not now: the state forbids it"),
             (413, "the body is too large"),
+            (429, "too many at once for this user"),
             (500, "Hearth could not do it"),
             (501, "the provider has no such check"),
             (502, "the provider could not be asked"),
@@ -280,4 +285,10 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         )
     },
     422: {"model": InvalidRequest, "description": "the request does not fit the route"},
+}
+ERROR_RESPONSES[503]["headers"] = {
+    "Retry-After": {
+        "description": "seconds after which asking again may succeed (beyond capacity)",
+        "schema": {"type": "integer"},
+    }
 }

@@ -1,9 +1,10 @@
 """Auth sessions: a user signs a CLI into a provider inside a disposable browser VM.
 
-started -> vm_booting -> awaiting_user -> completed, or failed / cancelled / expired.
-The database holds every session and its timeline; a thread per session drives it (the VM
-work is blocking), and a notifier wakes whoever streams its events. The browser VM is
-destroyed whatever the end: it held a login and is never reused.
+started -> vm_booting -> awaiting_user -> completed, or failed / cancelled / expired; a
+sign-in beyond capacity (hearth.core.capacity) is first `queued`, and leaves the queue in
+order as room frees. The database holds every session and its timeline; a thread per
+session drives it (the VM work is blocking), and a notifier wakes whoever streams its events.
+The browser VM is destroyed whatever the end: it held a login and is never reused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import httpx
 from sqlalchemy import select, update
@@ -24,6 +26,7 @@ from sqlalchemy import select, update
 from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError, machine
+from hearth.core.capacity import Capacity, NoCapacity, Reservation
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
@@ -56,9 +59,11 @@ class _SessionEnded(Exception):
 
 @dataclass
 class _Cleanup:
-    """What a session's thread must destroy when it ends: its browser VM, once recorded."""
+    """What a session's thread must give back when it ends: its browser VM, once recorded,
+    and the room reserved for it."""
 
     vm_id: str | None = None
+    reservation: Reservation | None = None
 
 
 @dataclass
@@ -87,6 +92,7 @@ class LiveView:
     provider: str
     target: LiveTarget | None
     status: str | None = None
+    queue_position: int | None = None
 
 
 class Notifier:
@@ -132,42 +138,111 @@ class AuthSessions:
         db: Database,
         vms: VmManager,
         credentials: CredentialStore,
+        capacity: Capacity,
         on_stored: Callable[[str, str], None] = lambda user_id, provider: None,
     ):
         self.settings = settings
         self.db = db
         self.vms = vms
         self.credentials = credentials
+        self.capacity = capacity
         self.on_stored = on_stored  # new credentials of (user, provider) were stored
         self.notifier = Notifier()
+        # Held while a session joins or leaves the queue, so that it keeps its order.
+        self._admission = threading.Lock()
+        self._making_room = threading.Lock()
+        capacity.listeners.append(self.admit_queued)
 
     # -- API-facing --------------------------------------------------------------------------
 
     def start(self, user_id: str, provider: str) -> tuple[AuthSession, str]:
-        """Create a session and start its work in the background; return it and its live
-        view token (shown once, stored hashed)."""
+        """Create a session and start its work in the background, or queue it when no
+        browser VM can be had now (behind any queued already); return it and its live view
+        token (shown once, stored hashed). NoCapacity when the queue is full too."""
         providers.get(provider)  # unknown providers fail here, before anything is created
         session_id = uuid.uuid4().hex
-        for old in self._active(user_id, provider):
-            self._finish(old.id, AuthSessionStatus.cancelled, f"superseded by session {session_id}")
         token = secrets.token_urlsafe(32)
-        now = datetime.now(UTC)
-        with self.db.session() as s:
-            s.add(
-                AuthSession(
-                    id=session_id,
-                    user_id=user_id,
-                    provider=provider,
-                    status=AuthSessionStatus.started,
-                    live_token_hash=token_hash(token),
-                    expires_at=now + timedelta(seconds=self.settings.session_ttl),
+        with self._admission:
+            superseded = [old.id for old in self._active(user_id, provider)]
+            ahead = [queued for queued in self._queue() if queued not in superseded]
+            reservation = None if ahead else self.capacity.try_reserve(BROWSER_IMAGE)
+            if reservation is None and len(ahead) >= self.settings.auth_queue_max:
+                raise NoCapacity(
+                    f"no browser VM can be started now and {len(ahead)} sign-ins wait "
+                    f"already (the most that may): {self.capacity.usage().describe()}"
                 )
-            )
-            s.add(AuthSessionEvent(session_id=session_id, status=AuthSessionStatus.started))
-            s.commit()
+            for old in superseded:
+                self._finish(
+                    old, AuthSessionStatus.cancelled, f"superseded by session {session_id}"
+                )
+            status = AuthSessionStatus.started if reservation else AuthSessionStatus.queued
+            detail = None if reservation else _queued_detail(len(ahead) + 1)
+            with self.db.session() as s:
+                s.add(
+                    AuthSession(
+                        id=session_id,
+                        user_id=user_id,
+                        provider=provider,
+                        status=status,
+                        live_token_hash=token_hash(token),
+                        expires_at=self._expiry(),
+                    )
+                )
+                s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
+                s.commit()
         self.notifier.bump(session_id)
-        self._start_thread(session_id, self._run)
+        if reservation is not None:
+            self._start_thread(session_id, partial(self._run, reservation=reservation))
+        else:
+            threading.Thread(target=self._make_room, daemon=True).start()
         return self.get(session_id), token
+
+    def _make_room(self) -> None:
+        """While sessions queue without room for their VMs, hibernate idle CLI VMs (each
+        hibernation admits the queue's head); then admit what fits. One thread at a time:
+        another's loop serves the sessions queued since."""
+        if not self._making_room.acquire(blocking=False):
+            return
+        try:
+            while self._queue() and not self.capacity.fits(BROWSER_IMAGE):
+                if not self.capacity.reclaim_one():
+                    break
+        finally:
+            self._making_room.release()
+        self.admit_queued()
+
+    def queue_position(self, session_id: str) -> int | None:
+        """1 for the next queued session to start, and so on; None when it is not queued."""
+        queue = self._queue()
+        return queue.index(session_id) + 1 if session_id in queue else None
+
+    def admit_queued(self) -> list[str]:
+        """Start queued sessions, oldest first, while there is room for their VMs; the ids
+        started. Their expiry starts again: the time allowed is the sign-in's own."""
+        started: list[tuple[str, Reservation]] = []
+        unused: list[Reservation] = []
+        with self._admission:
+            queue = self._queue()
+            for session_id in queue:
+                reservation = self.capacity.try_reserve(BROWSER_IMAGE)
+                if reservation is None:
+                    break
+                if self._transition(
+                    session_id,
+                    AuthSessionStatus.started,
+                    "a browser VM can be had: leaving the queue",
+                    expires_at=self._expiry(),
+                ):
+                    started.append((session_id, reservation))
+                else:  # it ended meanwhile
+                    unused.append(reservation)
+        for reservation in unused:
+            self.capacity.release(reservation)
+        for session_id, reservation in started:
+            self._start_thread(session_id, partial(self._run, reservation=reservation))
+        for session_id in queue:  # every position moved, or the head may read it again
+            self.notifier.bump(session_id)
+        return [session_id for session_id, _ in started]
 
     def get(self, session_id: str) -> AuthSession | None:
         with self.db.session() as s:
@@ -185,6 +260,7 @@ class AuthSessions:
 
     def cancel(self, session_id: str) -> AuthSession | None:
         self._finish(session_id, AuthSessionStatus.cancelled, "cancelled through the API")
+        self.admit_queued()  # the queue behind it moves up
         return self.get(session_id)
 
     def token_valid(self, session_id: str, token: str) -> bool:
@@ -202,7 +278,7 @@ class AuthSessions:
         session = self.get(session_id)
         vm = self.vms.get(session.vm_id) if session.vm_id else None
         if vm is None or vm.state != VmState.ready:
-            return LiveView(session.provider, None, session.status)
+            return LiveView(session.provider, None, session.status, self.queue_position(session_id))
         password = machine.seed_of(self.settings, vm.id)[VNC_PASSWORD]
         return LiveView(session.provider, LiveTarget(vm.ip, VNC_PORT, password), session.status)
 
@@ -214,7 +290,9 @@ class AuthSessions:
     # -- housekeeping ------------------------------------------------------------------------
 
     def expire_due(self) -> list[str]:
-        """End every running session past its expiry; their threads destroy the VMs."""
+        """End every running or queued session past its expiry (their threads destroy the
+        VMs), then admit the queue: room freed elsewhere (a VM removed by another process)
+        is found here too."""
         now = datetime.now(UTC)
         with self.db.session() as s:
             due = list(
@@ -228,18 +306,23 @@ class AuthSessions:
             self._finish(
                 session_id, AuthSessionStatus.expired, "the session expired before sign-in finished"
             )
+        self.admit_queued()
         return due
 
     def recover(self) -> Recovery:
         """At start-up (after the reconciler): a session whose browser VM still runs a login
         that waits is adopted, and a thread follows it on as its own did; the others fail
         ("the controller restarted during the sign-in") and their browser VMs go (a VM that
-        may hold a login is never reused)."""
+        may hold a login is never reused). Queued sessions hold nothing: they wait on, and
+        the queue is admitted against the VMs that run now."""
         with self.db.session() as s:
             stale = list(
                 s.scalars(
                     select(AuthSession)
-                    .where(AuthSession.status.not_in(TERMINAL))
+                    .where(
+                        AuthSession.status.not_in(TERMINAL),
+                        AuthSession.status != AuthSessionStatus.queued,
+                    )
                     .order_by(AuthSession.created_at)
                 )
             )
@@ -253,6 +336,7 @@ class AuthSessions:
                 self._finish(session.id, AuthSessionStatus.failed, RESTARTED)
                 self._destroy_vm(session.vm_id)
                 recovery.failed.append(session.id)
+        self.admit_queued()
         return recovery
 
     def _login_waiting(self, session: AuthSession) -> bool:
@@ -275,14 +359,17 @@ class AuthSessions:
             target=target, args=(session_id,), name=f"session-{session_id}", daemon=True
         ).start()
 
-    def _run(self, session_id: str) -> None:
-        """Boot the browser VM, start the CLI's login in it, and follow it to the end."""
+    def _run(self, session_id: str, reservation: Reservation) -> None:
+        """Boot the browser VM on the room reserved for it, start the CLI's login in it,
+        and follow it to the end."""
         session = self.get(session_id)
         spec = providers.get(session.provider)
         with self._ending(session_id) as cleanup:
+            cleanup.reservation = reservation
             self._advance(session_id, AuthSessionStatus.vm_booting)
             # Recorded before it boots, so that a VM whose boot fails is destroyed too.
-            cleanup.vm_id = self.vms.record(BROWSER_IMAGE)
+            cleanup.vm_id = self.capacity.record(reservation, BROWSER_IMAGE)
+            self.capacity.release(reservation)  # the record counts now
             self._update(session_id, vm_id=cleanup.vm_id)
             self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
             vm = self.vms.get(cleanup.vm_id)
@@ -313,6 +400,7 @@ class AuthSessions:
             self._finish(session_id, AuthSessionStatus.failed, failure_reason(e))
         finally:
             self._destroy_vm(cleanup.vm_id)
+            self.capacity.release(cleanup.reservation)
 
     def _follow(self, session_id: str, vm: Vm) -> None:
         """Wait for the authorize page, then for the user, then store the credentials."""
@@ -377,6 +465,20 @@ class AuthSessions:
 
     # -- state -------------------------------------------------------------------------------
 
+    def _queue(self) -> list[str]:
+        """The queued sessions' ids, first in first."""
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(AuthSession.id)
+                    .where(AuthSession.status == AuthSessionStatus.queued)
+                    .order_by(AuthSession.created_at, AuthSession.id)
+                )
+            )
+
+    def _expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.settings.session_ttl)
+
     def _active(self, user_id: str, provider: str) -> list[AuthSession]:
         with self.db.session() as s:
             return list(
@@ -423,6 +525,10 @@ class AuthSessions:
 
     def _update(self, session_id: str, **fields) -> None:
         self.db.update(AuthSession, session_id, **fields)
+
+
+def _queued_detail(position: int) -> str:
+    return f"queued, position {position}: no browser VM can be started now"
 
 
 def _authorize_page_shown(status: LoginStatus) -> bool:

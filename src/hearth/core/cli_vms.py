@@ -5,7 +5,9 @@ rotate on use, so exactly one copy may be live: the stored version is leased to 
 holds it, and after every run the agent's digest of the CLI's token files tells whether the
 CLI refreshed them; if it did, they are pulled back and stored as a new version, still
 leased to that VM. A VM unused for `idle_hibernate` seconds is snapshotted and stopped; one
-unused for `idle_destroy` seconds goes, files and all.
+unused for `idle_destroy` seconds goes, files and all. A VM that must boot or resume does
+so on room reserved for it (hearth.core.capacity); when memory is short the VM unused
+longest hibernates early to make room.
 
 The provider's verdict is kept with the stored version: a run whose CLI says the provider
 refused its credentials (revoked, signed out elsewhere) marks them invalid, and so does a
@@ -14,6 +16,7 @@ check that the provider answers with a refusal; a new version starts valid.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,10 +30,13 @@ from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.agent_client import AgentRequestError
-from hearth.core.vms import LIVE_STATES, VmManager
+from hearth.core.capacity import Capacity, Reservation
+from hearth.core.vms import LIVE_STATES, VmError, VmManager
 from hearth.guest.protocol import RunEvent, RunExit, RunOutput, RunStarted
 from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
 from hearth.store.models import Vm, VmState, utcnow
+
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 120.0  # seconds a CLI's own status check may take
 REFUSAL_WINDOW = 16 * 1024  # characters at the end of a run's output searched for a refusal
@@ -72,10 +78,14 @@ class Check:
 
 
 class CliVms:
-    def __init__(self, settings: Settings, vms: VmManager, credentials: CredentialStore):
+    def __init__(
+        self, settings: Settings, vms: VmManager, credentials: CredentialStore, capacity: Capacity
+    ):
         self.settings = settings
         self.vms = vms
         self.credentials = credentials
+        self.capacity = capacity
+        capacity.reclaimers.append(self.hibernate_least_recent)
         self._guard = threading.Lock()
         self._user_locks: dict[str, threading.Lock] = {}
         self._in_use: Counter[str] = Counter()  # VM id -> runs under way (memory: a cache)
@@ -97,16 +107,30 @@ class CliVms:
 
     # -- use ---------------------------------------------------------------------------------
 
+    def admit(self, user_id: str) -> Reservation | None:
+        """Room for the user's VM to boot or resume, when it is not awake; None when it is.
+        NoCapacity when no room can be made (see Capacity.reserve)."""
+        vm = self.vm_of(user_id)
+        if vm is not None and vm.state == VmState.ready and self.vms.vmm_alive(vm):
+            return None
+        return self.capacity.reserve(self.settings.cli_image)
+
     @contextmanager
-    def using(self, user_id: str, provider: str) -> Iterator[Vm]:
+    def using(
+        self, user_id: str, provider: str, reservation: Reservation | None = None
+    ) -> Iterator[Vm]:
         """The user's VM, awake and holding the provider's current credentials; it does not
-        hibernate while in use. CredentialNotFound if there are no credentials to hold."""
-        if self.credentials.info(user_id, provider) is None:  # before waking anything
-            raise CredentialNotFound(user_id, provider)
-        with self._lock(user_id):
-            vm = self._awake(user_id)
-            self._provision(vm, user_id, provider)
-            self._in_use[vm.id] += 1
+        hibernate while in use. CredentialNotFound if there are no credentials to hold.
+        A VM that must wake does so on `reservation` (admit's), else on room reserved now."""
+        try:
+            if self.credentials.info(user_id, provider) is None:  # before waking anything
+                raise CredentialNotFound(user_id, provider)
+            with self._lock(user_id):
+                vm = self._awake(user_id, reservation)
+                self._provision(vm, user_id, provider)
+                self._in_use[vm.id] += 1
+        finally:
+            self.capacity.release(reservation)
         try:
             yield vm
         finally:
@@ -253,18 +277,10 @@ class CliVms:
     def sweep(self) -> None:
         """Hibernate VMs idle past `idle_hibernate`, destroy those idle past `idle_destroy`."""
         now = utcnow()
-        with self.vms.db.session() as s:
-            candidates = list(
-                s.scalars(
-                    select(Vm).where(
-                        Vm.user_id.is_not(None), Vm.state.in_((VmState.ready, VmState.hibernated))
-                    )
-                )
-            )
-        for vm in candidates:
+        for vm in self._least_recent((VmState.ready, VmState.hibernated)):
             with self._lock(vm.user_id):
-                vm = self.vms.get(vm.id)
-                if self._in_use[vm.id] or vm.state not in (VmState.ready, VmState.hibernated):
+                vm = self._unused(vm.id, (VmState.ready, VmState.hibernated))
+                if vm is None:
                     continue
                 idle = now - (vm.last_active_at or vm.created_at)
                 if idle > timedelta(seconds=self.settings.idle_destroy):
@@ -274,30 +290,73 @@ class CliVms:
                 ):
                     self.vms.hibernate(vm.id)
 
+    def hibernate_least_recent(self) -> bool:
+        """Make room: hibernate the awake VM unused longest (never one in use, nor one whose
+        user's lock is held: it is about to be used). Whether one was."""
+        for vm in self._least_recent((VmState.ready,)):
+            lock = self._lock(vm.user_id)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                vm = self._unused(vm.id, (VmState.ready,))
+                if vm is None:
+                    continue
+                self.vms.hibernate(vm.id)
+                return True
+            except VmError as e:  # it runs on (or failed): the next one may do
+                log.warning("could not hibernate CLI VM %s to make room: %s", vm.id, e)
+            finally:
+                lock.release()
+        return False
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _least_recent(self, states: tuple[VmState, ...]) -> list[Vm]:
+        """Users' VMs in `states`, the one unused longest first."""
+        with self.vms.db.session() as s:
+            vms = list(s.scalars(select(Vm).where(Vm.user_id.is_not(None), Vm.state.in_(states))))
+        return sorted(vms, key=lambda vm: vm.last_active_at or vm.created_at)
+
+    def _unused(self, vm_id: str, states: tuple[VmState, ...]) -> Vm | None:
+        """The VM as it is now, if it is in `states` and not in use. Call with its user's
+        lock held."""
+        vm = self.vms.get(vm_id)
+        return None if self._in_use[vm.id] or vm.state not in states else vm
 
     def _lock(self, user_id: str) -> threading.Lock:
         with self._guard:
             return self._user_locks.setdefault(user_id, threading.Lock())
 
-    def _awake(self, user_id: str) -> Vm:
+    def _awake(self, user_id: str, reservation: Reservation | None = None) -> Vm:
         """The user's VM, ready: resumed if it hibernates, replaced if its VMM died, created
-        if there is none. Call with the user's lock held."""
+        if there is none, on `reservation` or room reserved now. Call with the user's lock
+        held."""
         vm = self.vm_of(user_id)
         if vm is not None and vm.state in (VmState.hibernated, VmState.resuming):
-            self.vms.resume(vm.id)
+            reservation = reservation or self.capacity.reserve(vm.image)
+            try:
+                self.capacity.bind(reservation, vm.id)
+                self.vms.resume(vm.id)
+            finally:
+                self.capacity.release(reservation)
         elif vm is not None and not (vm.state == VmState.ready and self.vms.vmm_alive(vm)):
             self.vms.destroy(vm.id)  # half made, or its VMM died: its tokens were settled
             vm = None
         if vm is None:
-            vm = self._create(user_id)
+            vm = self._create(
+                user_id, reservation or self.capacity.reserve(self.settings.cli_image)
+            )
         self._touch(vm.id)
         return self.vms.get(vm.id)
 
-    def _create(self, user_id: str) -> Vm:
+    def _create(self, user_id: str, reservation: Reservation) -> Vm:
         try:
-            return self.vms.create(self.settings.cli_image, user_id=user_id)
+            vm_id = self.capacity.record(reservation, self.settings.cli_image, user_id)
+            self.capacity.release(reservation)  # the record counts now
+            self.vms.finish_create(vm_id)
+            return self.vms.get(vm_id)
         except Exception:
+            self.capacity.release(reservation)
             failed = self.vm_of(user_id, states=(VmState.failed,))
             if failed is not None:
                 self.vms.destroy(failed.id)

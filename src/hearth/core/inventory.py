@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select, union
 
+from hearth.core.capacity import meminfo_mib
 from hearth.core.runtime import Controller
 from hearth.core.vms import LIVE_STATES
 from hearth.store.models import AuthSession, Credential, Prompt, Vm, VmState
 
 # The states in which a VM holds its guest's memory on the host.
 RUNNING = (VmState.booting, VmState.ready, VmState.hibernating, VmState.resuming)
-MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,6 @@ def host_resources(ctl: Controller) -> HostResources:
         addresses=len(ctl.vms.pool.candidates()),
         addresses_leased=len(ctl.vms.pool.leases()),
     )
-
-
-def meminfo_mib() -> tuple[int, int]:
-    """The host's MemTotal and MemAvailable, in MiB."""
-    fields = {}
-    for line in MEMINFO.read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = int(value.split()[0]) // 1024  # kB
-    return fields["MemTotal"], fields["MemAvailable"]
 
 
 def console_tail(ctl: Controller, vm_id: str, lines: int) -> list[str]:

@@ -5,6 +5,10 @@ Server-Sent Events: `connected`, then `output` chunks as the CLI prints them, th
 `error`. The record in the database follows along (output flushed as it grows), so
 `GET /api/prompts/{id}` and the history see the same run. A cancel, through the API or
 because the client went away, stops the CLI in the VM and says why in the record.
+
+Before `connected`, the stream makes sure the user's VM can wake: with no room for it
+(hearth.core.capacity) the generator raises NoCapacity instead, so the API answers 503.
+A user runs at most `max_prompts_per_user` prompts at once (TooManyPrompts beyond).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy import select
 from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError
+from hearth.core.capacity import NoCapacity
 from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
 from hearth.core.failures import reason as failure_reason
 from hearth.guest.protocol import RunOutput, RunStarted
@@ -34,6 +39,12 @@ class NoCredentials(CoreError, LookupError):
     """The user has no credentials for that provider: they must sign in first."""
 
     http_status = 409
+
+
+class TooManyPrompts(CoreError):
+    """The user runs as many prompts at once as they may."""
+
+    http_status = 429
 
 
 @dataclass
@@ -52,6 +63,7 @@ class Prompts:
         self.cli_vms = cli_vms
         self._guard = threading.Lock()
         self._live: dict[str, _Live] = {}
+        self._admission = threading.Lock()  # a user's count and their new prompt, together
 
     # -- API-facing --------------------------------------------------------------------------
 
@@ -75,12 +87,28 @@ class Prompts:
             status=PromptStatus.running,
             output="",
         )
-        with self.db.session() as s:
+        with self._admission, self.db.session() as s:
+            running = len(self._running(s, user_id))
+            if running >= self.settings.max_prompts_per_user:
+                raise TooManyPrompts(
+                    f"user {user_id!r} runs {running} prompts already, the most at once "
+                    f"(max_prompts_per_user): wait for one to end"
+                )
             s.add(record)
             s.commit()
         with self._guard:
             self._live[record.id] = _Live()
         return record
+
+    @staticmethod
+    def _running(s, user_id: str) -> list[str]:
+        return list(
+            s.scalars(
+                select(Prompt.id).where(
+                    Prompt.user_id == user_id, Prompt.status == PromptStatus.running
+                )
+            )
+        )
 
     def get(self, prompt_id: str) -> Prompt | None:
         with self.db.session() as s:
@@ -126,15 +154,24 @@ class Prompts:
     # -- the run -----------------------------------------------------------------------------
 
     def stream(self, prompt_id: str) -> Iterator[tuple[str, dict]]:
-        """Run a created prompt, yielding its events. Close it early to cancel the run."""
+        """Run a created prompt, yielding its events. Close it early to cancel the run.
+        NoCapacity before any event when the user's VM cannot wake (the prompt then ends
+        failed, with why)."""
         record = self.get(prompt_id)
         spec = providers.get(record.provider)
         started = time.monotonic()
         output = _Output()
         ended = False  # the outcome is recorded and being told: a close now changes nothing
         try:
+            reservation = self.cli_vms.admit(record.user_id)
+        except NoCapacity as e:
+            self._finish(prompt_id, PromptStatus.failed, error=failure_reason(e))
+            with self._guard:
+                self._live.pop(prompt_id, None)
+            raise
+        try:
             yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
-            with self.cli_vms.using(record.user_id, record.provider) as vm:
+            with self.cli_vms.using(record.user_id, record.provider, reservation) as vm:
                 self.db.update(Prompt, prompt_id, vm_id=vm.id)
                 self._live_of(prompt_id).vm_id = vm.id
                 for event in self.cli_vms.run(
@@ -176,6 +213,7 @@ class Prompts:
             self._finish(prompt_id, PromptStatus.failed, error=reason, output=output)
             yield "error", {"reason": reason}
         finally:
+            self.cli_vms.capacity.release(reservation)  # if it never reached using()
             with self._guard:
                 self._live.pop(prompt_id, None)
 

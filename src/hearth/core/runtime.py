@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from hearth.config import Settings
 from hearth.core.auth_sessions import AuthSessions
+from hearth.core.capacity import Capacity
 from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
@@ -27,6 +28,7 @@ class Controller:
     sessions: AuthSessions
     cli_vms: CliVms
     prompts: Prompts
+    capacity: Capacity
 
 
 def open_database(settings: Settings) -> Database:
@@ -38,7 +40,15 @@ def open_database(settings: Settings) -> Database:
 
 def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
     drivers = {
-        "qemu": QemuDriver(settings.qemu_accel, probe_cache=settings.home / "kvm-probe.json"),
+        "qemu": QemuDriver(
+            settings.qemu_accel,
+            probe_cache=settings.home / "kvm-probe.json",
+            **(
+                {}
+                if settings.qemu_tb_size_mib is None
+                else {"tb_size_mib": settings.qemu_tb_size_mib}
+            ),
+        ),
         "firecracker": FirecrackerDriver(settings.firecracker_bin, settings.jailer_bin),
     }
     return VmManager(
@@ -51,11 +61,11 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     vms = vms or vm_manager(settings)
     db = vms.db
     credentials = CredentialStore(db, Keyring.from_settings(settings))
-    cli_vms = CliVms(settings, vms, credentials)
-    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
-    return Controller(
-        settings, db, vms, credentials, sessions, cli_vms, Prompts(settings, db, cli_vms)
-    )
+    capacity = Capacity(settings, vms)
+    cli_vms = CliVms(settings, vms, credentials, capacity)
+    sessions = AuthSessions(settings, db, vms, credentials, capacity, on_stored=cli_vms.signed_in)
+    prompts = Prompts(settings, db, cli_vms)
+    return Controller(settings, db, vms, credentials, sessions, cli_vms, prompts, capacity)
 
 
 def egress(ctl: Controller) -> Egress:

@@ -87,6 +87,8 @@ class VmManager:
         self.pool = IpPool(db, settings.gateway)
         self._guard = threading.Lock()
         self._plans: dict[str, threading.RLock] = {}  # VM id -> held while a plan runs on it
+        # Told a VM's id once its memory is free (destroyed or hibernated): capacity's waiters.
+        self.on_freed: list[Callable[[str], None]] = []
 
     def _one_plan_at_a_time(self, vm_id: str) -> threading.RLock:
         """The VM's lock in this process: two plans on one VM (a sign-in's cleanup and an
@@ -231,6 +233,7 @@ class VmManager:
             self._require(vm, VmState.ready, VmState.hibernating)
             try:
                 run_plan(hibernate_plan(), self, vm_id, on_step)
+                self._freed(vm_id)
             except StepFailed as e:
                 # A snapshot that failed leaves the guest running: as ready as before.
                 alive = self.vmm_alive(vm)
@@ -281,6 +284,7 @@ class VmManager:
             if vm.state != VmState.failed:
                 self.update(vm_id, state=VmState.stopping)
             run_plan(destroy_plan(), self, vm_id, on_step)
+        self._freed(vm_id)
 
     # -- what the steps use ----------------------------------------------------------------
 
@@ -292,6 +296,10 @@ class VmManager:
 
     def update(self, vm_id: str, **fields) -> None:
         self.db.update(Vm, vm_id, **fields)
+
+    def _freed(self, vm_id: str) -> None:
+        for tell in self.on_freed:
+            tell(vm_id)
 
     def _require(self, vm: Vm, *states: VmState) -> None:
         """Refuse a VM in another state, or one another live Hearth process is working on."""

@@ -30,6 +30,9 @@ QMP_TIMEOUT = 30.0
 MIGRATION_TIMEOUT = 120.0  # writing or reading guest memory scales with its size
 # Bytes per second: QEMU's default cap (128 MiB/s) would set the pace of a hibernation.
 UNCAPPED = 1 << 40
+# MiB of translated code TCG keeps (-accel tcg,tb-size=N). QEMU's own default is 1 GiB, and
+# a guest that runs Firefox or Node.js fills most of it: MEASURED-FIGURES
+TB_SIZE_MIB = 256
 # A boot sector that writes 0x31 to the isa-debug-exit port: QEMU then exits with 99.
 _PROBE_SECTOR = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
 _PROBE_EXIT = (0x31 << 1) | 1
@@ -72,9 +75,12 @@ class QemuDriver:
     name = "qemu"
     programs = ("qemu-system-x86_64",)
 
-    def __init__(self, accel: str = "auto", probe_cache: Path | None = None):
+    def __init__(
+        self, accel: str = "auto", probe_cache: Path | None = None, tb_size_mib: int = TB_SIZE_MIB
+    ):
         self._accel = accel
         self._probe_cache = probe_cache
+        self.tb_size_mib = tb_size_mib  # under TCG; 0: QEMU's own default
 
     @property
     def accel(self) -> str:
@@ -92,7 +98,7 @@ class QemuDriver:
         return self._accel
 
     def argv(self, spec: MachineSpec, incoming: str | None = None) -> list[str]:
-        accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
+        accel = "kvm" if self.accel == "kvm" else f"tcg,thread=multi,tb-size={self.tb_size_mib}"
         argv = [
             QEMU,
             "-name",

@@ -28,10 +28,16 @@ const RETRIES = 30;
 let rfb = null;
 let ended = false;
 let retries = 0;
+let queuePosition = null; // while the session waits for a browser VM: 1 is next
 
 function showStatus(text, tone) {
     statusLine.textContent = text;
     statusLine.dataset.tone = tone;
+}
+
+function statusText(status) {
+    const text = `Status: ${status.replaceAll('_', ' ')}`;
+    return status === 'queued' && queuePosition !== null ? `${text}, position ${queuePosition}` : text;
 }
 
 function showViewer(text, canReconnect) {
@@ -113,12 +119,30 @@ function followStatus() {
             endSession(detailed ? `Sign-in failed: ${data.detail}` : text, tone, next);
             return;
         }
-        showStatus(`Status: ${data.status.replaceAll('_', ' ')}`, 'active');
+        if (data.status !== 'queued') {
+            queuePosition = null;
+        }
+        showStatus(statusText(data.status), 'active');
         // The VM may not have been ready when the viewer last tried: try again as the
         // session moves on.
         if (rfb === null) {
             connectViewer();
         }
+    });
+    // While queued, a `queue` event ({position}) each time the session moves up.
+    events.addEventListener('queue', (event) => {
+        let data;
+        try {
+            data = JSON.parse(event.data);
+        } catch {
+            return;
+        }
+        if (!Number.isInteger(data.position) || statusLine.dataset.status !== 'queued') {
+            return;
+        }
+        queuePosition = data.position;
+        statusLine.dataset.queuePosition = String(data.position);
+        showStatus(statusText('queued'), 'active');
     });
     events.addEventListener('error', () => {
         if (events.readyState === EventSource.CLOSED && !ended) {
