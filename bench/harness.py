@@ -7,6 +7,7 @@ The benches are modules of the `bench` package, run from the repository root as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,9 @@ import tempfile
 from pathlib import Path
 
 import __main__
+from hearth.core.vms import VmManager
 from hearth.sandbox import nsenter, sandbox
+from hearth.vmm.base import running_pid
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
 
@@ -72,3 +75,14 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def vmm_rss_mib(vms: VmManager) -> dict[str, float]:
+    """Each running VM's VMM resident memory, MiB, by VM id."""
+    found = {}
+    for vm in vms.list():
+        pid = running_pid(vms.spec(vm))
+        with contextlib.suppress(OSError):  # a VMM that ends between the two reads is gone
+            if pid is not None:
+                found[vm.id] = rss_mib(pid)
+    return found

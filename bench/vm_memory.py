@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bench.harness import exit_on_sigterm, rss_mib
+from bench.harness import exit_on_sigterm, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
@@ -29,7 +29,6 @@ from hearth.demo import stack
 from hearth.guest.protocol import RunExit
 from hearth.sandbox import inside
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm
-from hearth.vmm.base import running_pid
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import sign_in
 from tests.e2e.conftest import IMAGES
@@ -62,16 +61,9 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
-            for vm in self.vms.list():
-                pid = running_pid(self.vms.spec(vm))
-                if pid is None:
-                    continue
-                try:
-                    rss = rss_mib(pid)
-                except OSError:  # it ended between the two reads
-                    continue
-                self.latest[vm.id] = rss
-                self.peak[vm.id] = max(self.peak[vm.id], rss)
+            for vm_id, rss in vmm_rss_mib(self.vms).items():
+                self.latest[vm_id] = rss
+                self.peak[vm_id] = max(self.peak[vm_id], rss)
             with self.vms.db.session() as s:
                 showing = s.scalars(
                     select(AuthSession.vm_id).where(

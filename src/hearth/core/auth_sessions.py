@@ -148,8 +148,9 @@ class AuthSessions:
         self.capacity = capacity
         self.on_stored = on_stored  # new credentials of (user, provider) were stored
         self.notifier = Notifier()
-        # Held while a session joins or leaves the queue, so that it keeps its order.
-        self._admission = threading.Lock()
+        # Held while a session joins or leaves the queue, so that it keeps its order; taken
+        # again by a release under it (Capacity.freed admits the queue).
+        self._admission = threading.RLock()
         self._making_room = threading.Lock()
         capacity.listeners.append(self.admit_queued)
 
@@ -177,19 +178,23 @@ class AuthSessions:
                 )
             status = AuthSessionStatus.started if reservation else AuthSessionStatus.queued
             detail = None if reservation else _queued_detail(len(ahead) + 1)
-            with self.db.session() as s:
-                s.add(
-                    AuthSession(
-                        id=session_id,
-                        user_id=user_id,
-                        provider=provider,
-                        status=status,
-                        live_token_hash=token_hash(token),
-                        expires_at=self._expiry(),
+            try:
+                with self.db.session() as s:
+                    s.add(
+                        AuthSession(
+                            id=session_id,
+                            user_id=user_id,
+                            provider=provider,
+                            status=status,
+                            live_token_hash=token_hash(token),
+                            expires_at=self._expiry(),
+                        )
                     )
-                )
-                s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
-                s.commit()
+                    s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
+                    s.commit()
+            except BaseException:
+                self.capacity.release(reservation)
+                raise
         self.notifier.bump(session_id)
         if reservation is not None:
             self._start_thread(session_id, partial(self._run, reservation=reservation))
