@@ -19,10 +19,9 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 
-from bench.harness import exit_on_sigterm, vmm_rss_mib
+from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.capacity import Capacity, meminfo_mib
@@ -49,13 +48,6 @@ class Peaks:
             total, available = meminfo_mib()
             self.host_used_mib = max(self.host_used_mib, total - available)
             self.vmm_rss_mib = max(self.vmm_rss_mib, sum(vmm_rss_mib(self.vms).values()))
-
-
-def seconds_between(timeline: list[dict], first: str, then: str) -> float | None:
-    at = {e["status"]: datetime.fromisoformat(e["at"]) for e in reversed(timeline)}
-    if first not in at or then not in at:
-        return None
-    return (at[then] - at[first]).total_seconds()
 
 
 def burst(vms: int, images: Path, tmp: Path) -> dict:

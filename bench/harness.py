@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import __main__
@@ -86,3 +87,11 @@ def vmm_rss_mib(vms: VmManager) -> dict[str, float]:
             if pid is not None:
                 found[vm.id] = rss_mib(pid)
     return found
+
+
+def seconds_between(timeline: list[dict], first: str, then: str) -> float | None:
+    """Seconds from a session's first `first` to its first `then` (its timeline as JSON)."""
+    at = {e["status"]: datetime.fromisoformat(e["at"]) for e in reversed(timeline)}
+    if first not in at or then not in at:
+        return None
+    return (at[then] - at[first]).total_seconds()

@@ -26,6 +26,8 @@ import pytest
 from hearth.config import Settings
 from hearth.core.capacity import (
     HOST_RESERVE_MIN_MIB,
+    QEMU_DEFAULT_TB_MIB,
+    QEMU_OWN_MIB,
     RETRY_AFTER_SECONDS,
     UNMEASURED_VMM_MIB,
     Capacity,
@@ -34,7 +36,9 @@ from hearth.core.capacity import (
     default_budget_mib,
     meminfo_mib,
 )
+from hearth.core.vms import VmManager
 from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, PromptStatus, VmState
+from hearth.vmm.qemu import QemuDriver
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, local_controller
 from tests.unit.test_auth_sessions import assert_vm_gone, statuses, wait_ended, wait_status
@@ -114,6 +118,16 @@ def test_a_vm_costs_its_guest_memory_and_its_vmms_and_hibernated_ones_cost_nothi
     assert capacity.usage().vms == 1
     rig.vms.destroy(cli.id)
     assert capacity.usage().vms == 0
+
+
+def test_qemus_overhead_follows_its_accelerator_and_translation_cache_cap(rig):
+    for driver, overhead in (
+        (QemuDriver("tcg", tb_size_mib=256), QEMU_OWN_MIB + 256),
+        (QemuDriver("tcg", tb_size_mib=0), QEMU_OWN_MIB + QEMU_DEFAULT_TB_MIB),  # QEMU's own
+        (QemuDriver("kvm"), QEMU_OWN_MIB),  # no translation cache
+    ):
+        vms = VmManager(rig.settings, rig.vms.db, rig.network, {"qemu": driver}, vmm="qemu")
+        assert Capacity(rig.settings, vms).cost("cli") == VmCost(MEMORY_MIB, overhead)
 
 
 def test_reservations_count_until_released_and_a_recorded_vm_is_not_counted_twice(rig):

@@ -28,6 +28,8 @@ from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.vms import VmManager
 from hearth.store.models import Vm, VmState
+from hearth.vmm.firecracker import FirecrackerDriver
+from hearth.vmm.qemu import QemuDriver
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,18 @@ RUNNING_STATES = (
     VmState.resuming,
     VmState.stopping,
 )
-# The VMM's own resident memory beside the guest's, MiB: what the process holds at most
-# over the guest memory it was given (measured with bench/vm_memory.py; see the README's
-# capacity section). MEASURED-FIGURES
-VMM_OVERHEAD_MIB = {"qemu/tcg": 512, "qemu/kvm": 128, "firecracker": 64}
-# A VMM without a figure is taken to cost what the costliest measured one does.
-UNMEASURED_VMM_MIB = max(VMM_OVERHEAD_MIB.values())
+# What a VMM holds beside its guest's memory, MiB, measured from /proc/PID/smaps of QEMU
+# under TCG on this project's images (bench/vm_memory.py; the README's capacity section):
+# a browser VM at its sign-in page held 558 MiB of guest memory, 138 MiB of executable
+# mappings (the translation cache, capped at 128 MiB there, and QEMU's own code) and 113
+# MiB besides (the loaded kernel, device and block buffers, QEMU's heap).
+QEMU_OWN_MIB = 128
+QEMU_DEFAULT_TB_MIB = 1024  # the translation cache TCG keeps without a tb-size
+# Firecracker's own is a few MiB (its documented <5 MiB, plus the kernel it loads); it
+# needs KVM, which this host lacks, so this figure is a safe margin, not a measurement.
+FIRECRACKER_OWN_MIB = 64
+# A VMM without a figure is taken to cost what the costliest one does.
+UNMEASURED_VMM_MIB = QEMU_OWN_MIB + QEMU_DEFAULT_TB_MIB
 # The host keeps this much for itself, the controller and the page cache of the images
 # every VM reads: 2 GiB or a fifth of its RAM, whichever is more.
 HOST_RESERVE_MIN_MIB = 2048
@@ -141,9 +149,13 @@ class Capacity:
 
     def _vmm_mib(self, vmm: str) -> int:
         driver = self.vms.drivers.get(vmm)
-        accel = getattr(driver, "accel", None)
-        key = f"{vmm}/{accel}" if accel else vmm
-        return VMM_OVERHEAD_MIB.get(key, UNMEASURED_VMM_MIB)
+        if isinstance(driver, QemuDriver):
+            if driver.accel == "kvm":
+                return QEMU_OWN_MIB
+            return QEMU_OWN_MIB + (driver.tb_size_mib or QEMU_DEFAULT_TB_MIB)
+        if isinstance(driver, FirecrackerDriver):
+            return FIRECRACKER_OWN_MIB
+        return UNMEASURED_VMM_MIB
 
     def usage(self) -> Usage:
         with self._lock:
