@@ -303,6 +303,18 @@ def test_a_restart_recounts_the_live_vms_and_keeps_the_queue(rig):
     wait_for(lambda: again.capacity.usage().vms == 1, WAIT, "the sign-in's VM to go")
 
 
+def test_recover_leaves_alone_a_session_admitted_while_the_reconciler_freed_room(rig):
+    # At start-up the reconciler's destroys admit the queue before recover() runs: the
+    # sessions it admitted are this controller's own, not a dead one's.
+    held = [rig.vms.create("browser") for _ in range(2)]
+    (queued,) = start(rig, "ua")
+    rig.vms.destroy(held[0].id)
+    assert rig.controller.sessions.recover().failed == []
+    wait_status(rig, queued, AuthSessionStatus.awaiting_user)
+    rig.controller.sessions.cancel(queued)
+    wait_ended(rig, queued)
+
+
 # -- prompts -------------------------------------------------------------------------------
 
 

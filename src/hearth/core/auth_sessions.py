@@ -152,6 +152,9 @@ class AuthSessions:
         # again by a release under it (Capacity.freed admits the queue).
         self._admission = threading.RLock()
         self._making_room = threading.Lock()
+        # Sessions a thread of this process drives: recover() leaves them be (the queue may
+        # be admitted while the reconciler frees what a dead controller left).
+        self._driven_here: set[str] = set()
         capacity.listeners.append(self.admit_queued)
 
     # -- API-facing --------------------------------------------------------------------------
@@ -333,6 +336,8 @@ class AuthSessions:
             )
         recovery = Recovery()
         for session in stale:
+            if session.id in self._driven_here:  # admitted since this process started
+                continue
             if self._login_waiting(session):
                 self._transition(session.id, session.status, ADOPTED)
                 self._start_thread(session.id, self._follow_adopted)
@@ -360,9 +365,14 @@ class AuthSessions:
     # -- the session's own thread ------------------------------------------------------------
 
     def _start_thread(self, session_id: str, target: Callable[[str], None]) -> None:
-        threading.Thread(
-            target=target, args=(session_id,), name=f"session-{session_id}", daemon=True
-        ).start()
+        def drive() -> None:
+            try:
+                target(session_id)
+            finally:
+                self._driven_here.discard(session_id)
+
+        self._driven_here.add(session_id)
+        threading.Thread(target=drive, name=f"session-{session_id}", daemon=True).start()
 
     def _run(self, session_id: str, reservation: Reservation) -> None:
         """Boot the browser VM on the room reserved for it, start the CLI's login in it,
