@@ -13,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 from hearth.store.models import AuthSessionStatus
 from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
 from tests.unit.test_auth_sessions import wait_ended, wait_status
-from tests.unit.test_capacity import capacity_rig
+from tests.unit.test_capacity import api_of, capacity_rig
 
 STEP_MS = 15_000
 
@@ -21,11 +21,11 @@ STEP_MS = 15_000
 def test_the_connect_page_shows_the_queue_position_as_it_moves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with capacity_rig(tmp_path, monkeypatch, 1) as rig, rig.served() as served:
+    with capacity_rig(tmp_path, monkeypatch, 1) as rig, api_of(rig) as served:
 
         def start(user: str) -> dict:
             body = {"user_id": user, "provider": "demo"}
-            return served.api.post("/api/auth/start", json=body).json()
+            return served.client.post("/api/auth/start", json=body).json()
 
         running, ahead, mine = start("ua"), start("ub"), start("uc")
         assert (ahead["queue_position"], mine["queue_position"]) == (1, 2)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core.capacity import (
     HOST_RESERVE_MIN_MIB,
@@ -40,7 +43,7 @@ from hearth.core.vms import VmManager
 from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, PromptStatus, VmState
 from hearth.vmm.qemu import QemuDriver
 from hearth.waiting import wait_for
-from tests.core_rig import Rig, build_rig, local_controller
+from tests.core_rig import Rig, build_rig, local_controller, serve_rig
 from tests.unit.test_auth_sessions import assert_vm_gone, statuses, wait_ended, wait_status
 from tests.unit.test_cli_vms import sign_in
 
@@ -65,6 +68,27 @@ def capacity_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vms: int, **se
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     with capacity_rig(tmp_path, monkeypatch, 2, auth_queue_max=2) as built:
         yield built
+
+
+@dataclass
+class Api:
+    """The rig's API over HTTP: its URL, and a client holding an app key."""
+
+    url: str
+    client: httpx.Client
+
+
+@contextmanager
+def api_of(rig: Rig) -> Iterator[Api]:
+    """The controller's API around the rig's controller (serve_rig), with an app key."""
+    key = create_key(rig.controller.db, "app")
+    with (
+        serve_rig(rig) as url,
+        httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False
+        ) as client,
+    ):
+        yield Api(url, client)
 
 
 def start(rig: Rig, *users: str) -> list[str]:
@@ -205,20 +229,20 @@ def test_four_sign_ins_on_room_for_two_run_two_and_queue_two_that_move_up_in_ord
 
 
 def test_the_queue_position_shows_in_the_json_the_events_and_the_connect_page(rig):
-    with rig.served() as served:
+    with api_of(rig) as served:
         first = [
-            served.api.post("/api/auth/start", json={"user_id": u, "provider": "demo"}).json()
+            served.client.post("/api/auth/start", json={"user_id": u, "provider": "demo"}).json()
             for u in ("ua", "ub")
         ]
-        queued = served.api.post("/api/auth/start", json={"user_id": "uc", "provider": "demo"})
+        queued = served.client.post("/api/auth/start", json={"user_id": "uc", "provider": "demo"})
         assert queued.status_code == 202
         body = queued.json()
         assert (body["status"], body["queue_position"]) == ("queued", 1)
         path = f"/api/auth/session/{body['session_id']}"
-        view = served.api.get(path).json()
+        view = served.client.get(path).json()
         assert (view["status"], view["queue_position"]) == ("queued", 1)
         assert view["timeline"][0]["detail"].startswith("queued, position 1")
-        events = sse(served.api, f"{path}/events", until="queue")
+        events = sse(served.client, f"{path}/events", until="queue")
         assert events[0][0] == "status" and events[0][1]["status"] == "queued"
         assert events[-1] == ("queue", {"position": 1})
         page = httpx.get(body["connect_url"].replace(rig.settings.public_url, served.url))
@@ -226,15 +250,15 @@ def test_the_queue_position_shows_in_the_json_the_events_and_the_connect_page(ri
         assert "Status: queued, position 1" in page.text
         for started in first:
             assert started["queue_position"] is None
-            served.api.post(f"/api/auth/session/{started['session_id']}/cancel")
+            served.client.post(f"/api/auth/session/{started['session_id']}/cancel")
         wait_status(rig, body["session_id"], AuthSessionStatus.awaiting_user)
-        assert served.api.get(path).json()["queue_position"] is None
+        assert served.client.get(path).json()["queue_position"] is None
 
 
 def test_a_full_queue_answers_503_with_retry_after_over_http(rig):
-    with rig.served() as served:
+    with api_of(rig) as served:
         answers = [
-            served.api.post("/api/auth/start", json={"user_id": f"u{n}", "provider": "demo"})
+            served.client.post("/api/auth/start", json={"user_id": f"u{n}", "provider": "demo"})
             for n in range(5)
         ]
         assert [a.status_code for a in answers] == [202, 202, 202, 202, 503]
@@ -250,7 +274,7 @@ def test_a_full_queue_answers_503_with_retry_after_over_http(rig):
         with rig.controller.db.session() as s:
             assert s.query(AuthSession).filter_by(user_id="u4").count() == 0  # nothing made
         for answer in answers[:4]:
-            served.api.post(f"/api/auth/session/{answer.json()['session_id']}/cancel")
+            served.client.post(f"/api/auth/session/{answer.json()['session_id']}/cancel")
 
 
 def test_a_queued_session_expires_cancels_and_is_superseded_like_any_other(rig):
@@ -319,13 +343,13 @@ def test_recover_leaves_alone_a_session_admitted_while_the_reconciler_freed_room
 
 
 def prompt(served, user: str, text: str = "hello") -> httpx.Response:
-    return served.api.post(
+    return served.client.post(
         "/api/prompts", json={"user_id": user, "provider": "demo", "prompt": text}
     )
 
 
 def test_a_prompt_that_cannot_have_a_vm_answers_503_with_retry_after(tmp_path, monkeypatch):
-    with capacity_rig(tmp_path, monkeypatch, 1) as rig, rig.served() as served:
+    with capacity_rig(tmp_path, monkeypatch, 1) as rig, api_of(rig) as served:
         sign_in(rig, "ua")
         (holder,) = start(rig, "ub")  # a sign-in holds the only room
         wait_status(rig, holder, AuthSessionStatus.awaiting_user)
@@ -348,10 +372,10 @@ def test_a_prompt_that_cannot_have_a_vm_answers_503_with_retry_after(tmp_path, m
 def test_a_user_runs_at_most_max_prompts_per_user_at_once_429_beyond(tmp_path, monkeypatch):
     with (
         capacity_rig(tmp_path, monkeypatch, 2, max_prompts_per_user=1) as rig,
-        rig.served() as served,
+        api_of(rig) as served,
     ):
         sign_in(rig, "ua")
-        with served.api.stream(
+        with served.client.stream(
             "POST",
             "/api/prompts",
             json={"user_id": "ua", "provider": "demo", "prompt": LONG_PROMPT},
@@ -376,7 +400,7 @@ def test_a_user_runs_at_most_max_prompts_per_user_at_once_429_beyond(tmp_path, m
 
 
 def test_the_idle_cli_vm_used_longest_hibernates_to_make_room(tmp_path, monkeypatch):
-    with capacity_rig(tmp_path, monkeypatch, 2) as rig, rig.served() as served:
+    with capacity_rig(tmp_path, monkeypatch, 2) as rig, api_of(rig) as served:
         for user in ("ua", "ub", "uc"):  # one after another: room for two browser VMs
             sign_in(rig, user)
         for user in ("ua", "ub"):  # two CLI VMs fill the budget; ua's used first
@@ -399,7 +423,7 @@ def test_the_idle_cli_vm_used_longest_hibernates_to_make_room(tmp_path, monkeypa
 
 
 def test_a_cli_vm_in_use_is_never_hibernated_to_make_room(tmp_path, monkeypatch):
-    with capacity_rig(tmp_path, monkeypatch, 1) as rig, rig.served() as served:
+    with capacity_rig(tmp_path, monkeypatch, 1) as rig, api_of(rig) as served:
         for user in ("ua", "ub"):  # one after another: room for one VM
             sign_in(rig, user)
         ended = threading.Event()
