@@ -41,11 +41,12 @@ from hearth.core.capacity import (
 )
 from hearth.core.vms import VmManager
 from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, PromptStatus, VmState
-from hearth.vmm.qemu import QemuDriver
+from hearth.vmm.qemu import TB_SIZE_MIB, QemuDriver
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, local_controller, serve_rig
 from tests.unit.test_auth_sessions import assert_vm_gone, statuses, wait_ended, wait_status
 from tests.unit.test_cli_vms import sign_in
+from tests.unit.test_qemu_snapshot import machine
 
 WAIT = 15.0
 MEMORY_MIB = 256
@@ -444,3 +445,15 @@ def test_a_cli_vm_in_use_is_never_hibernated_to_make_room(tmp_path, monkeypatch)
         assert refused.status_code == 503
         assert rig.controller.cli_vms.vm_of("ua").state == VmState.ready
         wait_for(ended.is_set, 60, "ua's prompt to end")
+
+
+def test_qemu_caps_its_translation_cache_under_tcg_only(tmp_path):
+    spec = machine(tmp_path)
+
+    def accel(driver: QemuDriver) -> str:
+        argv = driver.argv(spec)
+        return argv[argv.index("-accel") + 1]
+
+    assert accel(QemuDriver("tcg")) == f"tcg,thread=multi,tb-size={TB_SIZE_MIB}"
+    assert accel(QemuDriver("tcg", tb_size_mib=64)) == "tcg,thread=multi,tb-size=64"
+    assert accel(QemuDriver("kvm")) == "kvm"
