@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError, machine
 from hearth.core.failures import reason as failure_reason
+from hearth.core.stopping import ControllerStopping
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
 from hearth.guest.protocol import LoginStatus
@@ -43,6 +45,7 @@ BROWSER_IMAGE = "browser"
 VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
 ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
 RESTARTED = "the controller restarted during the sign-in"
+STOPPED = "the controller stopped"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -140,6 +143,9 @@ class AuthSessions:
         self.credentials = credentials
         self.on_stored = on_stored  # new credentials of (user, provider) were stored
         self.notifier = Notifier()
+        self._intake = threading.RLock()  # a start and stop() do not cross
+        self._stopping = False
+        self._threads: dict[str, threading.Thread] = {}  # the sessions' threads, by session
 
     # -- API-facing --------------------------------------------------------------------------
 
@@ -147,6 +153,15 @@ class AuthSessions:
         """Create a session and start its work in the background; return it and its live
         view token (shown once, stored hashed)."""
         providers.get(provider)  # unknown providers fail here, before anything is created
+        with self._intake:
+            if self._stopping:
+                raise ControllerStopping(
+                    "the controller is stopping: no sign-in starts now; start it again once "
+                    "the controller is back"
+                )
+            return self._start(user_id, provider)
+
+    def _start(self, user_id: str, provider: str) -> tuple[AuthSession, str]:
         session_id = uuid.uuid4().hex
         for old in self._active(user_id, provider):
             self._finish(old.id, AuthSessionStatus.cancelled, f"superseded by session {session_id}")
@@ -230,21 +245,29 @@ class AuthSessions:
             )
         return due
 
+    def stop(self, deadline: float) -> list[str]:
+        """The controller is stopping: take no new sign-in, end those in progress cancelled
+        ("the controller stopped"), and wait until `deadline` (time.monotonic()) for their
+        threads, which destroy the browser VMs as at any end; the sessions' ids."""
+        with self._intake:
+            self._stopping = True
+        ended = []
+        for session in self._running():
+            if self._transition(session.id, AuthSessionStatus.cancelled, STOPPED):
+                ended.append(session.id)
+        with self._intake:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return ended
+
     def recover(self) -> Recovery:
         """At start-up (after the reconciler): a session whose browser VM still runs a login
         that waits is adopted, and a thread follows it on as its own did; the others fail
         ("the controller restarted during the sign-in") and their browser VMs go (a VM that
         may hold a login is never reused)."""
-        with self.db.session() as s:
-            stale = list(
-                s.scalars(
-                    select(AuthSession)
-                    .where(AuthSession.status.not_in(TERMINAL))
-                    .order_by(AuthSession.created_at)
-                )
-            )
         recovery = Recovery()
-        for session in stale:
+        for session in self._running():
             if self._login_waiting(session):
                 self._transition(session.id, session.status, ADOPTED)
                 self._start_thread(session.id, self._follow_adopted)
@@ -271,9 +294,17 @@ class AuthSessions:
     # -- the session's own thread ------------------------------------------------------------
 
     def _start_thread(self, session_id: str, target: Callable[[str], None]) -> None:
-        threading.Thread(
-            target=target, args=(session_id,), name=f"session-{session_id}", daemon=True
-        ).start()
+        def run() -> None:
+            try:
+                target(session_id)
+            finally:
+                with self._intake:
+                    self._threads.pop(session_id, None)
+
+        thread = threading.Thread(target=run, name=f"session-{session_id}", daemon=True)
+        with self._intake:
+            self._threads[session_id] = thread
+        thread.start()
 
     def _run(self, session_id: str) -> None:
         """Boot the browser VM, start the CLI's login in it, and follow it to the end."""
@@ -376,6 +407,17 @@ class AuthSessions:
             self.vms.destroy(vm_id)
 
     # -- state -------------------------------------------------------------------------------
+
+    def _running(self) -> list[AuthSession]:
+        """Every session that has not ended, oldest first."""
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(AuthSession)
+                    .where(AuthSession.status.not_in(TERMINAL))
+                    .order_by(AuthSession.created_at)
+                )
+            )
 
     def _active(self, user_id: str, provider: str) -> list[AuthSession]:
         with self.db.session() as s:

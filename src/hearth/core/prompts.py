@@ -22,12 +22,15 @@ from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
 from hearth.core.failures import reason as failure_reason
+from hearth.core.stopping import ControllerStopping
 from hearth.guest.protocol import RunOutput, RunStarted
 from hearth.store.db import Database
 from hearth.store.models import Prompt, PromptStatus, utcnow
+from hearth.waiting import Timeout, wait_for
 
 MAX_STORED_OUTPUT = 1_000_000  # characters of output kept in the record
 FLUSH_EVERY = 1.0  # seconds between writes of a running prompt's output to its record
+CANCEL_SETTLE = 10.0  # seconds a cancelled run takes to end (the agent's SIGTERM, then SIGKILL)
 
 
 class NoCredentials(CoreError, LookupError):
@@ -52,6 +55,7 @@ class Prompts:
         self.cli_vms = cli_vms
         self._guard = threading.Lock()
         self._live: dict[str, _Live] = {}
+        self._stopping = False
 
     # -- API-facing --------------------------------------------------------------------------
 
@@ -75,10 +79,15 @@ class Prompts:
             status=PromptStatus.running,
             output="",
         )
-        with self.db.session() as s:
-            s.add(record)
-            s.commit()
-        with self._guard:
+        with self._guard:  # a stop() between the check and the record would miss it
+            if self._stopping:
+                raise ControllerStopping(
+                    "the controller is stopping: no prompt starts now; send it again once "
+                    "the controller is back"
+                )
+            with self.db.session() as s:
+                s.add(record)
+                s.commit()
             self._live[record.id] = _Live()
         return record
 
@@ -108,6 +117,35 @@ class Prompts:
         if run_id is not None:  # not started yet: the run is stopped as soon as it starts
             with self.cli_vms.vms.agent(self.cli_vms.vms.get(vm_id)) as agent:
                 agent.cancel_run(run_id)
+        return True
+
+    def stop_taking(self) -> None:
+        """The controller is stopping: create() refuses from now on."""
+        with self._guard:
+            self._stopping = True
+
+    def drain(self, deadline: float) -> list[str]:
+        """Let the running prompts finish until `deadline` (time.monotonic()), then cancel
+        those still running and wait for their runs to end; the ids cut short."""
+        if self._wait_idle(deadline):
+            return []
+        with self._guard:
+            late = list(self._live)
+        grace = self.settings.shutdown_grace
+        for prompt_id in late:
+            self.cancel(prompt_id, f"the controller stopped ({grace:.0f} s after it was asked to)")
+        self._wait_idle(time.monotonic() + CANCEL_SETTLE)
+        return late
+
+    def _wait_idle(self, deadline: float) -> bool:
+        def idle() -> bool:
+            with self._guard:
+                return not self._live
+
+        try:
+            wait_for(idle, max(0.0, deadline - time.monotonic()), "the running prompts")
+        except Timeout:
+            return False
         return True
 
     def recover(self) -> list[str]:
