@@ -4,7 +4,9 @@ core rig), telling a notify socket bound here READY=1 and STOPPING=1. On SIGTERM
 new prompts and sign-ins 503, lets a running prompt finish (or cancels it once the grace
 period is over), ends a sign-in in progress cancelled ("the controller stopped") with its
 browser VM destroyed, and leaves the user's CLI VM running; the test's own rig is the next
-start, whose reconciler adopts that VM and whose recovery finds nothing else left.
+start, whose reconciler adopts that VM and whose recovery finds nothing else left. And
+READY=1 of a start after a controller killed outright (SIGKILL) comes only once its
+recovery has ended the prompt that controller left running.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Served:
 @contextmanager
 def served(rig: Rig, tmp_path: Path, **settings: object) -> Iterator[Served]:
     """The controller in a process of its own, once it told the notify socket READY=1."""
+    tmp_path.mkdir(exist_ok=True)
     uds, notify = tmp_path / "api.sock", tmp_path / "notify.sock"
     notices = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notices.bind(str(notify))
@@ -209,3 +212,34 @@ def test_a_sign_in_in_progress_at_sigterm_ends_cancelled_and_its_browser_vm_goes
     # The next start finds nothing of it to adopt or to fail.
     assert session.vm_id not in reconcile(rig.vms).adopted
     assert sessions.recover() == Recovery()
+
+
+def test_ready_comes_after_the_next_start_recovered_what_a_killed_controller_left(
+    rig: Rig, tmp_path: Path
+) -> None:
+    sign_in(rig, "u1")
+    body = {"user_id": "u1", "provider": PROVIDER, "prompt": LONG_PROMPT}
+    with (
+        served(rig, tmp_path / "first") as controller,
+        controller.api.stream("POST", "/api/prompts", json=body) as stream,
+    ):
+        prompt_id = stream.headers["X-Prompt-Id"]
+        events_until(stream.iter_lines(), "output")
+        controller.process.kill()  # SIGKILL: no graceful stop, the prompt left running
+        controller.process.wait(WAIT)
+    assert rig.controller.prompts.get(prompt_id).status == PromptStatus.running
+    vm_id = rig.controller.prompts.get(prompt_id).vm_id
+
+    with served(rig, tmp_path / "second") as controller:  # READY=1 received
+        record = controller.api.get(f"/api/prompts/{prompt_id}").json()
+        assert (record["status"], record["error"]) == (
+            "failed",
+            "the controller restarted while the prompt ran",
+        )
+        assert rig.vms.get(vm_id).state == VmState.ready  # adopted, not destroyed
+        body["prompt"] = "hello again"
+        with controller.api.stream("POST", "/api/prompts", json=body) as stream:
+            again = stream.headers["X-Prompt-Id"]
+            assert events_until(stream.iter_lines(), "done")[-1][1]["status"] == "completed"
+        assert controller.stop() == 0
+    assert rig.controller.prompts.get(again).vm_id == vm_id
