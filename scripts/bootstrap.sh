@@ -9,6 +9,7 @@ packages=(
   qemu-system-x86 qemu-utils                # the QEMU driver and qcow2 overlays
   iproute2 nftables                         # namespaces, bridge, TAPs, firewall
   python3 python3-venv ca-certificates
+  systemd                                   # systemd-analyze: the tests verify the unit
   postgresql                                # the PostgreSQL the tests start themselves
   novnc                                     # the live view's viewer, served by the controller
   chromium tigervnc-standalone-server tigervnc-tools  # tests: a real browser, a real VNC server

@@ -13,6 +13,10 @@ from hearth.store.db import Database
 from tests.packages import PREFIX, STRICT_ENV, missing
 from tests.postgres_server import PostgresServer, find_bindir, scratch_database
 
+# The tests' settings are their own: never a configuration file of this machine's
+# (/etc/hearth/hearth.toml). Processes the tests start inherit it.
+os.environ["HEARTH_CONFIG"] = os.devnull
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):

@@ -1,8 +1,15 @@
 """A controller on the core rig's ports (tests/core_rig.py) in a process of its own, for
-tests that end it as a crash would: it starts a sign-in, prints {"session_id", "token"} (the
-live-view token) as one JSON line once the session awaits the user, and waits to be killed.
+tests that end it as a crash or a stop would.
 
-    python -m tests.core_controller '<Settings as JSON>' <user id> <provider>
+    python -m tests.core_controller sign-in '<Settings as JSON>' <user id> <provider>
+
+starts a sign-in, prints {"session_id", "token"} (the live-view token) as one JSON line once
+the session awaits the user, and waits to be killed.
+
+    python -m tests.core_controller serve '<Settings as JSON>' <unix socket>
+
+is `hearth serve` on the rig's controller: the API on the unix socket, READY=1 and
+STOPPING=1 to $NOTIFY_SOCKET, and the graceful stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import sys
 import threading
 
 from hearth import providers
+from hearth.api.app import create_app
+from hearth.api.serving import serve
 from hearth.config import Settings
 from hearth.providers import demo
 from hearth.store.models import AuthSessionStatus
@@ -21,10 +30,8 @@ from tests.core_rig import local_controller, local_demo_spec
 WAIT = 60.0
 
 
-def main() -> None:
-    settings_json, user_id, provider = sys.argv[1:]
-    providers.SPECS["demo"] = local_demo_spec(demo.SPEC)
-    _, _, controller = local_controller(Settings.model_validate_json(settings_json))
+def sign_in(settings: Settings, user_id: str, provider: str) -> None:
+    _, _, controller = local_controller(settings)
     session, token = controller.sessions.start(user_id, provider)
     wait_for(
         lambda: controller.sessions.get(session.id).status == AuthSessionStatus.awaiting_user,
@@ -33,6 +40,18 @@ def main() -> None:
     )
     print(json.dumps({"session_id": session.id, "token": token}), flush=True)
     threading.Event().wait()
+
+
+def serve_api(settings: Settings, uds: str) -> None:
+    _, _, controller = local_controller(settings)
+    serve(create_app(settings, parts=lambda _: controller), uds=uds)
+
+
+def main() -> None:
+    mode, settings_json, *args = sys.argv[1:]
+    providers.SPECS["demo"] = local_demo_spec(demo.SPEC)
+    settings = Settings.model_validate_json(settings_json)
+    {"sign-in": sign_in, "serve": serve_api}[mode](settings, *args)
 
 
 if __name__ == "__main__":

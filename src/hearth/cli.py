@@ -1,4 +1,4 @@
-"""The `hearth` command: images, VMs, the network and reconciliation."""
+"""The `hearth` command: images, VMs, the network, reconciliation and the service."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,6 +24,7 @@ from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
 from hearth.net.namespace import nsenter
 from hearth.sandbox import sandbox
+from hearth.settings_file import PATH_VARIABLE, SettingsError
 
 if TYPE_CHECKING:
     from hearth.doctor import Check
@@ -42,6 +44,29 @@ err = Console(stderr=True)
 def fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(1)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=f"the configuration file (default: ${PATH_VARIABLE} or /etc/hearth/hearth.toml)",
+        ),
+    ] = None,
+) -> None:
+    """Read the settings once before any command, so that a bad one stops it here, named
+    (but for `install`, which may write the file first)."""
+    if config_file is not None:  # the environment carries it to every Hearth process started
+        os.environ[PATH_VARIABLE] = str(config_file)
+    if ctx.invoked_subcommand == "install":
+        return
+    try:
+        config.load()
+    except SettingsError as e:
+        raise fail(str(e)) from None
 
 
 # -- images --------------------------------------------------------------------------------
@@ -361,14 +386,33 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     uds: Annotated[str, typer.Option(help="listen on this Unix socket instead")] = "",
 ) -> None:
-    """Run the controller: the HTTP API, the live view and the background work."""
-    import uvicorn
-
+    """Run the controller: the HTTP API, the live view and the background work. Tells
+    systemd when it is ready (Type=notify); SIGTERM stops it gracefully."""
     from hearth.api.app import create_app
+    from hearth.api.serving import serve as serve_app
 
-    # No access log: live-view URLs carry their session's token in the query string.
     where = {"uds": uds} if uds else {"host": host, "port": port}
-    uvicorn.run(create_app(config.load()), log_level="info", access_log=False, **where)
+    serve_app(create_app(config.load()), **where)
+
+
+@app.command("install")
+def install_cmd(
+    unit_dir: Annotated[
+        Path | None, typer.Option(help="where the systemd unit goes [/etc/systemd/system]")
+    ] = None,
+) -> None:
+    """Install Hearth as a systemd service: a commented configuration file listing every
+    setting (an existing one is kept), HEARTH_HOME, and the unit."""
+    from hearth.install import UNIT_DIR, install
+
+    try:
+        done = install(unit_dir or UNIT_DIR)
+    except SettingsError as e:
+        raise fail(str(e)) from None
+    out.print(f"unit: {done.unit}")
+    kept = "written" if done.config_written else "kept (it was there already)"
+    out.print(f"configuration: {done.config} {kept}")
+    out.print("then: systemctl daemon-reload && systemctl enable --now hearth")
 
 
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys.")

@@ -1,4 +1,6 @@
-"""All of Hearth's settings in one place, read from the environment (HEARTH_*)."""
+"""All of Hearth's settings in one place: the environment (HEARTH_*) over the configuration
+file (hearth.settings_file) over the defaults. Each setting's docstring is its one-line
+explanation in the commented file `hearth install` writes."""
 
 from __future__ import annotations
 
@@ -10,91 +12,139 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, get_origin
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hearth.net.egress import names
 from hearth.net.egress.upstream import Upstream
+from hearth.settings_file import SettingsFile, invalid
+from hearth.vmm.qemu import TB_SIZE_MIB
 
 
 class Settings(BaseSettings):
     # Inputs stay out of error messages: some are secrets (master key, proxy passwords).
     model_config = SettingsConfigDict(
-        env_prefix="HEARTH_", extra="ignore", hide_input_in_errors=True
+        env_prefix="HEARTH_",
+        extra="ignore",
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
     )
 
+    # Storage
     home: Path = Path("/var/lib/hearth")
-    database_url: str = ""  # empty: SQLite file under home
-    # Base64 of 32 random bytes; empty: the key file under home, made on first use. Hidden
-    # from repr so printing the settings never shows it.
+    """Images, the layer cache, VM directories and the SQLite database."""
+    database_url: str = ""
+    """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; empty: SQLite under home."""
+    # Hidden from repr so printing the settings never shows it.
     master_key: str = Field(default="", repr=False)
+    """Base64 of 32 random bytes (a secret); empty: home/master.key, made on first use."""
 
     # Images
     suite: str = "trixie"
+    """The distribution's suite the images are built from (an Ubuntu one works too)."""
     mirror: str = "http://deb.debian.org/debian"
-    # Extra components for the suite (Ubuntu needs "main,universe").
+    """The package mirror of that suite."""
     components: str = "main"
+    """The suite's components, comma-separated (Ubuntu needs main,universe)."""
 
     # VMs
     vmm: Literal["qemu", "firecracker"] = "qemu"
+    """The VMM that runs the VMs."""
     qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
+    """QEMU's accelerator; auto probes whether a guest really runs under KVM, else TCG."""
     firecracker_bin: str = "firecracker"
-    jailer_bin: str = ""  # empty: run firecracker without the jailer
+    """The firecracker binary."""
+    jailer_bin: str = ""
+    """The jailer binary; empty: firecracker runs without the jailer."""
     vcpus: int = 2
+    """vCPUs per VM."""
     memory_mib: int = 1024
+    """Memory per VM, in MiB."""
     boot_timeout: float = 180.0
-    # MiB of QEMU's translation cache under TCG; empty: the driver's measured cap
-    # (hearth.vmm.qemu.TB_SIZE_MIB), 0: QEMU's own default (1 GiB).
-    qemu_tb_size_mib: int | None = Field(default=None, ge=0)
+    """Seconds a VM may take from its start to its agent's first answer."""
+    qemu_tb_size_mib: int = Field(default=TB_SIZE_MIB, ge=0)
+    """MiB of QEMU's translation cache under emulation (TCG); 0: QEMU's own default, 1 GiB."""
     # The guest's ports are constants of the image: hearth.guest.ports.
 
     # Network
-    netns: str = "hearth"  # empty: the VMs' bridge lives in the controller's namespace
-    controller_netns: str = ""  # the controller's namespace; empty: this process's own
+    netns: str = "hearth"
+    """The namespace of the VMs' bridge; empty: the controller's own."""
+    controller_netns: str = ""
+    """The controller's namespace, when managing the network from another; empty: this one."""
     bridge: str = "hearth0"
-    cidr: str = "192.168.100.1/24"  # the gateway address and the VM subnet
-    link_cidr: str = "169.254.100.0/30"  # the veth pair joining the two namespaces
+    """The VMs' bridge."""
+    cidr: str = "192.168.100.1/24"
+    """The gateway's address and the VM subnet."""
+    link_cidr: str = "169.254.100.0/30"
+    """The veth pair joining the controller's and the VMs' namespaces."""
     tap_prefix: str = "hth"
+    """The prefix of the VMs' TAP names."""
 
     # Egress: what VMs reach, by name, through the proxy on their gateway (hearth/net/egress).
-    # Names each provider's VMs may reach besides its spec's, and names taken off its list:
-    # {"claude_code": ["example.org", "*.example.net"]} (JSON).
     egress_allow: dict[str, list[str]] = Field(default_factory=dict)
+    """Per provider, names its VMs may reach besides its spec's: {"codex": ["*.example.org"]}."""
     egress_deny: dict[str, list[str]] = Field(default_factory=dict)
-    # Providers whose browser VMs may also load Google's sign-in pages (sign in with Google).
+    """Per provider, names taken off its spec's list."""
     google_sso: list[str] = Field(default_factory=list)
-    # Named internal hosts, {"name": "address"}: the proxy dials that address for that name
-    # whatever its range. Only the operator can allow a private address, and only by name.
+    """Providers whose browser VMs may also load Google's sign-in (sign in with Google)."""
+    # Only the operator can allow a private address, and only by name.
     egress_hosts: dict[str, str] = Field(default_factory=dict)
-    # The DNS server the proxy resolves names with, "ip" or "ip:port"; empty: the system's.
+    """Named internal hosts, {"name": "address"}: the proxy dials that address, any range."""
     egress_resolver: str = ""
-    # Where egress leaves: empty (directly), http://[user:pass@]host:port (CONNECT) or
-    # socks5://[user:pass@]host:port; per provider in upstream_proxies (JSON). Secrets.
+    """The DNS server the egress proxy resolves names with, ip or ip:port; empty: the system's."""
     upstream_proxy: str = Field(default="", repr=False)
+    """Where egress leaves: http://[user:pass@]host:port or socks5://...; empty: directly."""
     upstream_proxies: dict[str, str] = Field(default_factory=dict, repr=False)
-    # A PEM file of CAs the VMs' clients trust besides the system's: for an upstream proxy
-    # that re-signs TLS; the tests use it for their test CA. Sent to each VM by its agent.
+    """Per provider, the same (a secret too): {"codex": "socks5://host:1080"}."""
+    # For an upstream proxy that re-signs TLS; the tests use it for their test CA.
     vm_ca_file: str = ""
+    """A PEM file of CAs the VMs' clients trust besides the system's, sent by each VM's agent."""
 
     # Capacity (hearth.core.capacity): what running VMs may take, and the queue beyond it.
-    vm_memory_budget_mib: int = Field(default=0, ge=0)  # 0: MemTotal less the host's reserve
-    max_vms: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)  # running
-    auth_queue_max: int = Field(default=20, ge=0)  # sign-ins waiting for a VM; then 503
-    max_prompts_per_user: int = Field(default=2, ge=1)  # running at once; then 429
+    vm_memory_budget_mib: int = Field(default=0, ge=0)
+    """MiB running VMs may take in all (guest memory plus VMM overhead each); 0: MemTotal
+    less the host's reserve (a fifth, at least 2 GiB)."""
+    max_vms: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
+    """Running VMs at most (hibernated ones do not count); by default 4 per CPU."""
+    auth_queue_max: int = Field(default=20, ge=0)
+    """Sign-ins that may wait for a browser VM; beyond, starting one answers 503."""
+    max_prompts_per_user: int = Field(default=2, ge=1)
+    """Prompts one user may run at once; beyond, 429."""
 
     # Controller
-    public_url: str = "http://localhost:8000"  # how users' browsers reach the controller
-    session_ttl: float = 900.0  # seconds an auth session may take before it expires
-    demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
-    # "host:port" ("[::1]:9464" for IPv6) of a listener serving /metrics without a key, for
-    # a scraper that only this address lets in; empty: /metrics on the API, admin key only.
+    public_url: str = "http://localhost:8000"
+    """How users' browsers reach the controller."""
+    session_ttl: float = 900.0
+    """Seconds a sign-in may take before it expires."""
+    demo_issuer: str = ""
+    """The demo identity provider's issuer URL, as VMs reach it."""
+    # For a scraper that only this address lets in.
     metrics_listen: str = ""
+    """host:port ([::1]:9464 for IPv6) serving /metrics keyless; empty: the API's, admin key."""
+    shutdown_grace: float = 30.0
+    """Seconds a stopping controller lets running prompts finish before it cancels them."""
 
     # Users' CLI VMs
     cli_image: str = "cli"
-    idle_hibernate: float = 30 * 60.0  # seconds unused before a CLI VM is snapshotted
-    idle_destroy: float = 14 * 86400.0  # seconds unused before it is destroyed
-    prompt_timeout: float = 3600.0  # seconds one prompt may run
+    """The image users' CLI VMs boot from."""
+    idle_hibernate: float = 30 * 60.0
+    """Seconds unused before a CLI VM is snapshotted and stopped."""
+    idle_destroy: float = 14 * 86400.0
+    """Seconds unused before a CLI VM is destroyed."""
+    prompt_timeout: float = 3600.0
+    """Seconds one prompt may run."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the configuration file."""
+        return init_settings, env_settings, SettingsFile(settings_cls)
 
     @field_validator("egress_allow", "egress_deny")
     @classmethod
@@ -217,4 +267,9 @@ def _provider(name: str) -> str:
 
 
 def load() -> Settings:
-    return Settings()
+    """This process's settings; a setting the environment or the configuration file gets
+    wrong stops here, with a SettingsError naming it where it was written."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise invalid(e) from None

@@ -3,7 +3,8 @@
 Every package but the guest's (standard library only, run inside VMs) has one base:
 `hearth.core.CoreError`, `hearth.store.StoreError`, `hearth.net.NetworkError`,
 `hearth.vmm.base.VmmError`, `hearth.image.chroot.BuildError`,
-`hearth.providers.base.ProviderError`, and `hearth.waiting.Timeout`. Each class says its
+`hearth.providers.base.ProviderError`, `hearth.waiting.Timeout`, and
+`hearth.settings_file.SettingsError`. Each class says its
 HTTP status in `http_status`; an error that reaches the API unhandled is answered with
 that status and `{"error": message}` (hearth.api.app). The table is in docs/errors.md.
 Messages are written for the user of the API: they say what is wrong and never carry a

@@ -15,11 +15,21 @@ from hearth.errors import HearthError
 from hearth.image.chroot import BuildError
 from hearth.net import NetworkError
 from hearth.providers.base import ProviderError
+from hearth.settings_file import SettingsError
 from hearth.store import StoreError
 from hearth.vmm.base import VmmError
 from hearth.waiting import Timeout
 
-BASES = (CoreError, StoreError, NetworkError, VmmError, BuildError, ProviderError, Timeout)
+BASES = (
+    CoreError,
+    StoreError,
+    NetworkError,
+    VmmError,
+    BuildError,
+    ProviderError,
+    Timeout,
+    SettingsError,
+)
 TABLE = (Path(__file__).parents[2] / "docs/errors.md").read_text()
 
 
@@ -50,6 +60,7 @@ def test_each_error_has_one_package_base_a_status_and_a_row(error: type[HearthEr
 def test_the_statuses_say_what_the_caller_did() -> None:
     from hearth.core.cli_vms import ProviderUnreachable, UnknownUser
     from hearth.core.prompts import NoCredentials
+    from hearth.core.stopping import ControllerStopping
     from hearth.net.ippool import PoolExhausted
     from hearth.providers import UnknownProviderError
     from hearth.store.credentials import CredentialNotFound, CredentialStale
@@ -65,6 +76,7 @@ def test_the_statuses_say_what_the_caller_did() -> None:
             PoolExhausted,
             UnknownProviderError,
             Timeout,
+            ControllerStopping,
         )
     } == {
         "UnknownUser": 404,
@@ -75,4 +87,5 @@ def test_the_statuses_say_what_the_caller_did() -> None:
         "PoolExhausted": 503,
         "UnknownProviderError": 400,
         "Timeout": 504,
+        "ControllerStopping": 503,
     }

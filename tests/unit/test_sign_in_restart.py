@@ -36,6 +36,7 @@ def killed_at_the_sign_in_page(rig: Rig, user_id: str) -> tuple[str, str]:
             sys.executable,
             "-m",
             "tests.core_controller",
+            "sign-in",
             rig.settings.model_dump_json(),
             user_id,
             "demo",

@@ -280,7 +280,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
             (500, "Hearth could not do it"),
             (501, "the provider has no such check"),
             (502, "the provider could not be asked"),
-            (503, "no capacity now"),
+            (503, "no capacity now, or the controller is stopping"),
             (504, "timed out"),
         )
     },

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from hearth.config import Settings
 from hearth.core import CoreError, machine
 from hearth.core.capacity import Capacity, NoCapacity, Reservation
 from hearth.core.failures import reason as failure_reason
+from hearth.core.stopping import ControllerStopping
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
 from hearth.guest.protocol import LoginStatus
@@ -46,6 +48,7 @@ BROWSER_IMAGE = "browser"
 VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
 ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
 RESTARTED = "the controller restarted during the sign-in"
+STOPPED = "the controller stopped"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -148,13 +151,13 @@ class AuthSessions:
         self.capacity = capacity
         self.on_stored = on_stored  # new credentials of (user, provider) were stored
         self.notifier = Notifier()
+        self._intake = threading.RLock()  # a start and stop() do not cross
+        self._stopping = False
+        self._threads: dict[str, threading.Thread] = {}  # the sessions' threads, by session
         # Held while a session joins or leaves the queue, so that it keeps its order; taken
         # again by a release under it (Capacity.freed admits the queue).
         self._admission = threading.RLock()
         self._making_room = threading.Lock()
-        # Sessions a thread of this process drives: recover() leaves them be (the queue may
-        # be admitted while the reconciler frees what a dead controller left).
-        self._driven_here: set[str] = set()
         capacity.listeners.append(self.admit_queued)
 
     # -- API-facing --------------------------------------------------------------------------
@@ -164,6 +167,15 @@ class AuthSessions:
         browser VM can be had now (behind any queued already); return it and its live view
         token (shown once, stored hashed). NoCapacity when the queue is full too."""
         providers.get(provider)  # unknown providers fail here, before anything is created
+        with self._intake:
+            if self._stopping:
+                raise ControllerStopping(
+                    "the controller is stopping: no sign-in starts now; start it again once "
+                    "the controller is back"
+                )
+            return self._start(user_id, provider)
+
+    def _start(self, user_id: str, provider: str) -> tuple[AuthSession, str]:
         session_id = uuid.uuid4().hex
         token = secrets.token_urlsafe(32)
         with self._admission:
@@ -227,6 +239,12 @@ class AuthSessions:
     def admit_queued(self) -> list[str]:
         """Start queued sessions, oldest first, while there is room for their VMs; the ids
         started. Their expiry starts again: the time allowed is the sign-in's own."""
+        with self._intake:  # a stop() ends them all, or none starts
+            if self._stopping:
+                return []
+            return self._admit_queued()
+
+    def _admit_queued(self) -> list[str]:
         started: list[tuple[str, Reservation]] = []
         unused: list[Reservation] = []
         with self._admission:
@@ -317,27 +335,36 @@ class AuthSessions:
         self.admit_queued()
         return due
 
+    def stop(self, deadline: float) -> list[str]:
+        """The controller is stopping: take no new sign-in, end those in progress cancelled
+        ("the controller stopped"), and wait until `deadline` (time.monotonic()) for their
+        threads, which destroy the browser VMs as at any end; the sessions' ids."""
+        with self._intake:
+            self._stopping = True
+        ended = []
+        for session in self._running():
+            if self._transition(session.id, AuthSessionStatus.cancelled, STOPPED):
+                ended.append(session.id)
+        with self._intake:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return ended
+
     def recover(self) -> Recovery:
         """At start-up (after the reconciler): a session whose browser VM still runs a login
         that waits is adopted, and a thread follows it on as its own did; the others fail
         ("the controller restarted during the sign-in") and their browser VMs go (a VM that
         may hold a login is never reused). Queued sessions hold nothing: they wait on, and
-        the queue is admitted against the VMs that run now."""
-        with self.db.session() as s:
-            stale = list(
-                s.scalars(
-                    select(AuthSession)
-                    .where(
-                        AuthSession.status.not_in(TERMINAL),
-                        AuthSession.status != AuthSessionStatus.queued,
-                    )
-                    .order_by(AuthSession.created_at)
-                )
-            )
+        the queue is admitted against the VMs that run now; sessions this process drives
+        already (admitted while the reconciler freed room) are its own, not stale."""
         recovery = Recovery()
+        stale = [
+            session
+            for session in self._running()
+            if session.status != AuthSessionStatus.queued and session.id not in self._threads
+        ]
         for session in stale:
-            if session.id in self._driven_here:  # admitted since this process started
-                continue
             if self._login_waiting(session):
                 self._transition(session.id, session.status, ADOPTED)
                 self._start_thread(session.id, self._follow_adopted)
@@ -365,14 +392,17 @@ class AuthSessions:
     # -- the session's own thread ------------------------------------------------------------
 
     def _start_thread(self, session_id: str, target: Callable[[str], None]) -> None:
-        def drive() -> None:
+        def run() -> None:
             try:
                 target(session_id)
             finally:
-                self._driven_here.discard(session_id)
+                with self._intake:
+                    self._threads.pop(session_id, None)
 
-        self._driven_here.add(session_id)
-        threading.Thread(target=drive, name=f"session-{session_id}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"session-{session_id}", daemon=True)
+        with self._intake:
+            self._threads[session_id] = thread
+        thread.start()
 
     def _run(self, session_id: str, reservation: Reservation) -> None:
         """Boot the browser VM on the room reserved for it, start the CLI's login in it,
@@ -479,6 +509,17 @@ class AuthSessions:
             self.vms.destroy(vm_id)
 
     # -- state -------------------------------------------------------------------------------
+
+    def _running(self) -> list[AuthSession]:
+        """Every session that has not ended, oldest first."""
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(AuthSession)
+                    .where(AuthSession.status.not_in(TERMINAL))
+                    .order_by(AuthSession.created_at)
+                )
+            )
 
     def _queue(self) -> list[str]:
         """The queued sessions' ids, first in first."""

@@ -27,12 +27,15 @@ from hearth.core import CoreError
 from hearth.core.capacity import NoCapacity
 from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
 from hearth.core.failures import reason as failure_reason
+from hearth.core.stopping import ControllerStopping
 from hearth.guest.protocol import RunOutput, RunStarted
 from hearth.store.db import Database
 from hearth.store.models import Prompt, PromptStatus, utcnow
+from hearth.waiting import Timeout, wait_for
 
 MAX_STORED_OUTPUT = 1_000_000  # characters of output kept in the record
 FLUSH_EVERY = 1.0  # seconds between writes of a running prompt's output to its record
+CANCEL_SETTLE = 10.0  # seconds a cancelled run takes to end (the agent's SIGTERM, then SIGKILL)
 
 
 class NoCredentials(CoreError, LookupError):
@@ -63,7 +66,7 @@ class Prompts:
         self.cli_vms = cli_vms
         self._guard = threading.Lock()
         self._live: dict[str, _Live] = {}
-        self._admission = threading.Lock()  # a user's count and their new prompt, together
+        self._stopping = False
 
     # -- API-facing --------------------------------------------------------------------------
 
@@ -87,16 +90,23 @@ class Prompts:
             status=PromptStatus.running,
             output="",
         )
-        with self._admission, self.db.session() as s:
-            running = len(self._running(s, user_id))
-            if running >= self.settings.max_prompts_per_user:
-                raise TooManyPrompts(
-                    f"user {user_id!r} runs {running} prompts already, the most at once "
-                    f"(max_prompts_per_user): wait for one to end"
-                )
-            s.add(record)
-            s.commit()
+        # One at a time: a stop() between the check and the record would miss it, and two
+        # prompts of one user would both find room under the user's limit.
         with self._guard:
+            if self._stopping:
+                raise ControllerStopping(
+                    "the controller is stopping: no prompt starts now; send it again once "
+                    "the controller is back"
+                )
+            with self.db.session() as s:
+                running = len(self._running(s, user_id))
+                if running >= self.settings.max_prompts_per_user:
+                    raise TooManyPrompts(
+                        f"user {user_id!r} runs {running} prompts already, the most at once "
+                        f"(max_prompts_per_user): wait for one to end"
+                    )
+                s.add(record)
+                s.commit()
             self._live[record.id] = _Live()
         return record
 
@@ -136,6 +146,35 @@ class Prompts:
         if run_id is not None:  # not started yet: the run is stopped as soon as it starts
             with self.cli_vms.vms.agent(self.cli_vms.vms.get(vm_id)) as agent:
                 agent.cancel_run(run_id)
+        return True
+
+    def stop_taking(self) -> None:
+        """The controller is stopping: create() refuses from now on."""
+        with self._guard:
+            self._stopping = True
+
+    def drain(self, deadline: float) -> list[str]:
+        """Let the running prompts finish until `deadline` (time.monotonic()), then cancel
+        those still running and wait for their runs to end; the ids cut short."""
+        if self._wait_idle(deadline):
+            return []
+        with self._guard:
+            late = list(self._live)
+        grace = self.settings.shutdown_grace
+        for prompt_id in late:
+            self.cancel(prompt_id, f"the controller stopped ({grace:.0f} s after it was asked to)")
+        self._wait_idle(time.monotonic() + CANCEL_SETTLE)
+        return late
+
+    def _wait_idle(self, deadline: float) -> bool:
+        def idle() -> bool:
+            with self._guard:
+                return not self._live
+
+        try:
+            wait_for(idle, max(0.0, deadline - time.monotonic()), "the running prompts")
+        except Timeout:
+            return False
         return True
 
     def recover(self) -> list[str]:

@@ -43,11 +43,7 @@ def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
         "qemu": QemuDriver(
             settings.qemu_accel,
             probe_cache=settings.home / "kvm-probe.json",
-            **(
-                {}
-                if settings.qemu_tb_size_mib is None
-                else {"tb_size_mib": settings.qemu_tb_size_mib}
-            ),
+            tb_size_mib=settings.qemu_tb_size_mib,
         ),
         "firecracker": FirecrackerDriver(settings.firecracker_bin, settings.jailer_bin),
     }
