@@ -102,8 +102,7 @@ class Settings(BaseSettings):
 
     # Capacity (hearth.core.capacity): what running VMs may take, and the queue beyond it.
     vm_memory_budget_mib: int = Field(default=0, ge=0)
-    """MiB running VMs may take in all (guest memory plus VMM overhead each); 0: MemTotal
-    less the host's reserve (a fifth, at least 2 GiB)."""
+    """MiB running VMs may take in all (each: guest plus VMM); 0: RAM less a fifth, >= 2 GiB."""
     max_vms: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
     """Running VMs at most (hibernated ones do not count); by default 4 per CPU."""
     auth_queue_max: int = Field(default=20, ge=0)
