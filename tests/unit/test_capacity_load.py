@@ -126,8 +126,9 @@ def test_three_times_capacity_queues_refuses_with_retry_after_and_leaks_nothing(
         users.join()
         outcomes = {rig.controller.sessions.get(s).status for s in taken}
         assert outcomes <= {AuthSessionStatus.completed, AuthSessionStatus.expired}, outcomes
+        threads = {f"session-{session_id}" for session_id in taken}
         wait_for(
-            lambda: not [t for t in threading.enumerate() if t.name.startswith("session-")],
+            lambda: not [t for t in threading.enumerate() if t.name in threads],
             SETTLE,  # a thread ends once its VM has gone, which may be booting still
             "the sessions' threads to end",
         )
