@@ -150,9 +150,12 @@ def test_qemus_overhead_follows_its_accelerator_and_translation_cache_cap(rig):
         (QemuDriver("tcg", tb_size_mib=256), QEMU_OWN_MIB + 256),
         (QemuDriver("tcg", tb_size_mib=0), QEMU_OWN_MIB + QEMU_DEFAULT_TB_MIB),  # QEMU's own
         (QemuDriver("kvm"), QEMU_OWN_MIB),  # no translation cache
+        # Not probed yet: an admission does not wait seconds for the probe, it counts TCG's.
+        (QemuDriver("auto", probe_cache=rig.settings.home / "none.json"), QEMU_OWN_MIB + 256),
     ):
         vms = VmManager(rig.settings, rig.vms.db, rig.network, {"qemu": driver}, vmm="qemu")
         assert Capacity(rig.settings, vms).cost("cli") == VmCost(MEMORY_MIB, overhead)
+    assert not (rig.settings.home / "none.json").exists()  # the probe never ran
 
 
 def test_reservations_count_until_released_and_a_recorded_vm_is_not_counted_twice(rig):

@@ -150,7 +150,8 @@ class Capacity:
     def _vmm_mib(self, vmm: str) -> int:
         driver = self.vms.drivers.get(vmm)
         if isinstance(driver, QemuDriver):
-            if driver.accel == "kvm":
+            # Not probed in an admission (it takes seconds): until a VM boots, as under TCG.
+            if driver.known_accel == "kvm":
                 return QEMU_OWN_MIB
             return QEMU_OWN_MIB + (driver.tb_size_mib or QEMU_DEFAULT_TB_MIB)
         if isinstance(driver, FirecrackerDriver):

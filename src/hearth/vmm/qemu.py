@@ -90,16 +90,25 @@ class QemuDriver:
     @property
     def accel(self) -> str:
         """kvm or tcg; the probe's answer is cached per host boot."""
-        if self._accel != "auto":
-            return self._accel
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        cached = _read_json(self._probe_cache) if self._probe_cache else {}
-        if cached.get("boot_id") != boot_id:
-            cached = {"boot_id": boot_id, "accel": "kvm" if kvm_runs_guests() else "tcg"}
-            if self._probe_cache:
-                self._probe_cache.parent.mkdir(parents=True, exist_ok=True)
-                self._probe_cache.write_text(json.dumps(cached))
+        known = self.known_accel
+        if known is not None:
+            return known
+        cached = {"boot_id": _boot_id(), "accel": "kvm" if kvm_runs_guests() else "tcg"}
+        if self._probe_cache:
+            self._probe_cache.parent.mkdir(parents=True, exist_ok=True)
+            self._probe_cache.write_text(json.dumps(cached))
         self._accel = cached["accel"]
+        return self._accel
+
+    @property
+    def known_accel(self) -> str | None:
+        """kvm or tcg when known without the probe (which takes seconds): set, probed
+        already, or cached for this host boot; else None."""
+        if self._accel == "auto":
+            cached = _read_json(self._probe_cache) if self._probe_cache else {}
+            if cached.get("boot_id") != _boot_id():
+                return None
+            self._accel = cached["accel"]
         return self._accel
 
     def argv(self, spec: MachineSpec, incoming: str | None = None) -> list[str]:
@@ -372,6 +381,10 @@ def migration_completed(migration: dict) -> bool:
     if status in ("failed", "cancelled"):
         raise VmmError(f"migration {status}: {migration.get('error-desc', 'QEMU gave no reason')}")
     return status == "completed"
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def _read_json(path: Path) -> dict:
