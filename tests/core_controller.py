@@ -13,7 +13,7 @@ import threading
 
 from hearth import providers
 from hearth.config import Settings
-from hearth.providers import demo
+from hearth.demo import provider as demo
 from hearth.store.models import AuthSessionStatus
 from hearth.waiting import wait_for
 from tests.core_rig import local_controller, local_demo_spec

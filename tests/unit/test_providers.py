@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 import pytest
 
 from hearth import providers
+from hearth.demo import provider as demo
 from hearth.guest.login import LoginSpec, Transcript
-from hearth.providers import claude_code, codex, demo, gemini_cli
+from hearth.providers import claude_code, codex, gemini_cli
 from hearth.providers.base import ProviderSpec, UnknownProviderError
 
 ESC = b"\x1b"
