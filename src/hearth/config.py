@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # Controller
     public_url: str = "http://localhost:8000"  # how users' browsers reach the controller
     session_ttl: float = 900.0  # seconds an auth session may take before it expires
-    demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
+    demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it (hearth.demo)
     # "host:port" ("[::1]:9464" for IPv6) of a listener serving /metrics without a key, for
     # a scraper that only this address lets in; empty: /metrics on the API, admin key only.
     metrics_listen: str = ""

@@ -2,10 +2,10 @@
 
 Three layers, each cached by the hash of its inputs: the base system (suite, mirror, base
 packages, kernel), the recipe's packages (apt and npm), and Hearth's own guest files (the
-agent's, and the demo CLI's from hearth/demo/guest/). Changing
-only the agent rebuilds the last layer and the ext4 image. The result is written aside and
-renamed into `$HEARTH_HOME/images/<name>/` at the end, so a failed build leaves the previous
-image as it was.
+agent's, and the demo CLI's from hearth/demo/guest/). Changing only the agent rebuilds the
+last layer and the ext4 image. The result is written aside and renamed into
+`$HEARTH_HOME/images/<name>/` at the end, so a failed build leaves the previous image as it
+was.
 """
 
 from __future__ import annotations
