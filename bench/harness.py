@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import __main__
-from hearth.sandbox import nsenter, sandbox
+from hearth.demo.sandbox import nsenter, sandbox
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
 

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     session_ttl: float = 900.0
     """Seconds a sign-in may take before it expires."""
     demo_issuer: str = ""
-    """The demo identity provider's issuer URL, as VMs reach it."""
+    """The demo identity provider's issuer URL, as VMs reach it (hearth.demo)."""
     # For a scraper that only this address lets in.
     metrics_listen: str = ""
     """host:port ([::1]:9464 for IPv6) serving /metrics keyless; empty: the API's, admin key."""

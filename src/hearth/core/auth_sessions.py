@@ -318,8 +318,9 @@ class AuthSessions:
             self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
             vm = self.vms.get(cleanup.vm_id)
             self._check_running(session_id)
+            login = spec.to_agent(spec.login_params(self.settings), self.vms.client_env())
             with self.vms.agent(vm) as agent:
-                agent.start_login(spec.to_agent(self._provider_params(), self.vms.client_env()))
+                agent.start_login(login)
             self._follow(session_id, vm)
 
     def _follow_adopted(self, session_id: str) -> None:
@@ -398,9 +399,6 @@ class AuthSessions:
     def _check_running(self, session_id: str) -> None:
         if self.get(session_id).status in TERMINAL:
             raise _SessionEnded
-
-    def _provider_params(self) -> dict[str, str]:
-        return {"issuer": self.settings.demo_issuer}
 
     def _destroy_vm(self, vm_id: str | None) -> None:
         if vm_id:
