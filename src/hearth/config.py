@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         """Arguments, then the environment, then the configuration file."""
         return init_settings, env_settings, SettingsFile(settings_cls)
 
+    # Webhooks (hearth.core.webhooks): each attempt's timeout; the backoff after the first
+    # failed attempt, doubling per attempt up to the cap (then jittered by a fifth either
+    # way); and how long after the event attempts go on.
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_backoff_base: float = Field(default=10.0, gt=0)
+    webhook_backoff_cap: float = Field(default=3600.0, gt=0)
+    webhook_retry_window: float = Field(default=86400.0, gt=0)
+
     @field_validator("egress_allow", "egress_deny")
     @classmethod
     def _name_lists(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
