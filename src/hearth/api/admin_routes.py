@@ -313,11 +313,13 @@ def update_webhook(
     return endpoint_view(controller(request).webhooks.set_enabled(endpoint_id, body.enabled))
 
 
-@router.delete("/webhooks/{endpoint_id}", status_code=204)
-def delete_webhook(endpoint_id: EndpointId, request: Request) -> None:
-    """Remove an endpoint, with its deliveries and their attempts."""
+@router.delete("/webhooks/{endpoint_id}")
+def delete_webhook(endpoint_id: EndpointId, request: Request) -> WebhookEndpointView:
+    """Remove an endpoint, with its deliveries and their attempts; what it was."""
+    endpoint = _endpoint(request, endpoint_id)
     if not controller(request).webhooks.delete(endpoint_id):
         raise HTTPException(404, f"no webhook endpoint {endpoint_id}")
+    return endpoint_view(endpoint)
 
 
 @router.get("/webhooks/{endpoint_id}/deliveries")

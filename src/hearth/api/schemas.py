@@ -268,7 +268,8 @@ class WebhookEndpointRequest(BaseModel):
     def _http_url(cls, url: str) -> str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise ValueError(f"the endpoint URL must be http:// or https://, not {url[:80]!r}")
+            scheme = f"{parts.scheme}://" if parts.scheme else "a URL without a scheme"
+            raise ValueError(f"the endpoint URL must be http:// or https://, not {scheme}")
         if not parts.hostname:
             raise ValueError("the endpoint URL names no host")
         if parts.username is not None or parts.password is not None:
