@@ -38,7 +38,10 @@ def admin(client: TestClient) -> dict[str, str]:
         ("example.org/hook", "must be http:// or https://, not a URL without a scheme"),
         ("https:///hook", "names no host"),
         ("https://app:hunter2@example.org/hook", "must not carry a user or password"),
-        ("https://example.org:99999/hook", "port is not a number"),
+        ("https://example.org:99999/hook", "port is not a number in 1-65535"),
+        ("https://example.org:0/hook", "its port 1-65535"),
+        ("https://[::1]/hook", "host must be a name or an IPv4 address"),
+        ("https://example.org/a hook", "may hold no spaces"),
     ],
 )
 def test_an_endpoint_url_that_is_not_http_is_refused_with_a_422_saying_why(

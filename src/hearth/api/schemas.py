@@ -9,6 +9,7 @@ default is always present, possibly null; one with a default may be absent (see
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -251,10 +252,20 @@ class KeyRequest(BaseModel):
 # -- webhooks (admin keys) ------------------------------------------------------------------
 
 
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# What an endpoint URL may be, as the schema tells clients; the validator's own checks come
+# first, so that a URL refused says why.
+WEBHOOK_URL = (
+    rf"^https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f]*)?$"
+)
+
+
 class WebhookEndpointRequest(BaseModel):
     url: str = Field(
         max_length=2000,
-        description="where deliveries are POSTed: http or https, no user:password in it",
+        description="where deliveries are POSTed: http or https, to a name or an IPv4 "
+        "address, with no user:password in it",
+        json_schema_extra={"pattern": WEBHOOK_URL},
     )
     events: list[EventType] = Field(
         default_factory=lambda: list(EventType),
@@ -266,20 +277,26 @@ class WebhookEndpointRequest(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
+        url = url.strip()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             scheme = f"{parts.scheme}://" if parts.scheme else "a URL without a scheme"
             raise ValueError(f"the endpoint URL must be http:// or https://, not {scheme}")
-        if not parts.hostname:
-            raise ValueError("the endpoint URL names no host")
-        if parts.username is not None or parts.password is not None:
+        if "@" in parts.netloc:
             raise ValueError(
                 "the endpoint URL must not carry a user or password: deliveries are signed"
             )
+        if not parts.hostname:
+            raise ValueError("the endpoint URL names no host")
         try:
             parts.port  # noqa: B018 - urlsplit checks the port only when asked
         except ValueError:
-            raise ValueError("the endpoint URL's port is not a number in 0-65535") from None
+            raise ValueError("the endpoint URL's port is not a number in 1-65535") from None
+        if not re.search(WEBHOOK_URL, url):
+            raise ValueError(
+                "the endpoint URL's host must be a name or an IPv4 address, its port "
+                "1-65535, and it may hold no spaces or control characters"
+            )
         return url
 
 
