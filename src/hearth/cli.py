@@ -446,7 +446,7 @@ def keys_rotate(
         ),
     ] = "",
 ) -> None:
-    """Re-wrap every credential's data key under a new master key."""
+    """Re-wrap every credential's (and webhook secret's) data key under a new master key."""
     from hearth.store.crypto import CryptoError
 
     settings = config.load()
@@ -458,7 +458,7 @@ def keys_rotate(
     except CryptoError as e:
         raise fail(str(e)) from None
     out.print(
-        f"master key {report.new_key_id}: {report.rewrapped} credentials re-wrapped, "
+        f"master key {report.new_key_id}: {report.rewrapped} records re-wrapped, "
         f"old keys dropped: {', '.join(report.dropped_key_ids) or 'none'}"
         + (f", {report.remaining} still under old keys" if report.remaining else "")
     )

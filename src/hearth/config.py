@@ -119,6 +119,17 @@ class Settings(BaseSettings):
     prompt_timeout: float = 3600.0
     """Seconds one prompt may run."""
 
+    # Webhooks (hearth.core.webhooks): the backoff doubles per failed attempt up to the cap,
+    # each wait moved by up to a fifth either way.
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    """Seconds one delivery attempt may take before it counts as failed."""
+    webhook_backoff_base: float = Field(default=10.0, gt=0)
+    """Seconds between a delivery's first failed attempt and its second."""
+    webhook_backoff_cap: float = Field(default=3600.0, gt=0)
+    """The longest wait between two attempts, in seconds."""
+    webhook_retry_window: float = Field(default=86400.0, gt=0)
+    """Seconds after the event within which attempts start; the delivery then fails."""
+
     @classmethod
     def settings_customise_sources(
         cls,

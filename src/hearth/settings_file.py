@@ -58,6 +58,12 @@ TABLES: dict[str, tuple[str, ...]] = {
         "shutdown_grace",
     ),
     "cli_vms": ("cli_image", "idle_hibernate", "idle_destroy", "prompt_timeout"),
+    "webhooks": (
+        "webhook_timeout",
+        "webhook_backoff_base",
+        "webhook_backoff_cap",
+        "webhook_retry_window",
+    ),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

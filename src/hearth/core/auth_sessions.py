@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from hearth import metrics, providers
 from hearth.config import Settings
-from hearth.core import CoreError, machine
+from hearth.core import CoreError, machine, webhooks
 from hearth.core.failures import reason as failure_reason
 from hearth.core.stopping import ControllerStopping
 from hearth.core.vms import VmManager
@@ -455,6 +455,7 @@ class AuthSessions:
             if not moved:
                 return False
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
+            webhooks.sign_in_moved(s, session_id)
             s.commit()
         self.notifier.bump(session_id)
         if status in TERMINAL:

@@ -10,10 +10,12 @@ from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
+from hearth.core.webhooks import WebhookWorker
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
 from hearth.store.crypto import Keyring
 from hearth.store.db import Database
+from hearth.store.webhook_endpoints import WebhookEndpoints
 from hearth.vmm.firecracker import FirecrackerDriver
 from hearth.vmm.qemu import QemuDriver
 
@@ -27,6 +29,7 @@ class Controller:
     sessions: AuthSessions
     cli_vms: CliVms
     prompts: Prompts
+    webhooks: WebhookEndpoints
 
 
 def open_database(settings: Settings) -> Database:
@@ -50,12 +53,20 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     """The controller's parts; on `vms` (and its database) when given, else on this host's."""
     vms = vms or vm_manager(settings)
     db = vms.db
-    credentials = CredentialStore(db, Keyring.from_settings(settings))
+    keyring = Keyring.from_settings(settings)
+    credentials = CredentialStore(db, keyring)
     cli_vms = CliVms(settings, vms, credentials)
     sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
-    return Controller(
-        settings, db, vms, credentials, sessions, cli_vms, Prompts(settings, db, cli_vms)
-    )
+    prompts = Prompts(settings, db, cli_vms)
+    webhooks = WebhookEndpoints(db, keyring)
+    return Controller(settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks)
+
+
+def start_webhooks(ctl: Controller) -> WebhookWorker:
+    """The thread that posts the outbox's deliveries, started; stop() it on shutdown."""
+    worker = WebhookWorker(ctl.settings, ctl.db, ctl.webhooks)
+    worker.start()
+    return worker
 
 
 def egress(ctl: Controller) -> Egress:
