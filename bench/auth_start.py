@@ -5,9 +5,9 @@ once the browser VM's Firefox has painted the provider's page), and from the app
 typed in Chromium through the live view to the session `completed`; and the controller's RSS.
 
 The real CLIs sign in to their providers' stand-ins on the egress rig (tests/egress_rig.py);
-the demo CLI to the demo IdP on the demo stack (hearth.demo), as the rig has no demo IdP. Both
-run in namespaces they create, with cold browser VMs. Run as root from the repository root,
-so that `tests` imports as a package:
+the demo CLI to the demo IdP on the demo stack (hearth.demo.stack), as the rig has no demo
+IdP. Both run in namespaces they create, with cold browser VMs. Run as root from the
+repository root, so that `tests` imports as a package:
     python -m bench.auth_start --providers demo,codex --runs 3
 """
 
@@ -29,7 +29,7 @@ from playwright.sync_api import Error as PlaywrightError
 from bench.harness import rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.demo import stack
+from hearth.demo.stack import stack
 from hearth.waiting import Timeout, wait_for
 from tests.e2e.browser_user import END_STATES, live_view
 from tests.e2e.conftest import IMAGES

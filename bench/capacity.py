@@ -25,7 +25,7 @@ from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.capacity import Capacity, meminfo_mib
-from hearth.demo import stack
+from hearth.demo.stack import stack
 from hearth.waiting import wait_for
 from tests.e2e.conftest import IMAGES
 

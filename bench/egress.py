@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import exit_on_sigterm
-from hearth.sandbox import nsenter
+from hearth.demo.sandbox import nsenter
 from hearth.waiting import Timeout, wait_for
 from tests.egress_rig import FakeVm, Rig, rig
 from tests.fake_internet import WEB

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import __main__
 from hearth.core.vms import VmManager
-from hearth.sandbox import nsenter, sandbox
+from hearth.demo.sandbox import nsenter, sandbox
 from hearth.vmm.base import running_pid
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace

@@ -1,8 +1,8 @@
 """Seconds from `POST /api/prompts` to the first output chunk of the demo CLI, on a warm CLI VM,
 on one resumed from hibernation, and on the first prompt (which boots the VM cold).
 
-Runs the demo stack (hearth.demo) in namespaces it creates, signs one user in through the
-live view with a real browser (tests/e2e/browser_user.py), then prompts. Run as root:
+Runs the demo stack (hearth.demo.stack) in namespaces it creates, signs one user in through
+the live view with a real browser (tests/e2e/browser_user.py), then prompts. Run as root:
     python -m bench.prompt --runs 5
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hearth.config import Settings
-from hearth.demo import Stack, stack
+from hearth.demo.stack import Stack, stack
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import sign_in  # the test suite's browser user
 

@@ -26,9 +26,9 @@ from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
-from hearth.demo import stack
+from hearth.demo.sandbox import inside
+from hearth.demo.stack import stack
 from hearth.guest.protocol import RunExit
-from hearth.sandbox import inside
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import sign_in

@@ -22,7 +22,7 @@ from hearth import providers
 from hearth.api.app import create_app
 from hearth.api.serving import serve
 from hearth.config import Settings
-from hearth.providers import demo
+from hearth.demo import provider as demo
 from hearth.store.models import AuthSessionStatus
 from hearth.waiting import wait_for
 from tests.core_rig import local_controller, local_demo_spec

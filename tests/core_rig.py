@@ -12,7 +12,7 @@ images and no VMs (hearth.core.ports).
   what a guest held only in memory (a login under way) is gone after it, as after a reboot.
   Firefox is a script that records the URLs it is sent.
 - `Rig`: the controller wired as hearth.core.runtime wires it, on those two, with the demo
-  provider's real login and prompt commands (run from this checkout's guest directory)
+  provider's real login and prompt commands (run from this checkout's hearth/demo/guest/)
   against the demo identity provider on 127.0.0.1; `serve_rig` runs the controller's API
   around it over real HTTP.
 """
@@ -38,6 +38,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+import hearth.demo.guest
 import hearth.guest
 from hearth import providers
 from hearth.api.app import create_app
@@ -46,14 +47,15 @@ from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
 from hearth.core.runtime import Controller
 from hearth.core.vms import VmManager
-from hearth.demo_idp import RunningIdp, serve_in_thread
+from hearth.demo import provider as demo
+from hearth.demo.idp import RunningIdp, serve_in_thread
 from hearth.guest.fileio import write_atomic
-from hearth.providers import demo
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, references, running_pid
 from hearth.waiting import wait_for
 from tests.served import serve_app
 
 GUEST_DIR = Path(hearth.guest.__file__).parent
+DEMO_GUEST_DIR = Path(hearth.demo.guest.__file__).parent
 AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.service"
 USER = "ada@example.test"
 SNAPSHOT = "snapshot.json"
@@ -237,7 +239,7 @@ def local_demo_spec(spec: providers.ProviderSpec) -> providers.ProviderSpec:
 
     def local(argv: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(
-            sys.executable if a == "python3" else a.replace("/usr/lib/hearth", str(GUEST_DIR))
+            sys.executable if a == "python3" else a.replace("/usr/lib/hearth", str(DEMO_GUEST_DIR))
             for a in argv
         )
 

@@ -25,11 +25,11 @@ from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
-from hearth.demo import forward
+from hearth.demo.sandbox import nsenter, sandbox
+from hearth.demo.stack import forward
 from hearth.net.addressing import mac_for
 from hearth.net.ippool import IpPool
 from hearth.net.topology import VmNetwork
-from hearth.sandbox import nsenter, sandbox
 from hearth.store.db import Database
 from hearth.store.models import AuthSession, Credential, EgressConnection, Vm, VmState
 from hearth.waiting import wait_for

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth.sandbox import link, nsenter, sandbox
+from hearth.demo.sandbox import link, nsenter, sandbox
 from hearth.waiting import wait_for
 from tests.certificates import CertAuthority
 

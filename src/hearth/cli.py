@@ -19,11 +19,11 @@ from hearth import config
 from hearth.core import runtime
 from hearth.core.auth_sessions import BROWSER_IMAGE, browser_seed
 from hearth.core.reconciler import reconcile
+from hearth.demo.sandbox import sandbox
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
 from hearth.image.chroot import BuildError
 from hearth.net.namespace import nsenter
-from hearth.sandbox import sandbox
 from hearth.settings_file import PATH_VARIABLE, SettingsError
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ def demo(
     """The whole demo: controller, demo identity provider, a browser VM; prints the
     connect_url to open, the stored credential status once you have signed in, then runs a
     prompt through the demo CLI in your CLI VM and shows its answer as it streams."""
-    from hearth import demo as demo_stack
+    from hearth.demo import stack as demo_stack
 
     settings = config.load()
     image_build(["browser", "cli"])
@@ -446,7 +446,7 @@ def keys_rotate(
         ),
     ] = "",
 ) -> None:
-    """Re-wrap every credential's data key under a new master key."""
+    """Re-wrap every credential's (and webhook secret's) data key under a new master key."""
     from hearth.store.crypto import CryptoError
 
     settings = config.load()
@@ -458,7 +458,7 @@ def keys_rotate(
     except CryptoError as e:
         raise fail(str(e)) from None
     out.print(
-        f"master key {report.new_key_id}: {report.rewrapped} credentials re-wrapped, "
+        f"master key {report.new_key_id}: {report.rewrapped} records re-wrapped, "
         f"old keys dropped: {', '.join(report.dropped_key_ids) or 'none'}"
         + (f", {report.remaining} still under old keys" if report.remaining else "")
     )

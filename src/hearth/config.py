@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     session_ttl: float = 900.0
     """Seconds a sign-in may take before it expires."""
     demo_issuer: str = ""
-    """The demo identity provider's issuer URL, as VMs reach it."""
+    """The demo identity provider's issuer URL, as VMs reach it (hearth.demo)."""
     # For a scraper that only this address lets in.
     metrics_listen: str = ""
     """host:port ([::1]:9464 for IPv6) serving /metrics keyless; empty: the API's, admin key."""
@@ -132,6 +132,17 @@ class Settings(BaseSettings):
     """Seconds unused before a CLI VM is destroyed."""
     prompt_timeout: float = 3600.0
     """Seconds one prompt may run."""
+
+    # Webhooks (hearth.core.webhooks): the backoff doubles per failed attempt up to the cap,
+    # each wait moved by up to a fifth either way.
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    """Seconds one delivery attempt may take before it counts as failed."""
+    webhook_backoff_base: float = Field(default=10.0, gt=0)
+    """Seconds between a delivery's first failed attempt and its second."""
+    webhook_backoff_cap: float = Field(default=3600.0, gt=0)
+    """The longest wait between two attempts, in seconds."""
+    webhook_retry_window: float = Field(default=86400.0, gt=0)
+    """Seconds after the event within which attempts start; the delivery then fails."""
 
     @classmethod
     def settings_customise_sources(

@@ -60,6 +60,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "cli_vms": ("cli_image", "idle_hibernate", "idle_destroy", "prompt_timeout"),
     "capacity": ("vm_memory_budget_mib", "max_vms", "auth_queue_max", "max_prompts_per_user"),
+    "webhooks": (
+        "webhook_timeout",
+        "webhook_backoff_base",
+        "webhook_backoff_cap",
+        "webhook_retry_window",
+    ),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

@@ -126,8 +126,9 @@ def sign_in_with_standin(rig, user_id: str, provider: str) -> dict:
 
 
 def sign_in(stack, user_id: str, shots: Path) -> dict:
-    """Sign `user_id` in to the demo provider on a running demo stack (hearth.demo.Stack),
-    as a person would, through the live view; returns the completed session."""
+    """Sign `user_id` in to the demo provider on a running demo stack
+    (hearth.demo.stack.Stack), as a person would, through the live view; returns the
+    completed session."""
     started = stack.start_session(user_id)
     person = subprocess.run(
         [sys.executable, __file__, started["connect_url"], stack.user, stack.password, str(shots)],

@@ -20,8 +20,8 @@ from hearth.core import runtime
 from hearth.core.cli_vms import CHECK_TIMEOUT
 from hearth.core.reconciler import vmm_processes
 from hearth.core.vms import VmManager
+from hearth.demo.sandbox import nsenter, sandbox
 from hearth.providers.base import Call
-from hearth.sandbox import nsenter, sandbox
 from hearth.vmm.base import kill_pid
 from tests.standins import OF_PROVIDER, REVOKE_PATH
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.sandbox import inside
+from hearth.demo.sandbox import inside
 from hearth.store.models import AuthSession
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import live_view

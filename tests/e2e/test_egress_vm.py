@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hearth.sandbox import inside
+from hearth.demo.sandbox import inside
 from hearth.store.models import Credential, Vm
 from hearth.waiting import wait_for
 from tests.e2e.conftest import IMAGES, needs_image

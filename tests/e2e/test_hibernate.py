@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from hearth.core.reconciler import vmm_processes
-from hearth.sandbox import inside, nsenter
+from hearth.demo.sandbox import inside, nsenter
 from hearth.store.models import Vm, VmState
 from tests.e2e.conftest import Hearth, assert_nothing_left, needs_image
 

@@ -20,8 +20,8 @@ import pytest
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
-from hearth.demo import Stack, stack
-from hearth.sandbox import inside
+from hearth.demo.sandbox import inside
+from hearth.demo.stack import Stack, stack
 from hearth.store.models import Vm, utcnow
 from hearth.waiting import wait_for
 from tests.e2e.browser_user import sign_in

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hearth import providers
+from hearth.demo.sandbox import inside
 from hearth.guest.protocol import LoginStatus
-from hearth.sandbox import inside
 from hearth.waiting import wait_for
 from tests.e2e.conftest import Hearth, needs_image
 

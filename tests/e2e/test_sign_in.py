@@ -1,5 +1,5 @@
-"""Browser sign-in end to end on the demo stack (hearth.demo): the controller, the VM network
-and the demo identity provider each in a namespace the test creates. A real Chromium opens
+"""Browser sign-in end to end on the demo stack (hearth.demo.stack): the controller, the VM
+network and the demo identity provider each in a namespace the test creates. A real Chromium opens
 the connect_url and signs in through the live view into Firefox in the browser VM.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
-from hearth.demo import Stack, stack
+from hearth.demo.stack import Stack, stack
 from hearth.waiting import wait_for
 from tests.e2e.conftest import IMAGES, needs_image
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hearth.core.reconciler import vmm_processes
-from hearth.sandbox import inside
+from hearth.demo.sandbox import inside
 from hearth.store.models import VmState
 from hearth.waiting import wait_for
 from tests.e2e.conftest import Hearth, assert_nothing_left, needs_image

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from hearth.api.app import create_app
 from hearth.config import Settings
 from hearth.core.runtime import Controller
+from hearth.demo.sandbox import sandbox
 from hearth.net.topology import VmNetwork
-from hearth.sandbox import sandbox
 from tests.served import serve_app
 
 

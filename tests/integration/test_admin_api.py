@@ -28,6 +28,12 @@ ADMIN_ROUTES = [
     ("post", "/api/admin/keys"),
     ("delete", "/api/admin/keys/0123456789ab"),
     ("get", "/api/admin/egress"),
+    ("get", "/api/admin/webhooks"),
+    ("post", "/api/admin/webhooks"),
+    ("get", f"/api/admin/webhooks/{'0' * 32}"),
+    ("patch", f"/api/admin/webhooks/{'0' * 32}"),
+    ("delete", f"/api/admin/webhooks/{'0' * 32}"),
+    ("get", f"/api/admin/webhooks/{'0' * 32}/deliveries"),
 ]
 
 

@@ -1,8 +1,8 @@
-"""The demo identity provider (hearth.demo_idp) and the demo provider's login command
-(hearth/guest/demo_login.py), over real HTTP on 127.0.0.1 only.
+"""The demo identity provider (hearth.demo.idp) and the demo provider's login command
+(hearth/demo/guest/demo_login.py), over real HTTP on 127.0.0.1 only.
 
 The provider runs in-process on a thread for the module (and once as `python -m
-hearth.demo_idp`); demo_login runs as the guest runs it, a script in its own process, here
+hearth.demo.idp`); demo_login runs as the guest runs it, a script in its own process, here
 with `-I -S` so that anything beyond the standard library would fail to import. $BROWSER is
 a script written here that plays the user: it opens the authorize URL, fills in the form,
 and follows the redirect to the login command's loopback callback.
@@ -38,12 +38,12 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidClaimError
 from joserfc.jwk import KeySet
 
-import hearth.guest
-from hearth.demo_idp import CLIENT_ID, RunningIdp, serve_in_thread
-from hearth.demo_idp.__main__ import parse_args
+import hearth.demo.guest
+from hearth.demo.idp import CLIENT_ID, RunningIdp, serve_in_thread
+from hearth.demo.idp.__main__ import parse_args
 from hearth.waiting import wait_for
 
-DEMO_LOGIN = Path(hearth.guest.__file__).parent / "demo_login.py"
+DEMO_LOGIN = Path(hearth.demo.guest.__file__).parent / "demo_login.py"
 USER = "ada@example.test"
 PASSWORD = secrets.token_urlsafe(18)
 REDIRECT = "http://127.0.0.1:43210/callback"  # nothing listens: the tests read the Location
@@ -87,7 +87,7 @@ tmp.replace(out)
 class LogCapture(logging.Handler):
     """Everything the provider logs (and werkzeug, Authlib), at every level let through."""
 
-    LOGGERS = ("hearth.demo_idp", "werkzeug", "authlib")
+    LOGGERS = ("hearth.demo.idp", "werkzeug", "authlib")
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -117,7 +117,7 @@ class Idp:
 @pytest.fixture(scope="module")
 def idp() -> Iterator[Idp]:
     capture = LogCapture()
-    ours = logging.getLogger("hearth.demo_idp")
+    ours = logging.getLogger("hearth.demo.idp")
     old_level = ours.level
     ours.setLevel(logging.DEBUG)
     for name in LogCapture.LOGGERS:
@@ -646,11 +646,11 @@ def test_demo_login_reports_an_unreachable_issuer(tmp_path: Path) -> None:
     assert len(run.stderr.splitlines()) == 1
 
 
-# --- python -m hearth.demo_idp ------------------------------------------------------------
+# --- python -m hearth.demo.idp ------------------------------------------------------------
 
 
 class IdpProcess:
-    """`python -m hearth.demo_idp` in its own process, and every line it printed."""
+    """`python -m hearth.demo.idp` in its own process, and every line it printed."""
 
     def __init__(self) -> None:
         env = {**os.environ, "HEARTH_DEMO_IDP_PASSWORD": PASSWORD}
@@ -658,7 +658,7 @@ class IdpProcess:
             [
                 sys.executable,
                 "-m",
-                "hearth.demo_idp",
+                "hearth.demo.idp",
                 "--host",
                 "127.0.0.1",
                 "--port",

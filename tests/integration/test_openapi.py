@@ -17,6 +17,7 @@ from hearth.api import admin_routes, auth_routes, prompt_routes, user_routes
 from hearth.api.app import create_app
 from hearth.api.keys import create_key
 from hearth.config import Settings
+from hearth.store import outbox
 from hearth.store.models import (
     AuthSession,
     AuthSessionEvent,
@@ -25,6 +26,8 @@ from hearth.store.models import (
     Prompt,
     PromptStatus,
 )
+from hearth.waiting import wait_for
+from tests.unit.test_auth_sessions import closed_port_url
 
 STREAMS = {("POST", "/api/prompts"), ("GET", "/api/auth/session/{session_id}/events")}
 PAGES = {("GET", "/connect/{session_id}")}
@@ -214,3 +217,27 @@ def test_prompt_user_and_admin_responses_match_their_schemas(api: Api):
         "DELETE", "/api/users/ada/credentials/demo", "/api/users/{user_id}/credentials/{provider}"
     )
     assert removed == {"user_id": "ada", "provider": "demo", "removed": True, "wiped_files": []}
+
+
+def test_webhook_responses_match_their_schemas(api: Api):
+    endpoints = api.client.app.state.controller.webhooks
+    endpoint, _ = endpoints.create(f"{closed_port_url()}/hook", ["vm.crashed"])
+    outbox.publish(api.db, "vm.crashed", {"vm_id": "ab"})
+    base = "/api/admin/webhooks"
+
+    [listed] = api.call("GET", base, base)["endpoints"]
+    one = api.call("GET", f"{base}/{endpoint.id}", base + "/{endpoint_id}")
+    assert listed == one and set(one) == api.fields(base + "/{endpoint_id}")
+    deliveries = f"{base}/{endpoint.id}/deliveries"
+
+    def attempted() -> list[dict]:
+        found = api.call("GET", deliveries, base + "/{endpoint_id}/deliveries")["deliveries"]
+        return found if found and found[0]["attempts"] else []
+
+    [delivery] = wait_for(attempted, 30, "the first attempt recorded")
+    assert set(delivery) == set(
+        api.doc["components"]["schemas"]["WebhookDeliveryView"]["properties"]
+    )
+    [attempt] = delivery["attempts"][:1]
+    assert attempt["status_code"] is None and attempt["error"].startswith("could not post: ")
+    assert delivery["status"] == "pending" and delivery["next_attempt_at"]

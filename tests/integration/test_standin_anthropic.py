@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from hearth.sandbox import sandbox
+from hearth.demo.sandbox import sandbox
 from tests.fake_internet import fake_internet
 from tests.standins.anthropic import CLIENT_ID
 from tests.standins.oauth_client import Caller, exchange, sign_in

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from hearth.sandbox import nsenter
+from hearth.demo.sandbox import nsenter
 from tests.fake_internet import WEB
 from tests.standins.anthropic import CLIENT_ID
 

@@ -24,7 +24,7 @@ import pytest
 from hearth.core.agent_client import AgentClient
 from hearth.guest.http_api import MAX_BODY
 from hearth.guest.seed import write_seed
-from tests.core_rig import GUEST_DIR, agent_command
+from tests.core_rig import DEMO_GUEST_DIR, GUEST_DIR, agent_command
 
 START_TIMEOUT = 20.0
 
@@ -380,10 +380,16 @@ def test_a_missing_seed_is_reported_and_the_agent_exits(tmp_path: Path) -> None:
 # --- the guest has Debian's python3 and nothing else --------------------------------------
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in GUEST_DIR.glob("*.py")))
-def test_guest_modules_import_only_the_standard_library(module: str) -> None:
-    siblings = {p.stem for p in GUEST_DIR.glob("*.py")}
-    tree = ast.parse((GUEST_DIR / module).read_text())
+# The agent's modules and the demo CLI's: the image has them side by side in /usr/lib/hearth.
+GUEST_MODULES = sorted([*GUEST_DIR.glob("*.py"), *DEMO_GUEST_DIR.glob("*.py")])
+
+
+@pytest.mark.parametrize(
+    "module", GUEST_MODULES, ids=lambda p: str(p.relative_to(GUEST_DIR.parent))
+)
+def test_guest_modules_import_only_the_standard_library(module: Path) -> None:
+    siblings = {p.stem for p in GUEST_MODULES}
+    tree = ast.parse(module.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -393,7 +399,9 @@ def test_guest_modules_import_only_the_standard_library(module: str) -> None:
             continue
         for name in names:
             top = name.split(".")[0]
-            assert top in sys.stdlib_module_names or top in siblings, f"{module} imports {name}"
+            assert top in sys.stdlib_module_names or top in siblings, (
+                f"{module.name} imports {name}"
+            )
 
 
 def test_trust_refuses_what_is_not_a_certificate(agent: RunningAgent) -> None:

@@ -37,7 +37,7 @@ import pytest
 from hearth import providers
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.cli_vms import RunEnd
-from hearth.demo_idp import CLIENT_ID
+from hearth.demo.idp import CLIENT_ID
 from hearth.guest.protocol import RunExit, RunOutput, RunStarted
 from hearth.store.credentials import CredentialInfo, CredentialNotFound, CredentialStale, Lease
 from hearth.store.models import Vm, VmState

@@ -1,4 +1,4 @@
-"""The demo provider's prompt command (hearth/guest/demo_prompt.py) against the real demo
+"""The demo provider's prompt command (hearth/demo/guest/demo_prompt.py) against the real demo
 identity provider on 127.0.0.1, signed in with the real demo_login (the fixtures of
 tests/integration/test_demo_idp.py), run as the guest runs it: a script in its own process,
 here with -S so that anything beyond the standard library would fail to import. Last, the
@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-import hearth.guest
-from hearth.guest.demo_prompt import INIT
+import hearth.demo.guest
+from hearth.demo.guest.demo_prompt import INIT
 from tests.integration import test_demo_idp
 from tests.integration.test_demo_idp import (
     USER,
@@ -33,7 +33,7 @@ from tests.integration.test_demo_idp import (
 )
 from tests.unit.test_custody import CliAgent, running_cli_agent
 
-DEMO_PROMPT = Path(hearth.guest.__file__).parent / "demo_prompt.py"
+DEMO_PROMPT = Path(hearth.demo.guest.__file__).parent / "demo_prompt.py"
 CREDENTIALS = ".hearth-demo/credentials.json"
 PROMPT = "Why is the sky blue? -- asked with a dash"
 RUN_TIMEOUT = 60.0

@@ -1,13 +1,20 @@
-"""Layer keys, tree digests, and the layer store's build-aside-then-rename over real overlayfs."""
+"""Layer keys, tree digests, the guest layer's inputs, and the layer store's
+build-aside-then-rename over real overlayfs."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
+from hearth import providers
+from hearth.config import Settings
+from hearth.image import recipes
+from hearth.image.builder import DEMO_GUEST_DIR, GUEST_DIR, ImageBuilder, guest_modules
+from hearth.image.chroot import BuildError
 from hearth.image.layers import LayerStore, key_of, tree_digest
 
 
@@ -95,6 +102,55 @@ def test_digest_ignores_pycache(tree: Path) -> None:
     (tree / "files/common/__pycache__").mkdir()
     (tree / "files/common/__pycache__/x.pyc").write_bytes(b"\x00")
     assert tree_digest(tree) == before
+
+
+# -- the guest layer's inputs ---------------------------------------------------------------
+
+
+@pytest.fixture
+def guest_copies(tmp_path: Path) -> tuple[Path, Path]:
+    """Copies of the agent's and the demo CLI's guest code, free to change."""
+    copies = (tmp_path / "guest", tmp_path / "demo-guest")
+    for source, copy in zip((GUEST_DIR, DEMO_GUEST_DIR), copies, strict=True):
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copies
+
+
+@pytest.mark.parametrize("changed", ["guest/agent.py", "demo-guest/demo_prompt.py"])
+def test_the_guest_key_covers_the_agent_and_the_demo_cli(
+    tmp_path: Path, guest_copies: tuple[Path, Path], changed: str
+) -> None:
+    guest, demo = guest_copies
+    builder = ImageBuilder(Settings(home=tmp_path / "home"), guest_dir=guest, demo_guest_dir=demo)
+    recipe = recipes.get("cli")
+    before = builder.keys(recipe)
+    with (tmp_path / changed).open("a") as module:
+        module.write("\n# a change\n")
+    after = builder.keys(recipe)
+    assert after["guest"] != before["guest"] and after["image"] != before["image"]
+    assert after["packages"] == before["packages"], "a guest change rebuilt the packages"
+
+
+def test_the_image_gets_the_agent_and_the_demo_cli_side_by_side() -> None:
+    names = [m.name for m in guest_modules(GUEST_DIR, DEMO_GUEST_DIR)]
+    assert {"agent.py", "login.py", "demo_login.py", "demo_prompt.py"} <= set(names)
+    assert "__init__.py" not in names
+
+
+def test_every_guest_script_a_provider_runs_is_in_the_image() -> None:
+    installed = {f"/usr/lib/hearth/{m.name}" for m in guest_modules(GUEST_DIR, DEMO_GUEST_DIR)}
+    for spec in providers.SPECS.values():
+        for arg in (*spec.login_argv, *spec.prompt_argv, *spec.status_argv):
+            if arg.startswith("/usr/lib/hearth/"):
+                assert arg in installed, f"{spec.name} runs {arg}, which no image has"
+
+
+def test_guest_modules_that_share_a_name_are_refused(tmp_path: Path) -> None:
+    for directory in ("guest", "demo-guest"):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "login.py").write_text("")
+    with pytest.raises(BuildError, match="guest modules share a name in /usr/lib/hearth: login.py"):
+        guest_modules(tmp_path / "guest", tmp_path / "demo-guest")
 
 
 # -- LayerStore.build without lowers ---------------------------------------------------------

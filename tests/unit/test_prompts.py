@@ -26,7 +26,7 @@ import pytest
 from hearth import providers
 from hearth.core.cli_vms import UnknownUser
 from hearth.core.prompts import NoCredentials
-from hearth.guest.demo_prompt import INIT, REPLY
+from hearth.demo.guest.demo_prompt import INIT, REPLY
 from hearth.guest.protocol import RunStatus
 from hearth.providers.base import UnknownProviderError
 from hearth.store.models import Prompt, PromptStatus, Vm

@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 import pytest
 
 from hearth import providers
+from hearth.config import Settings
+from hearth.demo import provider as demo
 from hearth.guest.login import LoginSpec, Transcript
-from hearth.providers import claude_code, codex, demo, gemini_cli
+from hearth.providers import claude_code, codex, gemini_cli
 from hearth.providers.base import ProviderSpec, UnknownProviderError
 
 ESC = b"\x1b"
@@ -325,6 +327,19 @@ def test_demo_fills_its_issuer_placeholder() -> None:
     with pytest.raises(ValueError, match="needs login parameters: issuer"):
         spec.to_agent()
     assert spec.login_argv[-1] == "{issuer}"  # the spec itself is unchanged
+
+
+def test_the_demo_takes_its_issuer_from_the_settings() -> None:
+    settings = Settings(demo_issuer="http://idp.demo.test")
+    assert demo.SPEC.login_params(settings) == {"issuer": "http://idp.demo.test"}
+    login = demo.SPEC.to_agent(demo.SPEC.login_params(settings))
+    assert login["login_argv"][-2:] == ["--issuer", "http://idp.demo.test"]
+
+
+@pytest.mark.parametrize("name", providers.names())
+def test_each_spec_fills_its_own_placeholders_from_the_settings(name: str) -> None:
+    spec = providers.get(name)
+    assert spec.placeholders() <= spec.login_params(Settings()).keys()
 
 
 def test_demo_spec_matches_demo_login_output() -> None:

@@ -1,6 +1,6 @@
 """Routes for the operator (admin keys only): VMs, sign-in sessions, users, the host's
-resources, API keys and the egress audit. An admin key can also do everything an app key
-can (hearth.api.deps.require_key accepts both)."""
+resources, API keys, webhook endpoints with their deliveries, and the egress audit. An admin
+key can also do everything an app key can (hearth.api.deps.require_key accepts both)."""
 
 from __future__ import annotations
 
@@ -31,15 +31,26 @@ from hearth.api.schemas import (
     UserVm,
     VmList,
     VmView,
+    WebhookAttemptView,
+    WebhookDeliveryList,
+    WebhookDeliveryView,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointRequest,
+    WebhookEndpointUpdate,
+    WebhookEndpointView,
 )
 from hearth.api.user_routes import credential_view
 from hearth.core import inventory
 from hearth.core.egress import connection_view, connections
-from hearth.store.models import ApiKey, AuthSessionStatus, Vm, VmState
+from hearth.store import outbox
+from hearth.store.models import ApiKey, AuthSessionStatus, DeliveryStatus, Vm, VmState
+from hearth.store.webhook_endpoints import EndpointInfo
 
 VmId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$")]
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,16}$")]
+EndpointId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -222,3 +233,103 @@ def revoke_key(
     if record is None:
         raise HTTPException(404, f"no API key {key_id}")
     return key_view(record)
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+
+def endpoint_view(endpoint: EndpointInfo) -> WebhookEndpointView:
+    return WebhookEndpointView(
+        endpoint_id=endpoint.id,
+        url=endpoint.url,
+        events=list(endpoint.events),
+        description=endpoint.description,
+        enabled=endpoint.enabled,
+        created_at=endpoint.created_at.isoformat(),
+        updated_at=endpoint.updated_at.isoformat(),
+    )
+
+
+def delivery_view(delivery: outbox.DeliveryInfo) -> WebhookDeliveryView:
+    return WebhookDeliveryView(
+        delivery_id=delivery.id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        status=delivery.status,
+        next_attempt_at=_iso(delivery.next_attempt_at),
+        delivered_at=_iso(delivery.delivered_at),
+        created_at=delivery.created_at.isoformat(),
+        attempts=[
+            WebhookAttemptView(
+                number=a.number,
+                started_at=a.started_at.isoformat(),
+                duration_seconds=round(a.duration_seconds, 3),
+                status_code=a.status_code,
+                error=a.error,
+            )
+            for a in delivery.attempts
+        ],
+    )
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _endpoint(request: Request, endpoint_id: str) -> EndpointInfo:
+    endpoint = controller(request).webhooks.get(endpoint_id)
+    if endpoint is None:
+        raise HTTPException(404, f"no webhook endpoint {endpoint_id}")
+    return endpoint
+
+
+@router.post("/webhooks", status_code=201)
+def create_webhook(body: WebhookEndpointRequest, request: Request) -> WebhookEndpointCreated:
+    """Register an endpoint for events; its signing secret is in this answer only."""
+    endpoint, secret = controller(request).webhooks.create(
+        body.url, [str(e) for e in body.events], body.description
+    )
+    return WebhookEndpointCreated(**endpoint_view(endpoint).model_dump(), secret=secret)
+
+
+@router.get("/webhooks")
+def list_webhooks(request: Request) -> WebhookEndpointList:
+    return WebhookEndpointList(
+        endpoints=[endpoint_view(e) for e in controller(request).webhooks.list()]
+    )
+
+
+@router.get("/webhooks/{endpoint_id}")
+def get_webhook(endpoint_id: EndpointId, request: Request) -> WebhookEndpointView:
+    return endpoint_view(_endpoint(request, endpoint_id))
+
+
+@router.patch("/webhooks/{endpoint_id}")
+def update_webhook(
+    endpoint_id: EndpointId, body: WebhookEndpointUpdate, request: Request
+) -> WebhookEndpointView:
+    """Disable an endpoint (no new events; its pending deliveries wait) or enable it again."""
+    _endpoint(request, endpoint_id)
+    return endpoint_view(controller(request).webhooks.set_enabled(endpoint_id, body.enabled))
+
+
+@router.delete("/webhooks/{endpoint_id}")
+def delete_webhook(endpoint_id: EndpointId, request: Request) -> WebhookEndpointView:
+    """Remove an endpoint, with its deliveries and their attempts; what it was."""
+    endpoint = _endpoint(request, endpoint_id)
+    if not controller(request).webhooks.delete(endpoint_id):
+        raise HTTPException(404, f"no webhook endpoint {endpoint_id}")
+    return endpoint_view(endpoint)
+
+
+@router.get("/webhooks/{endpoint_id}/deliveries")
+def list_deliveries(
+    endpoint_id: EndpointId,
+    request: Request,
+    status: DeliveryStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> WebhookDeliveryList:
+    """The endpoint's deliveries, newest first, each with every attempt and its outcome."""
+    _endpoint(request, endpoint_id)
+    found = outbox.deliveries(controller(request).db, endpoint_id, status, limit)
+    return WebhookDeliveryList(deliveries=[delivery_view(d) for d in found])

@@ -61,10 +61,12 @@ def create_app(
         every(SESSION_SWEEP_SECONDS, ctl.sessions.expire_due, stop)
         every(idle_sweep_seconds(settings), ctl.cli_vms.sweep, stop)
         stop_metrics = metrics.listen(ctl)
+        webhooks = runtime.start_webhooks(ctl)
         app.state.controller = ctl
         yield
         stop.set()
         stop_metrics()
+        await asyncio.to_thread(webhooks.stop)
         await egress.stop()
 
     app = FastAPI(title="Hearth", lifespan=lifespan, responses=ERROR_RESPONSES)

@@ -9,11 +9,14 @@ default is always present, possibly null; one with a default may be absent (see
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from hearth.store.models import AuthSessionStatus, PromptStatus, VmState
+from hearth.core.webhooks import EventType
+from hearth.store.models import AuthSessionStatus, DeliveryStatus, PromptStatus, VmState
 
 IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
@@ -248,6 +251,107 @@ class KeyCreated(KeyView):
 class KeyRequest(BaseModel):
     role: Literal["app", "admin"] = "app"
     name: str = Field("", max_length=128)
+
+
+# -- webhooks (admin keys) ------------------------------------------------------------------
+
+
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# What an endpoint URL may be, as the schema tells clients; the validator's own checks come
+# first, so that a URL refused says why.
+WEBHOOK_URL = (
+    rf"^https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f]*)?$"
+)
+
+
+class WebhookEndpointRequest(BaseModel):
+    url: str = Field(
+        max_length=2000,
+        description="where deliveries are POSTed: http or https, to a name or an IPv4 "
+        "address, with no user:password in it",
+        json_schema_extra={"pattern": WEBHOOK_URL},
+    )
+    events: list[EventType] = Field(
+        default_factory=lambda: list(EventType),
+        min_length=1,
+        description="the event types to deliver (default: all)",
+    )
+    description: str = Field("", max_length=256)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            scheme = f"{parts.scheme}://" if parts.scheme else "a URL without a scheme"
+            raise ValueError(f"the endpoint URL must be http:// or https://, not {scheme}")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "the endpoint URL must not carry a user or password: deliveries are signed"
+            )
+        if not parts.hostname:
+            raise ValueError("the endpoint URL names no host")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise ValueError("the endpoint URL's port is not a number in 1-65535") from None
+        if not re.search(WEBHOOK_URL, url):
+            raise ValueError(
+                "the endpoint URL's host must be a name or an IPv4 address, its port "
+                "1-65535, and it may hold no spaces or control characters"
+            )
+        return url
+
+
+class WebhookEndpointUpdate(BaseModel):
+    enabled: bool = Field(description="false: no new events, pending deliveries wait")
+
+
+class WebhookEndpointView(BaseModel):
+    """An endpoint as the operator sees it: never its secret."""
+
+    endpoint_id: str
+    url: str
+    events: list[EventType]
+    description: str
+    enabled: bool
+    created_at: IsoTime
+    updated_at: IsoTime
+
+
+class WebhookEndpointCreated(WebhookEndpointView):
+    secret: str = Field(
+        description="the signing secret (`whsec_` + base64 of the HMAC key): shown this once, "
+        "stored sealed"
+    )
+
+
+class WebhookEndpointList(BaseModel):
+    endpoints: list[WebhookEndpointView]
+
+
+class WebhookAttemptView(BaseModel):
+    number: int
+    started_at: IsoTime
+    duration_seconds: float
+    status_code: int | None = Field(description="the endpoint's answer; null if none came")
+    error: str | None = Field(description="why it did not count as delivered; null if it did")
+
+
+class WebhookDeliveryView(BaseModel):
+    delivery_id: str = Field(description="the `webhook-id` header of every attempt")
+    event_id: str
+    event_type: EventType
+    status: DeliveryStatus
+    next_attempt_at: IsoTime | None
+    delivered_at: IsoTime | None
+    created_at: IsoTime
+    attempts: list[WebhookAttemptView] = Field(description="oldest first")
+
+
+class WebhookDeliveryList(BaseModel):
+    deliveries: list[WebhookDeliveryView] = Field(description="newest first")
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 
 from hearth import metrics, providers
 from hearth.config import Settings
-from hearth.core import CoreError, machine
+from hearth.core import CoreError, machine, webhooks
 from hearth.core.capacity import Capacity, NoCapacity, Reservation
 from hearth.core.failures import reason as failure_reason
 from hearth.core.stopping import ControllerStopping
@@ -419,8 +419,9 @@ class AuthSessions:
             self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
             vm = self.vms.get(cleanup.vm_id)
             self._check_running(session_id)
+            login = spec.to_agent(spec.login_params(self.settings), self.vms.client_env())
             with self.vms.agent(vm) as agent:
-                agent.start_login(spec.to_agent(self._provider_params(), self.vms.client_env()))
+                agent.start_login(login)
             self._follow(session_id, vm)
 
     def _follow_adopted(self, session_id: str) -> None:
@@ -501,9 +502,6 @@ class AuthSessions:
         if self.get(session_id).status in TERMINAL:
             raise _SessionEnded
 
-    def _provider_params(self) -> dict[str, str]:
-        return {"issuer": self.settings.demo_issuer}
-
     def _destroy_vm(self, vm_id: str | None) -> None:
         if vm_id:
             self.vms.destroy(vm_id)
@@ -573,6 +571,7 @@ class AuthSessions:
             if not moved:
                 return False
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
+            webhooks.sign_in_moved(s, session_id)
             s.commit()
         self.notifier.bump(session_id)
         if status in TERMINAL:

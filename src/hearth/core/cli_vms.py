@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from hearth import metrics, providers
 from hearth.config import Settings
-from hearth.core import CoreError
+from hearth.core import CoreError, webhooks
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.capacity import Capacity, Reservation
 from hearth.core.vms import LIVE_STATES, VmError, VmManager
@@ -192,6 +192,7 @@ class CliVms:
                 return False  # a new sign-in replaced them meanwhile; it goes in next time
             self.credentials.set_lease(user_id, provider, Lease(vm.id, new.version, digest))
             metrics.credentials_written_back(provider)
+            webhooks.credentials_refreshed(self.vms.db, user_id, provider, new.version)
             return True
 
     def check(self, user_id: str, provider: str) -> Check:
@@ -249,7 +250,9 @@ class CliVms:
         """Keep the provider's verdict with the version the VM holds."""
         lease = self.credentials.lease(user_id, provider)
         if lease is not None and lease.vm_id == vm.id:
-            self.credentials.judge(user_id, provider, lease.version, refused)
+            judged = self.credentials.judge(user_id, provider, lease.version, refused)
+            if judged and refused:
+                webhooks.credentials_invalid(self.vms.db, user_id, provider, lease.version)
 
     # -- custody -----------------------------------------------------------------------------
 
@@ -340,6 +343,8 @@ class CliVms:
             finally:
                 self.capacity.release(reservation)
         elif vm is not None and not (vm.state == VmState.ready and self.vms.vmm_alive(vm)):
+            if vm.state == VmState.ready:  # its VMM died under it
+                webhooks.vm_crashed(self.vms.db, vm)
             self.vms.destroy(vm.id)  # half made, or its VMM died: its tokens were settled
             vm = None
         if vm is None:

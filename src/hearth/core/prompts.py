@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from hearth import metrics, providers
 from hearth.config import Settings
-from hearth.core import CoreError
+from hearth.core import CoreError, webhooks
 from hearth.core.capacity import NoCapacity
 from hearth.core.cli_vms import CliVms, RunEnd, UnknownUser
 from hearth.core.failures import reason as failure_reason
@@ -318,8 +318,13 @@ class Prompts:
         }
         if output is not None:
             fields.update(output=output.text, first_output_seconds=output.first_at)
-        self.db.update(Prompt, prompt_id, **fields)
-        metrics.prompt_ended(self.get(prompt_id))
+        with self.db.session() as s:
+            prompt = s.get(Prompt, prompt_id)
+            for name, value in fields.items():
+                setattr(prompt, name, value)
+            webhooks.prompt_done(s, prompt)
+            s.commit()
+        metrics.prompt_ended(prompt)
 
 
 class _Output:

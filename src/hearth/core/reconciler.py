@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth.core import webhooks
 from hearth.core.machine import CONSOLE
 from hearth.core.vms import LIVE_STATES, VmError, VmManager, busy_elsewhere
 from hearth.store.models import Vm, VmState
@@ -66,6 +67,8 @@ def reconcile(vms: VmManager) -> Report:
             live.add(vm.id)
             report.repaired[vm.id] = state
         else:
+            if vm.state == VmState.ready:  # its VMM is gone
+                webhooks.vm_crashed(vms.db, vm)
             vms.destroy(vm.id)
             report.destroyed.append(vm.id)
 

@@ -11,10 +11,12 @@ from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
+from hearth.core.webhooks import WebhookWorker
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
 from hearth.store.crypto import Keyring
 from hearth.store.db import Database
+from hearth.store.webhook_endpoints import WebhookEndpoints
 from hearth.vmm.firecracker import FirecrackerDriver
 from hearth.vmm.qemu import QemuDriver
 
@@ -28,6 +30,7 @@ class Controller:
     sessions: AuthSessions
     cli_vms: CliVms
     prompts: Prompts
+    webhooks: WebhookEndpoints
     capacity: Capacity
 
 
@@ -56,12 +59,23 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     """The controller's parts; on `vms` (and its database) when given, else on this host's."""
     vms = vms or vm_manager(settings)
     db = vms.db
-    credentials = CredentialStore(db, Keyring.from_settings(settings))
+    keyring = Keyring.from_settings(settings)
+    credentials = CredentialStore(db, keyring)
     capacity = Capacity(settings, vms)
     cli_vms = CliVms(settings, vms, credentials, capacity)
     sessions = AuthSessions(settings, db, vms, credentials, capacity, on_stored=cli_vms.signed_in)
     prompts = Prompts(settings, db, cli_vms)
-    return Controller(settings, db, vms, credentials, sessions, cli_vms, prompts, capacity)
+    webhooks = WebhookEndpoints(db, keyring)
+    return Controller(
+        settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks, capacity
+    )
+
+
+def start_webhooks(ctl: Controller) -> WebhookWorker:
+    """The thread that posts the outbox's deliveries, started; stop() it on shutdown."""
+    worker = WebhookWorker(ctl.settings, ctl.db, ctl.webhooks)
+    worker.start()
+    return worker
 
 
 def egress(ctl: Controller) -> Egress:

@@ -1,6 +1,6 @@
 """Writing files so that no reader ever sees half of one and no secret is ever readable by
 others, and the check that a path stays under HOME: one home for what the guest's modules
-(the agent's custody and login, VNC, ipconfig, trust, the demo CLI) and the host's (the VM
+(the agent's custody and login, VNC, ipconfig, trust) and the host's (the VM
 seed, the master key file, the VMM's pid file) all need.
 
 A file is written under a temporary name in its own directory (so the rename never crosses

@@ -1,10 +1,11 @@
 """Golden image builder: debootstrap, cached layers, kernel + initrd, ext4, manifest.
 
 Three layers, each cached by the hash of its inputs: the base system (suite, mirror, base
-packages, kernel), the recipe's packages (apt and npm), and Hearth's own guest files. Changing
-only the agent rebuilds the last layer and the ext4 image. The result is written aside and
-renamed into `$HEARTH_HOME/images/<name>/` at the end, so a failed build leaves the previous
-image as it was.
+packages, kernel), the recipe's packages (apt and npm), and Hearth's own guest files (the
+agent's, and the demo CLI's from hearth/demo/guest/). Changing only the agent rebuilds the
+last layer and the ext4 image. The result is written aside and renamed into
+`$HEARTH_HOME/images/<name>/` at the end, so a failed build leaves the previous image as it
+was.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from hearth.image.kernel import extract_vmlinux
 from hearth.image.layers import LayerStore, key_of, tree_digest
 
 GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
+# The demo CLI's commands, which live with the rest of the demo; in the image they sit beside
+# the agent's modules in /usr/lib/hearth, where the demo provider's spec runs them.
+DEMO_GUEST_DIR = Path(__file__).resolve().parents[1] / "demo" / "guest"
 IMAGE_CODE_DIR = Path(__file__).resolve().parent
 REQUIRED_TOOLS = ("debootstrap", "mkfs.ext4", "chroot", "mount", "umount")
 ARTEFACTS = ("rootfs.ext4", "vmlinux", "vmlinuz", "initrd")
@@ -126,10 +130,12 @@ class ImageBuilder:
         settings: Settings,
         progress: Progress = lambda step: None,
         guest_dir: Path = GUEST_DIR,
+        demo_guest_dir: Path = DEMO_GUEST_DIR,
     ):
         self.settings = settings
         self.progress = progress
         self.guest_dir = guest_dir  # what goes into the guest layer (another copy in benches)
+        self.demo_guest_dir = demo_guest_dir  # modules only, copied beside guest_dir's
         self.layers = LayerStore(settings.home / "cache" / "layers")
 
     # -- the plan --------------------------------------------------------------------------
@@ -149,7 +155,13 @@ class ImageBuilder:
         # initrd, ext4): a change there rebuilds them, never the slow layers below.
         builder = tree_digest(IMAGE_CODE_DIR)
         guest = key_of(
-            "guest", packages, recipe.guest_trees, recipe.boot, tree_digest(self.guest_dir), builder
+            "guest",
+            packages,
+            recipe.guest_trees,
+            recipe.boot,
+            tree_digest(self.guest_dir),
+            tree_digest(self.demo_guest_dir),
+            builder,
         )
         image = key_of("image", guest, builder)
         return {"base": base, "packages": packages, "guest": guest, "image": image}
@@ -290,9 +302,8 @@ class ImageBuilder:
     def _install_guest(self, tree: Path, recipe: recipes.Recipe) -> None:
         lib = tree / "usr/lib/hearth"
         lib.mkdir(parents=True, exist_ok=True)
-        for module in self.guest_dir.glob("*.py"):
-            if module.name != "__init__.py":
-                shutil.copy2(module, lib / module.name)
+        for module in guest_modules(self.guest_dir, self.demo_guest_dir):
+            shutil.copy2(module, lib / module.name)
         for name in recipe.guest_trees:
             shutil.copytree(self.guest_dir / "files" / name, tree, dirs_exist_ok=True)
         (tree / "etc/fstab").write_text(f"/dev/vda / ext4 {ROOT_OPTIONS} 0 1\n")
@@ -365,6 +376,16 @@ def read_manifest(image_dir: Path) -> dict | None:
         return json.loads((image_dir / "manifest.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def guest_modules(*dirs: Path) -> list[Path]:
+    """The modules of `dirs` that go into /usr/lib/hearth, one directory there for all: a
+    name two of them share would have one overwrite the other, so it is refused."""
+    modules = [m for d in dirs for m in sorted(d.glob("*.py")) if m.name != "__init__.py"]
+    names = [m.name for m in modules]
+    if clashes := sorted({n for n in names if names.count(n) > 1}):
+        raise BuildError(f"guest modules share a name in /usr/lib/hearth: {', '.join(clashes)}")
+    return modules
 
 
 def _unit_lines(guest_dir: Path) -> list[tuple[str, str]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from . import claude_code, codex, demo, gemini_cli
+from hearth.demo.provider import SPEC as DEMO_SPEC  # the product's one import from the demo
+
+from . import claude_code, codex, gemini_cli
 from .base import ProviderSpec, UnknownProviderError
 
 SPECS: dict[str, ProviderSpec] = {
-    spec.name: spec for spec in (claude_code.SPEC, codex.SPEC, gemini_cli.SPEC, demo.SPEC)
+    spec.name: spec for spec in (claude_code.SPEC, codex.SPEC, gemini_cli.SPEC, DEMO_SPEC)
 }
 
 

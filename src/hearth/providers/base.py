@@ -15,9 +15,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hearth.errors import HearthError
+
+if TYPE_CHECKING:
+    from hearth.config import Settings
 
 AccountInfo = tuple[str | None, int | None]  # (e-mail, expiry as Unix seconds)
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -38,6 +41,10 @@ def no_account_info(files: Mapping[str, bytes]) -> AccountInfo:
 
 
 def no_setup_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {}
+
+
+def no_login_params(settings: Settings) -> dict[str, str]:
     return {}
 
 
@@ -119,7 +126,8 @@ class ProviderSpec:
     """How to sign one CLI in, for the agent (see hearth/guest/login.py) and the host.
 
     `login_argv` and `login_env` values may hold `{name}` placeholders, filled at login time
-    from the `params` given to to_agent() (the demo's issuer URL, say).
+    from the `params` given to to_agent(): the controller passes `login_params(settings)`
+    (an issuer URL from a setting, say).
     """
 
     name: str
@@ -149,6 +157,10 @@ class ProviderSpec:
     quiet_env: Mapping[str, str] = field(default_factory=dict)
     account_info: Callable[[Mapping[str, bytes]], AccountInfo] = field(
         default=no_account_info, repr=False, compare=False
+    )
+    # The values of the login's placeholders, from the controller's settings.
+    login_params: Callable[[Settings], Mapping[str, str]] = field(
+        default=no_login_params, repr=False, compare=False
     )
 
     # -- the user's CLI VM --

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.config import Settings
 from hearth.guest import fileio
-from hearth.store import StoreError
+from hearth.store import StoreError, webhook_endpoints
 from hearth.store.crypto import (
     ENV_VAR,
     Keyring,
@@ -346,6 +346,7 @@ class CredentialStore:
             with self.db.session() as s:
                 left = select(func.count()).where(Credential.key_id != fresh.key_id)
                 remaining = s.scalars(left).one()
+                remaining += webhook_endpoints.sealed_elsewhere(s, fresh.key_id)
             final = staged if remaining else Keyring.from_key(fresh)
             if not (from_env or remaining):
                 save_key_file(path, final)
@@ -354,7 +355,8 @@ class CredentialStore:
         return RotationReport(fresh.key_id, rewrapped, dropped, remaining)
 
     def _rewrap_all(self, keyring: Keyring) -> int:
-        """Re-wrap, in one transaction, each data key not yet under the current key.
+        """Re-wrap, in one transaction, each data key not yet under the current key: the
+        credentials' and the webhook endpoints' secrets' (hearth.store.webhook_endpoints).
 
         A row rewritten by a concurrent put since it was read is left alone (the version
         guard): that put sealed it afresh, and the caller counts what is left over.
@@ -380,4 +382,5 @@ class CredentialStore:
                     .execution_options(synchronize_session=False)
                 )
                 rewrapped += done.rowcount
+            rewrapped += webhook_endpoints.rewrap_secrets(s, keyring)
         return rewrapped

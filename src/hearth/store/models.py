@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -249,3 +250,84 @@ class EgressConnection(Base):
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_seconds: Mapped[float | None] = mapped_column(Float)  # None while open
     key: Mapped[str] = mapped_column(String(32), unique=True)  # the proxy's name for it
+
+
+class WebhookEndpoint(Base):
+    """Where the app wants events posted (hearth.core.webhooks), and which events.
+
+    The signing secret is sealed like a credential (hearth.store.crypto), under associated
+    data naming the endpoint; it is shown once, when the endpoint is made.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[str] = mapped_column(Text)  # a JSON list of event types
+    description: Mapped[str] = mapped_column(String(256), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookEvent(Base):
+    """Something the app is told about, written with the change it tells of: the outbox.
+
+    `body` is the JSON document every endpoint receives, byte for byte (it is what is signed).
+    """
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"  # due at next_attempt_at (or being attempted, until then)
+    delivered = "delivered"  # the endpoint answered 2xx
+    failed = "failed"  # no 2xx within the retry window: no more attempts
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint; its id is the `webhook-id` every attempt carries, so a
+    receiver can drop a delivery it has already processed."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next attempt is due; while an attempt runs, when its claim lapses (a worker
+    # that died mid-attempt leaves the delivery due again then).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: when, how long, and what came of it (never the body)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None: no answer
+    error: Mapped[str | None] = mapped_column(Text)  # None: delivered

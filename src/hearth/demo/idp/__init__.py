@@ -2,7 +2,7 @@
 with an HTML login form, run by Hearth's demo and test fixtures as its own host, so a
 browser VM can sign the demo CLI in the way it signs real CLIs in.
 
-Run it with `python -m hearth.demo_idp`; build it with create_app, or run it on a thread
+Run it with `python -m hearth.demo.idp`; build it with create_app, or run it on a thread
 with serve_in_thread.
 """
 

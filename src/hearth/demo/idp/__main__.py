@@ -1,4 +1,4 @@
-"""`python -m hearth.demo_idp`: run the demo identity provider until SIGTERM or SIGINT.
+"""`python -m hearth.demo.idp`: run the demo identity provider until SIGTERM or SIGINT.
 
 The password comes from the environment only, so it is never in argv (visible to every
 user through /proc) nor in the output.
@@ -33,7 +33,7 @@ def _seconds(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m hearth.demo_idp",
+        prog="python -m hearth.demo.idp",
         description=f"Demo OpenID Connect provider. The users' password is read from "
         f"${PASSWORD_ENV}.",
     )
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping.wait()
     server.shutdown()
     thread.join()
-    logging.getLogger("hearth.demo_idp").info("stopped")
+    logging.getLogger("hearth.demo.idp").info("stopped")
     return 0
 
 

@@ -16,7 +16,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from .app import create_app
 from .models import ACCESS_TOKEN_LIFETIME
 
-log = logging.getLogger("hearth.demo_idp")
+log = logging.getLogger("hearth.demo.idp")
 
 POLL_INTERVAL = 0.1  # seconds between serve_forever's checks for shutdown()
 

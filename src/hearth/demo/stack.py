@@ -31,9 +31,9 @@ import httpx
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.demo.sandbox import link, sandbox
 from hearth.net.namespace import nsenter
 from hearth.net.topology import VmNetwork
-from hearth.sandbox import link, sandbox
 from hearth.waiting import wait_for
 
 IDP_LINK = ipaddress.IPv4Network("203.0.113.128/30")
@@ -130,7 +130,7 @@ def stack(
                     *nsenter(idp_ns),
                     sys.executable,
                     "-m",
-                    "hearth.demo_idp",
+                    "hearth.demo.idp",
                     "--host",
                     "0.0.0.0",
                     "--port",

@@ -40,7 +40,7 @@ from .models import (
     User,
 )
 
-log = logging.getLogger("hearth.demo_idp")
+log = logging.getLogger("hearth.demo.idp")
 
 PAGE = """<!doctype html>
 <html lang="en">
