@@ -13,6 +13,11 @@ from hearth.store.db import Database
 from tests.packages import PREFIX, STRICT_ENV, missing
 from tests.postgres_server import PostgresServer, find_bindir, scratch_database
 
+# The warm pool boots browser VMs in the background of every controller that serves the API:
+# tests that are not about it (and the controllers they start) run without one; the pool's
+# tests turn it on in their own settings.
+os.environ.setdefault("HEARTH_POOL_BROWSER", "0")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):

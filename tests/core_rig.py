@@ -42,6 +42,7 @@ from hearth.core.runtime import Controller
 from hearth.core.vms import VmManager
 from hearth.demo_idp import RunningIdp, serve_in_thread
 from hearth.guest.fileio import write_atomic
+from hearth.guest.firefox import BLANK_TITLE
 from hearth.providers import demo
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, references, running_pid
 from hearth.waiting import wait_for
@@ -51,6 +52,7 @@ AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.serv
 USER = "ada@example.test"
 SNAPSHOT = "snapshot.json"
 FIREFOX_TITLE = "Sign in \u2014 Mozilla Firefox"
+BLANK_WINDOW_TITLE = f"{BLANK_TITLE} \u2014 Mozilla Firefox"
 EXEC_TIMEOUT = 10.0
 
 
@@ -188,9 +190,18 @@ class AgentProcessDriver:
 
     @staticmethod
     def _title(spec: MachineSpec) -> Path:
+        """The window title: the warm blank page's while that was the last URL sent (the
+        pool's warm Firefox), else the sign-in page's."""
         script = spec.workdir / "firefox-title"
         if not script.exists():
-            script.write_text(f"#!/bin/sh\necho '{FIREFOX_TITLE}'\n")
+            opened = spec.workdir / "opened-urls"
+            script.write_text(
+                "#!/bin/sh\n"
+                f'case "$(tail -n 1 {opened} 2>/dev/null)" in\n'
+                f"  file:*) echo '{BLANK_WINDOW_TITLE}' ;;\n"
+                f"  *) echo '{FIREFOX_TITLE}' ;;\n"
+                "esac\n"
+            )
             script.chmod(0o755)
         return script
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     session_ttl: float = 900.0  # seconds an auth session may take before it expires
     demo_issuer: str = ""  # the demo identity provider's issuer URL, as VMs reach it
 
+    # Warm pool: browser VMs booted, Firefox painted, then hibernated ahead of sign-ins
+    pool_browser: int = Field(default=2, ge=0)  # VMs kept warm; 0 turns the pool off
+    pool_max_age: float = Field(default=6 * 3600.0, gt=0)  # seconds before one is replaced
+    pool_boot_interval: float = Field(default=30.0, ge=0)  # seconds at least between boots
+
     # Users' CLI VMs
     cli_image: str = "cli"
     idle_hibernate: float = 30 * 60.0  # seconds unused before a CLI VM is snapshotted

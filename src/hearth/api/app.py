@@ -42,9 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(reconcile, ctl.vms)
         await asyncio.to_thread(ctl.sessions.recover)
         await asyncio.to_thread(ctl.prompts.recover)
+        await asyncio.to_thread(ctl.pool.recover)
         egress = runtime.egress(ctl)
         await egress.start()
         stop = threading.Event()
+        ctl.pool.start(stop)
         every(SESSION_SWEEP_SECONDS, ctl.sessions.expire_due, stop)
         every(idle_sweep_seconds(settings), ctl.cli_vms.sweep, stop)
         app.state.controller = ctl

@@ -10,6 +10,7 @@ from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
+from hearth.core.warm_pool import WarmPool
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
 from hearth.store.crypto import Keyring
@@ -27,6 +28,7 @@ class Controller:
     sessions: AuthSessions
     cli_vms: CliVms
     prompts: Prompts
+    pool: WarmPool
 
 
 def open_database(settings: Settings) -> Database:
@@ -52,9 +54,10 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     db = vms.db
     credentials = CredentialStore(db, Keyring.from_settings(settings))
     cli_vms = CliVms(settings, vms, credentials)
-    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
+    pool = WarmPool(settings, vms)
+    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in, pool=pool)
     return Controller(
-        settings, db, vms, credentials, sessions, cli_vms, Prompts(settings, db, cli_vms)
+        settings, db, vms, credentials, sessions, cli_vms, Prompts(settings, db, cli_vms), pool
     )
 
 

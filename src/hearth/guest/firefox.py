@@ -8,7 +8,10 @@ a private D-Bus session bus. There is no window manager on the VNC display, so t
 moved and sized with xdotool once it maps.
 
 Under software emulation Firefox needs about a minute to paint its first page: nothing here
-waits for that. `status()` reports, and the controller polls until `ready`.
+waits for that. `status()` reports, and the controller polls until `ready`. A warm pool's VM
+(hearth.core.warm_pool) starts Firefox ahead of any login on the blank page (BLANK_PAGE,
+titled BLANK_TITLE, which `ready` does not count as a sign-in page); the login then hands it
+the sign-in page through the remoting, skipping the start and the first paint.
 
 Tests on hosts without X replace the commands: HEARTH_OPEN_URL_COMMAND (run with the URL
 appended, instead of Firefox) and HEARTH_WINDOW_TITLE_COMMAND (prints the window title).
@@ -44,6 +47,9 @@ WINDOW_POLL = 0.5
 STOP_WAIT = 10.0
 # Titles of a window that has not painted a page yet.
 BARE_TITLES = frozenset({"", "Mozilla Firefox", "Mozilla Firefox ESR", "Firefox", "Firefox ESR"})
+# The warm blank page: its title says Firefox has painted, and is no sign-in page.
+BLANK_TITLE = "Hearth: ready"
+BLANK_PAGE = f"<!doctype html><meta charset=utf-8><title>{BLANK_TITLE}</title>\n"
 TITLE_PROBE = ("xdotool", "search", "--onlyvisible", "--class", "firefox", "getwindowname")
 
 
@@ -75,8 +81,14 @@ def window_title(env: dict[str, str]) -> str | None:
 
 
 def is_ready(title: str | None) -> bool:
-    """A page has painted its title: the window shows more than the browser's own name."""
-    return title is not None and title.strip() not in BARE_TITLES
+    """A page has painted its title: the window shows more than the browser's own name, and
+    more than the warm blank page."""
+    return title is not None and title.strip() not in BARE_TITLES and not blank_painted(title)
+
+
+def blank_painted(title: str | None) -> bool:
+    """The warm blank page shows: Firefox has started and painted, ahead of any login."""
+    return title is not None and title.strip().startswith(BLANK_TITLE)
 
 
 class Firefox:
