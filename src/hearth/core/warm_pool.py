@@ -55,11 +55,16 @@ class WarmPool:
     def take(self) -> str | None:
         """Claim a warm VM for a sign-in (the oldest current one); its id, still hibernated,
         or None when the pool has none. The refiller then boots its replacement."""
-        self._wake.set()
-        for vm in self._members(WARM):
-            if vm.state == VmState.hibernated and not self._stale(vm) and self._claim(vm.id):
-                return vm.id
-        return None
+        taken = next(
+            (
+                vm.id
+                for vm in self._members(WARM)
+                if vm.state == VmState.hibernated and not self._stale(vm) and self._claim(vm.id)
+            ),
+            None,
+        )
+        self._wake.set()  # after the claim, so that the refiller counts it gone
+        return taken
 
     def wake(self, vm_id: str) -> Vm:
         """Resume a taken VM until its agent answers with the guest's clock set; VmError when
@@ -115,6 +120,8 @@ class WarmPool:
         dropped = [vm.id for vm in self._members(WARM) if self._stale(vm) and self._claim(vm.id)]
         for vm_id in dropped:
             self.vms.destroy(vm_id)
+        if dropped:
+            self._wake.set()
         return dropped
 
     def recover(self) -> list[str]:
