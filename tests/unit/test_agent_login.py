@@ -9,6 +9,7 @@ a recorder (HEARTH_OPEN_URL_COMMAND), its window title by a script.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import secrets
 import stat
@@ -107,13 +108,17 @@ class LoginAgent(RunningAgent):
         recorder = tmp_path / "open-url"
         recorder.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> {self.opened}\n')
         recorder.chmod(0o755)
-        title = tmp_path / "title"  # the sign-in page's, or the warm blank page's (file:)
+        # The sign-in page's title, or the warm blank page's (a file: URL) until that page
+        # forwards, as Firefox would follow it.
+        title = tmp_path / "title"
         title.write_text(
             "#!/bin/sh\n"
-            f'case "$(tail -n 1 {self.opened} 2>/dev/null)" in\n'
-            f"  file:*) echo '{BLANK_TITLE} \u2014 Mozilla Firefox' ;;\n"
-            "  *) echo 'Sign in to Provider \u2014 Mozilla Firefox' ;;\n"
+            f'last="$(tail -n 1 {self.opened} 2>/dev/null)"\n'
+            'case "$last" in\n'
+            """  file://*) grep -q 'http-equiv="refresh"' "${last#file://}" || """
+            f"{{ echo '{BLANK_TITLE} \u2014 Mozilla Firefox'; exit; }} ;;\n"
             "esac\n"
+            "echo 'Sign in to Provider \u2014 Mozilla Firefox'\n"
         )
         title.chmod(0o755)
         self.cli = tmp_path / "fake_cli.py"
@@ -287,13 +292,16 @@ def test_a_warm_firefox_paints_the_blank_page_and_the_next_login_takes_it(
     }
     (blank,) = agent.opened_urls()
     assert blank.startswith("file:") and blank.endswith("/blank.html")
-    assert BLANK_TITLE in Path(urlsplit(blank).path).read_text()
+    page = Path(urlsplit(blank).path)
+    assert BLANK_TITLE in page.read_text() and "location.reload()" in page.read_text()
     assert agent.request("POST", "/warm-browser")[0] == 202  # asked again: the same one
     assert agent.opened_urls() == [blank]
 
     assert agent.request("POST", "/login", {"spec": agent.spec()})[0] == 202
     status = agent.wait_status(lambda s: s["firefox"]["ready"], "the sign-in page")
-    assert agent.opened_urls() == [blank, status["url"]]  # into the warm Firefox
+    # The warm Firefox's own tab goes on to the sign-in page: no second Firefox is started.
+    assert agent.opened_urls() == [blank]
+    assert f'content="0; url={html.escape(status["url"])}"' in page.read_text()
     # The login's Firefox is its own now: none is kept warm beside it.
     code, _, body = agent.request("POST", "/warm-browser")
     assert code == 409 and "a login has started" in body["error"]

@@ -13,7 +13,8 @@ The pool's VMs are rows with `pool` set ("warming" while prepared, "warm" once h
 so the pool outlives the controller: the reconciler adopts hibernated VMs with their
 snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
 thread keeps `pool_browser` VMs, starting boots no closer together than
-`pool_boot_interval` seconds (a burst of sign-ins does not start a boot storm), and replaces
+`pool_boot_interval` seconds, nor closer than that after a take (a burst of sign-ins does not
+start a boot storm, and a boot does not slow the sign-in that just took a VM), and replaces
 VMs older than `pool_max_age` or booted from an image that has since been rebuilt.
 """
 
@@ -48,7 +49,7 @@ class WarmPool:
         self.image = image
         self.size = settings.pool_browser
         self._wake = threading.Event()
-        self._last_boot: float | None = None  # monotonic seconds of the last pool boot
+        self._last_start: float | None = None  # monotonic seconds of the last boot or take
 
     # -- a session's side ----------------------------------------------------------------
 
@@ -63,6 +64,11 @@ class WarmPool:
             ),
             None,
         )
+        if taken is not None:
+            # A take counts as a boot for the rate limit: the taken VM's sign-in has the CPU
+            # to itself for its first seconds (under emulation a boot beside it slowed its
+            # way to the authorize page from seconds to over a minute).
+            self._last_start = time.monotonic()
         self._wake.set()  # after the claim, so that the refiller counts it gone
         return taken
 
@@ -104,11 +110,11 @@ class WarmPool:
         short = self.size - len(self._members(WARM, WARMING))
         if short <= 0:
             return IDLE_PASS
-        if self._last_boot is not None:
-            due = self._last_boot + self.settings.pool_boot_interval - time.monotonic()
+        if self._last_start is not None:
+            due = self._last_start + self.settings.pool_boot_interval - time.monotonic()
             if due > 0:
                 return due
-        self._last_boot = time.monotonic()
+        self._last_start = time.monotonic()
         vm_id = self._boot()
         threading.Thread(
             target=self._prepare, args=(vm_id,), daemon=True, name=f"warm-{vm_id}"

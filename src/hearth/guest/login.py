@@ -656,7 +656,6 @@ class WarmFirefox:
         self.page = run_dir / "blank.html"
         self.error: str | None = None
         self._log = log
-        self.page.write_text(firefox.BLANK_PAGE)
         threading.Thread(target=self._start, name="warm-firefox", daemon=True).start()
 
     def _start(self) -> None:
@@ -667,7 +666,7 @@ class WarmFirefox:
                 return
             time.sleep(firefox.WINDOW_POLL)
         try:
-            self.firefox.open(self.page.as_uri())
+            self.firefox.open_blank(self.page)
         except OSError as e:
             self.error = f"cannot open Firefox: {e.strerror or e}"
         except RuntimeError:  # closed meanwhile: a login began before the display was up
