@@ -50,12 +50,12 @@ STOP_WAIT = 10.0
 # Titles of a window that has not painted a page yet.
 BARE_TITLES = frozenset({"", "Mozilla Firefox", "Mozilla Firefox ESR", "Firefox", "Firefox ESR"})
 # The warm blank page: its title says Firefox has painted, and is no sign-in page. It reloads
-# itself every quarter second, so that rewritten to forward (FORWARD_PAGE) it sends this tab to
+# itself every half second, so that rewritten to forward (FORWARD_PAGE) it sends this tab to
 # the sign-in page with no second Firefox process started for the remoting.
 BLANK_TITLE = "Hearth: ready"
 BLANK_PAGE = (
     f"<!doctype html><meta charset=utf-8><title>{BLANK_TITLE}</title>"
-    "<script>setTimeout(() => location.reload(), 250)</script>\n"
+    "<script>setTimeout(() => location.reload(), 500)</script>\n"
 )
 FORWARD_PAGE = (
     '<!doctype html><meta charset=utf-8><meta http-equiv="refresh" content="0; url={url}">'
