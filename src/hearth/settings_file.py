@@ -57,6 +57,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "metrics_listen",
         "shutdown_grace",
     ),
+    "pool": ("pool_browser", "pool_max_age", "pool_boot_interval"),
     "cli_vms": ("cli_image", "idle_hibernate", "idle_destroy", "prompt_timeout"),
     "webhooks": (
         "webhook_timeout",

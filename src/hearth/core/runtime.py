@@ -10,6 +10,7 @@ from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
+from hearth.core.warm_pool import WarmPool
 from hearth.core.webhooks import WebhookWorker
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
@@ -30,6 +31,7 @@ class Controller:
     cli_vms: CliVms
     prompts: Prompts
     webhooks: WebhookEndpoints
+    pool: WarmPool
 
 
 def open_database(settings: Settings) -> Database:
@@ -56,10 +58,11 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     keyring = Keyring.from_settings(settings)
     credentials = CredentialStore(db, keyring)
     cli_vms = CliVms(settings, vms, credentials)
-    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in)
+    pool = WarmPool(settings, vms)
+    sessions = AuthSessions(settings, db, vms, credentials, on_stored=cli_vms.signed_in, pool=pool)
     prompts = Prompts(settings, db, cli_vms)
     webhooks = WebhookEndpoints(db, keyring)
-    return Controller(settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks)
+    return Controller(settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks, pool)
 
 
 def start_webhooks(ctl: Controller) -> WebhookWorker:
