@@ -1,13 +1,17 @@
-"""Sign-in timings per provider: start to the sign-in page painted, approve to completed.
+"""Sign-in timings per provider, cold and pooled: start to the sign-in page painted, approve
+to completed.
 
 Seconds from `POST /api/auth/start` to the session turning `awaiting_user` (the agent says so
 once the browser VM's Firefox has painted the provider's page), and from the approving Enter
 typed in Chromium through the live view to the session `completed`; and the controller's RSS.
+Each provider runs twice: on a controller without a warm pool (every browser VM booted cold)
+and on one with a pool of one (hearth.core.warm_pool), each run waiting first for the pool's
+VM to be warm, so that it measures a take, not a refill; then the ratio of the medians.
 
 The real CLIs sign in to their providers' stand-ins on the egress rig (tests/egress_rig.py);
-the demo CLI to the demo IdP on the demo stack (hearth.demo.stack), as the rig has no demo
-IdP. Both run in namespaces they create, with cold browser VMs. Run as root from the
-repository root, so that `tests` imports as a package:
+the demo CLI to the demo IdP on the demo stack (hearth.demo.stack), as the rig has no demo IdP. Both
+run in namespaces they create. Run as root from the repository root, so that `tests` imports
+as a package:
     python -m bench.auth_start --providers demo,codex --runs 3
 """
 
@@ -29,13 +33,17 @@ from playwright.sync_api import Error as PlaywrightError
 from bench.harness import rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.vms import VmManager
+from hearth.core.warm_pool import WARM
 from hearth.demo.stack import stack
+from hearth.store.models import Vm, VmState
 from hearth.waiting import Timeout, wait_for
 from tests.e2e.browser_user import END_STATES, live_view
 from tests.e2e.conftest import IMAGES
 from tests.egress_rig import rig
 
 PROVIDERS = ("demo", "claude_code", "codex", "gemini_cli")
+POOL_WAIT = 600  # seconds for the pool's VM to boot, paint Firefox and hibernate
 
 
 @dataclass
@@ -47,16 +55,18 @@ class Controller:
 
 
 @contextlib.contextmanager
-def controller(provider: str, images: Path, tmp: Path) -> Iterator[Controller]:
-    """A controller that can sign `provider` in, until the block ends."""
+def controller(provider: str, images: Path, tmp: Path, pool: int) -> Iterator[Controller]:
+    """A controller that can sign `provider` in, with a warm pool of `pool` browser VMs,
+    until the block ends."""
+    env = {"HEARTH_POOL_BROWSER": str(pool)}
     if provider == "demo":
         home = tmp / "home"
         home.mkdir()
         (home / "images").symlink_to(images)
-        with stack(Settings(home=home)) as s:
+        with stack(Settings(home=home), controller_env=env) as s:
             yield Controller(s.api, s.controller_pid, s.settings, (s.user, s.password))
         return
-    with rig(tmp, images=images, browsers=True, standins=True, trust_ca=True) as r:
+    with rig(tmp, images=images, browsers=True, standins=True, trust_ca=True, **env) as r:
         try:
             yield Controller(r.api, r.controller_pid, r.settings, ())  # Enter approves
         finally:
@@ -108,31 +118,54 @@ def median(seconds: list[float]) -> float | None:
     return round(statistics.median(seconds), 1) if seconds else None
 
 
-def bench(provider: str, runs: int, images: Path) -> dict:
-    """`runs` sign-ins one after another on one controller, each with a cold browser VM."""
+def bench(provider: str, runs: int, images: Path, pooled: bool) -> dict:
+    """`runs` sign-ins one after another on one controller, each with a cold browser VM, or
+    (`pooled`) each with a warm one from its pool."""
     painted, approved, failures, rss = [], [], [], []
     with (
         tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as tmp,
-        controller(provider, images, Path(tmp)) as c,
+        controller(provider, images, Path(tmp), pool=1 if pooled else 0) as c,
     ):
         vms = runtime.vm_manager(c.settings)
         for run in range(runs):
             try:
+                if pooled:
+                    wait_for(lambda: warm_vms(vms), POOL_WAIT, "a warm pool VM", interval=1)
                 page_s, approve_s = timed_sign_in(c, f"bench-{run}", provider)
                 painted.append(page_s)
                 approved.append(approve_s)
             except (SignInFailed, Timeout, PlaywrightError) as e:
                 failures.append(f"run {run}: {str(e).splitlines()[0]}")
             rss.append(rss_mib(c.pid))
-            wait_for(lambda: vms.list() == [], 300, "the browser VM to go")
+            wait_for(lambda: session_vms(vms) == [], 300, "the browser VM to go")
     return {
-        "provider": provider,
         "runs": runs,
         "ok": len(approved),
         "failures": failures,
         "median_start_to_page_s": median(painted),
         "median_approve_to_completed_s": median(approved),
         "controller_rss_mib_max": round(max(rss), 1),
+    }
+
+
+def warm_vms(vms: VmManager) -> list[Vm]:
+    return [vm for vm in vms.list() if vm.pool == WARM and vm.state == VmState.hibernated]
+
+
+def session_vms(vms: VmManager) -> list[Vm]:
+    """The VMs sign-ins hold (the pool's own are not theirs)."""
+    return [vm for vm in vms.list() if vm.pool is None]
+
+
+def cold_and_pooled(provider: str, runs: int, images: Path) -> dict:
+    cold = bench(provider, runs, images, pooled=False)
+    pooled = bench(provider, runs, images, pooled=True)
+    cold_s, pooled_s = cold["median_start_to_page_s"], pooled["median_start_to_page_s"]
+    return {
+        "provider": provider,
+        "cold": cold,
+        "pooled": pooled,
+        "cold_to_pooled_ratio": round(cold_s / pooled_s, 1) if cold_s and pooled_s else None,
     }
 
 
@@ -152,19 +185,22 @@ def main() -> None:
         parser.error(f"unknown providers: {', '.join(sorted(unknown))}")
 
     for provider in chosen:
-        figures = bench(provider, args.runs, args.images_dir.resolve())
+        figures = cold_and_pooled(provider, args.runs, args.images_dir.resolve())
         if args.json:
             print(json.dumps(figures), flush=True)
             continue
-        print(
-            f"{provider}: start -> sign-in page {figures['median_start_to_page_s']} s, "
-            f"approve -> completed {figures['median_approve_to_completed_s']} s "
-            f"(medians, {figures['ok']}/{args.runs} runs); controller RSS up to "
-            f"{figures['controller_rss_mib_max']} MiB",
-            flush=True,
-        )
-        for failure in figures["failures"]:
-            print(f"  failed: {failure}")
+        print(f"{provider}: cold / pooled = {figures['cold_to_pooled_ratio']}", flush=True)
+        for mode in ("cold", "pooled"):
+            f = figures[mode]
+            print(
+                f"  {mode}: start -> sign-in page {f['median_start_to_page_s']} s, "
+                f"approve -> completed {f['median_approve_to_completed_s']} s "
+                f"(medians, {f['ok']}/{args.runs} runs); controller RSS up to "
+                f"{f['controller_rss_mib_max']} MiB",
+                flush=True,
+            )
+            for failure in f["failures"]:
+                print(f"    failed: {failure}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from tests.postgres_server import PostgresServer, find_bindir, scratch_database
 # The tests' settings are their own: never a configuration file of this machine's
 # (/etc/hearth/hearth.toml). Processes the tests start inherit it.
 os.environ["HEARTH_CONFIG"] = os.devnull
+# The warm pool boots browser VMs in the background of every controller that serves the API:
+# tests that are not about it (and the controllers they start) run without one; the pool's
+# tests turn it on in their own settings.
+os.environ.setdefault("HEARTH_POOL_BROWSER", "0")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,7 @@ from hearth.core.vms import VmManager
 from hearth.demo import provider as demo
 from hearth.demo.idp import RunningIdp, serve_in_thread
 from hearth.guest.fileio import write_atomic
+from hearth.guest.firefox import BLANK_TITLE
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, references, running_pid
 from hearth.waiting import wait_for
 from tests.served import serve_app
@@ -60,6 +62,7 @@ AGENT_UNIT = GUEST_DIR / "files/hearth-boot/etc/systemd/system/hearth-agent.serv
 USER = "ada@example.test"
 SNAPSHOT = "snapshot.json"
 FIREFOX_TITLE = "Sign in \u2014 Mozilla Firefox"
+BLANK_WINDOW_TITLE = f"{BLANK_TITLE} \u2014 Mozilla Firefox"
 EXEC_TIMEOUT = 10.0
 
 
@@ -213,9 +216,18 @@ class AgentProcessDriver:
 
     @staticmethod
     def _title(spec: MachineSpec) -> Path:
+        """The window title: the warm blank page's while that was the last URL sent (the
+        pool's warm Firefox), else the sign-in page's."""
         script = spec.workdir / "firefox-title"
         if not script.exists():
-            script.write_text(f"#!/bin/sh\necho '{FIREFOX_TITLE}'\n")
+            opened = spec.workdir / "opened-urls"
+            script.write_text(
+                "#!/bin/sh\n"
+                f'case "$(tail -n 1 {opened} 2>/dev/null)" in\n'
+                f"  file:*) echo '{BLANK_WINDOW_TITLE}' ;;\n"
+                f"  *) echo '{FIREFOX_TITLE}' ;;\n"
+                "esac\n"
+            )
             script.chmod(0o755)
         return script
 
@@ -329,6 +341,8 @@ def build_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: objec
     try:
         yield rig
     finally:
+        # Sign-ins a test left running end as at a controller's stop, their threads joined.
+        controller.sessions.stop(time.monotonic() + 30)
         for vm in rig.vms.list():
             rig.vms.destroy(vm.id)
         for pid in rig.vm_processes():  # what a test (or a regression) left without a record

@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     shutdown_grace: float = 30.0
     """Seconds a stopping controller lets running prompts finish before it cancels them."""
 
+    # Warm pool: browser VMs booted, Firefox painted, then hibernated ahead of sign-ins
+    pool_browser: int = Field(default=2, ge=0)
+    """Browser VMs kept warm for sign-ins; 0 turns the pool off."""
+    pool_max_age: float = Field(default=6 * 3600.0, gt=0)
+    """Seconds before a warm VM is replaced by a fresh one."""
+    pool_boot_interval: float = Field(default=30.0, ge=0)
+    """Seconds at least between the starts of two pool boots (no boot storm after a burst)."""
+
     # Users' CLI VMs
     cli_image: str = "cli"
     """The image users' CLI VMs boot from."""

@@ -5,6 +5,7 @@ the real CLI (exit code, JSON, the table)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -62,7 +63,33 @@ def closed_port() -> Iterator[int]:
 
 @pytest.fixture
 def resolver(tmp_path: Path) -> Iterator[str]:
-    """A real DNS server (dnsmasq) on a loopback port, answering from its own records only."""
+    """A real DNS server (dnsmasq) on a loopback port, answering from its own records only.
+    It listens on UDP and TCP: a port found free for UDP may be taken for TCP by a test
+    running alongside, so a dnsmasq that exits at once is started again on another port."""
+    for _ in range(5):
+        port, proc = _start_dnsmasq(tmp_path)
+
+        wait_for(functools.partial(_answers_or_exited, port, proc), 20, "dnsmasq to answer")
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail(f"dnsmasq did not start on 5 free ports (last exit {proc.returncode})")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers_or_exited(port: int, proc: subprocess.Popen) -> bool:
+    query = dns.message.make_query("doctor.example.test", "A")
+    try:
+        return bool(dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5).answer)
+    except dns.exception.Timeout:
+        return proc.poll() is not None
+
+
+def _start_dnsmasq(tmp_path: Path) -> tuple[int, subprocess.Popen]:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -82,21 +109,7 @@ def resolver(tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-    def answers() -> bool:
-        query = dns.message.make_query("doctor.example.test", "A")
-        try:
-            return bool(dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5).answer)
-        except dns.exception.Timeout:
-            return proc.poll() is not None
-
-    try:
-        wait_for(answers, 20, "dnsmasq to answer")
-        assert proc.poll() is None, f"dnsmasq exited with {proc.returncode}"
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return port, proc
 
 
 # -- the master key ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ a recorder (HEARTH_OPEN_URL_COMMAND), its window title by a script.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import secrets
 import stat
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from hearth.core.agent_client import AgentClient, AgentRequestError
+from hearth.guest.firefox import BLANK_TITLE
 from hearth.guest.login import SCREEN_CHARS, Transcript, last_screen, redact
 from hearth.guest.seed import write_seed
 from hearth.waiting import wait_for
@@ -106,8 +108,18 @@ class LoginAgent(RunningAgent):
         recorder = tmp_path / "open-url"
         recorder.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> {self.opened}\n')
         recorder.chmod(0o755)
+        # The sign-in page's title, or the warm blank page's (a file: URL) until that page
+        # forwards, as Firefox would follow it.
         title = tmp_path / "title"
-        title.write_text("#!/bin/sh\necho 'Sign in to Provider \u2014 Mozilla Firefox'\n")
+        title.write_text(
+            "#!/bin/sh\n"
+            f'last="$(tail -n 1 {self.opened} 2>/dev/null)"\n'
+            'case "$last" in\n'
+            """  file://*) grep -q 'http-equiv="refresh"' "${last#file://}" || """
+            f"{{ echo '{BLANK_TITLE} \u2014 Mozilla Firefox'; exit; }} ;;\n"
+            "esac\n"
+            "echo 'Sign in to Provider \u2014 Mozilla Firefox'\n"
+        )
         title.chmod(0o755)
         self.cli = tmp_path / "fake_cli.py"
         self.cli.write_text(FAKE_CLI)
@@ -255,6 +267,63 @@ def test_the_host_client_drives_a_login(agent: LoginAgent) -> None:
         assert client.open_url("https://provider.test/done").to_json() == {"opened": True}
 
 
+# -- the warm Firefox (the controller's warm pool) ----------------------------------------
+
+
+def test_a_warm_firefox_paints_the_blank_page_and_the_next_login_takes_it(
+    agent: LoginAgent,
+) -> None:
+    code, _, body = agent.request("GET", "/warm-browser")
+    assert (code, body) == (404, {"error": "no Firefox is kept warm"})
+    code, _, warm = agent.request("POST", "/warm-browser")
+    assert code == 202 and warm["error"] is None, warm
+
+    def painted() -> dict[str, Any] | None:
+        code, _, status = agent.request("GET", "/warm-browser")
+        assert code == 200, status
+        return status if status["painted"] else None
+
+    status = wait_for(painted, WAIT, "the blank page to paint")
+    # Painted, and not a sign-in page: the controller never takes it for the authorize page.
+    assert status["firefox"] == {
+        "opened": True,
+        "title": f"{BLANK_TITLE} \u2014 Mozilla Firefox",
+        "ready": False,
+    }
+    (blank,) = agent.opened_urls()
+    assert blank.startswith("file:") and blank.endswith("/blank.html")
+    page = Path(urlsplit(blank).path)
+    assert BLANK_TITLE in page.read_text() and "location.reload()" in page.read_text()
+    assert agent.request("POST", "/warm-browser")[0] == 202  # asked again: the same one
+    assert agent.opened_urls() == [blank]
+
+    assert agent.request("POST", "/login", {"spec": agent.spec()})[0] == 202
+    status = agent.wait_status(lambda s: s["firefox"]["ready"], "the sign-in page")
+    # The warm Firefox's own tab goes on to the sign-in page: no second Firefox is started.
+    assert agent.opened_urls() == [blank]
+    assert f'content="0; url={html.escape(status["url"])}"' in page.read_text()
+    # The login's Firefox is its own now: none is kept warm beside it.
+    code, _, body = agent.request("POST", "/warm-browser")
+    assert code == 409 and "a login has started" in body["error"]
+    assert agent.request("GET", "/warm-browser")[0] == 404
+
+    redirect(status["url"], code=CODE, state="s1")
+    status = agent.wait_status(lambda s: s["exited"], "the login to exit")
+    assert status["success"] is True
+    log = agent.stop()
+    assert "warm Firefox started on the blank page" in log
+    assert "login fake: the warm Firefox will show the sign-in page" in log
+
+
+def test_the_host_client_reads_the_warm_firefox(agent: LoginAgent) -> None:
+    with AgentClient("127.0.0.1", agent.token, port=agent.port) as client:
+        assert client.warm_browser().error is None
+        status = wait_for(
+            lambda: (s := client.warm_browser_status()).painted and s, WAIT, "the paint"
+        )
+        assert status.firefox.opened and not status.firefox.ready
+
+
 # -- logins that fail ---------------------------------------------------------------------
 
 
@@ -351,6 +420,8 @@ def test_a_cancelled_login_ends_and_a_new_one_replaces_it(agent: LoginAgent) -> 
         ("DELETE", "/login"),
         ("GET", "/credentials"),
         ("POST", "/open-url"),
+        ("POST", "/warm-browser"),
+        ("GET", "/warm-browser"),
     ],
 )
 def test_login_routes_need_the_token(agent: LoginAgent, method: str, path: str) -> None:

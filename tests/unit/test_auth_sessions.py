@@ -29,7 +29,7 @@ from sqlalchemy import event, func, select
 
 from hearth import providers
 from hearth.core import machine
-from hearth.core.auth_sessions import TERMINAL, Notifier, Recovery, token_hash
+from hearth.core.auth_sessions import COLD_BOOT, TERMINAL, Notifier, Recovery, token_hash
 from hearth.guest.ports import VNC_PORT
 from hearth.providers import UnknownProviderError
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
@@ -172,7 +172,7 @@ def test_sign_in_runs_the_whole_timeline_stores_the_account_and_destroys_the_vm(
     timeline = sessions.timeline(session.id)
     assert [(e.status, e.detail) for e in timeline] == [
         (AuthSessionStatus.started, None),
-        (AuthSessionStatus.vm_booting, None),
+        (AuthSessionStatus.vm_booting, COLD_BOOT),  # the pool is off here
         (AuthSessionStatus.awaiting_user, None),
         (AuthSessionStatus.completed, f"credentials stored for {USER}"),
     ]

@@ -460,3 +460,14 @@ def test_qemu_caps_its_translation_cache_under_tcg_only(tmp_path):
     assert accel(QemuDriver("tcg")) == f"tcg,thread=multi,tb-size={TB_SIZE_MIB}"
     assert accel(QemuDriver("tcg", tb_size_mib=64)) == "tcg,thread=multi,tb-size=64"
     assert accel(QemuDriver("kvm")) == "kvm"
+
+
+def test_the_warm_pool_boots_only_on_room_nobody_else_holds(tmp_path, monkeypatch):
+    with capacity_rig(tmp_path, monkeypatch, 1, pool_browser=1) as rig:
+        held = rig.vms.create("browser")
+        rig.controller.pool.refill()
+        assert [vm.id for vm in rig.vms.list()] == [held.id]  # no room: the pool yields
+        rig.vms.destroy(held.id)
+        rig.controller.pool.refill()
+        wait_for(lambda: any(vm.pool == "warm" for vm in rig.vms.list()), WAIT, "a warm pool VM")
+        assert running_vms(rig) == 0  # hibernated, it costs nothing

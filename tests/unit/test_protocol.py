@@ -74,6 +74,18 @@ MESSAGES: list[tuple[type, dict[str, Any]]] = [
     ),
     (protocol.ClockAnswer, {"adjusted": False, "epoch": 1700000000.5}),
     (protocol.TrustAnswer, {"certificates": 2, "env": {"SSL_CERT_FILE": "/etc/x.pem"}}),
+    (
+        protocol.WarmBrowser,
+        {
+            "painted": True,
+            "error": None,
+            "firefox": {
+                "opened": True,
+                "title": "Hearth: ready \u2014 Mozilla Firefox",
+                "ready": False,
+            },
+        },
+    ),
 ]
 IDS = [kind.__name__ for kind, _ in MESSAGES]
 

@@ -25,6 +25,7 @@ from hearth.guest.protocol import (
     RunStatus,
     TrustAnswer,
     UrlOpened,
+    WarmBrowser,
     run_event,
 )
 
@@ -147,6 +148,14 @@ class AgentClient:
     def open_url(self, url: str) -> UrlOpened:
         """Show an http(s) URL in the browser VM's Firefox."""
         return UrlOpened.from_json(_body(self._client.post("/open-url", json={"url": url})))
+
+    def warm_browser(self) -> WarmBrowser:
+        """Start Firefox on the blank page ahead of any login (the warm pool); it shows the
+        next login's sign-in page. AgentRequestError 409 once a login has started."""
+        return WarmBrowser.from_json(_body(self._client.post("/warm-browser")))
+
+    def warm_browser_status(self) -> WarmBrowser:
+        return WarmBrowser.from_json(_body(self._client.get("/warm-browser")))
 
     # -- the CLI VM --------------------------------------------------------------------
 

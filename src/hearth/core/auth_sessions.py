@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import select, update
@@ -38,6 +39,9 @@ from hearth.store.db import Database
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, Vm, VmState
 from hearth.waiting import Timeout, wait_for
 
+if TYPE_CHECKING:
+    from hearth.core.warm_pool import WarmPool
+
 TERMINAL = (
     AuthSessionStatus.completed,
     AuthSessionStatus.failed,
@@ -49,6 +53,10 @@ VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server read
 ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
 RESTARTED = "the controller restarted during the sign-in"
 STOPPED = "the controller stopped"
+FROM_POOL = "took a warm browser VM from the pool"
+COLD_BOOT = "booting a cold browser VM"
+POOL_EMPTY = "booting a cold browser VM: the warm pool had none"
+POOL_RESUME_FAILED = "the warm pool VM did not resume ({}): booting a cold browser VM instead"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
 
 
@@ -143,6 +151,7 @@ class AuthSessions:
         credentials: CredentialStore,
         capacity: Capacity,
         on_stored: Callable[[str, str], None] = lambda user_id, provider: None,
+        pool: WarmPool | None = None,
     ):
         self.settings = settings
         self.db = db
@@ -150,6 +159,7 @@ class AuthSessions:
         self.credentials = credentials
         self.capacity = capacity
         self.on_stored = on_stored  # new credentials of (user, provider) were stored
+        self.pool = pool  # warm browser VMs to take before booting one
         self.notifier = Notifier()
         self._intake = threading.RLock()  # a start and stop() do not cross
         self._stopping = False
@@ -405,24 +415,50 @@ class AuthSessions:
         thread.start()
 
     def _run(self, session_id: str, reservation: Reservation) -> None:
-        """Boot the browser VM on the room reserved for it, start the CLI's login in it,
-        and follow it to the end."""
+        """Take a warm browser VM or boot one on the room reserved for it, start the CLI's
+        login in it, and follow it to the end."""
         session = self.get(session_id)
         spec = providers.get(session.provider)
         with self._ending(session_id) as cleanup:
             cleanup.reservation = reservation
-            self._advance(session_id, AuthSessionStatus.vm_booting)
-            # Recorded before it boots, so that a VM whose boot fails is destroyed too.
-            cleanup.vm_id = self.capacity.record(reservation, BROWSER_IMAGE)
-            self.capacity.release(reservation)  # the record counts now
-            self._update(session_id, vm_id=cleanup.vm_id)
-            self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
-            vm = self.vms.get(cleanup.vm_id)
+            vm = self._warm_vm(session_id, cleanup) or self._cold_vm(session_id, cleanup)
             self._check_running(session_id)
             login = spec.to_agent(spec.login_params(self.settings), self.vms.client_env())
             with self.vms.agent(vm) as agent:
                 agent.start_login(login)
             self._follow(session_id, vm)
+
+    def _warm_vm(self, session_id: str, cleanup: _Cleanup) -> Vm | None:
+        """A VM from the warm pool, resumed; None (the pool had none, or it did not resume:
+        the timeline says so, and that VM is gone) for a cold boot."""
+        taken = self.pool.take() if self.pool is not None else None
+        if taken is None:
+            detail = POOL_EMPTY if self.pool is not None and self.pool.size else COLD_BOOT
+            self._advance(session_id, AuthSessionStatus.vm_booting, detail)
+            return None
+        cleanup.vm_id = taken
+        self.capacity.bind(cleanup.reservation, taken)  # it wakes on the session's room
+        self._update(session_id, vm_id=taken)
+        self._advance(session_id, AuthSessionStatus.vm_booting, f"{FROM_POOL} ({taken})")
+        try:
+            vm = self.pool.wake(taken)
+            self.capacity.release(cleanup.reservation)  # it runs, and counts, now
+            return vm
+        except Exception as e:  # noqa: BLE001 - any failure falls back to a cold boot
+            self._destroy_vm(taken)
+            cleanup.vm_id = None
+            self._check_running(session_id)
+            detail = POOL_RESUME_FAILED.format(failure_reason(e))
+            self._transition(session_id, AuthSessionStatus.vm_booting, detail)
+            return None
+
+    def _cold_vm(self, session_id: str, cleanup: _Cleanup) -> Vm:
+        # Recorded before it boots, so that a VM whose boot fails is destroyed too.
+        cleanup.vm_id = self.capacity.record(cleanup.reservation, BROWSER_IMAGE)
+        self.capacity.release(cleanup.reservation)  # the record counts now
+        self._update(session_id, vm_id=cleanup.vm_id)
+        self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
+        return self.vms.get(cleanup.vm_id)
 
     def _follow_adopted(self, session_id: str) -> None:
         """Follow a login an earlier controller started, from wherever it has got to."""

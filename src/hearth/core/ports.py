@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from hearth.guest.protocol import ClockAnswer, LoginStatus, Ready, RunEvent, RunStatus, TrustAnswer
+from hearth.guest.protocol import (
+    ClockAnswer,
+    LoginStatus,
+    Ready,
+    RunEvent,
+    RunStatus,
+    TrustAnswer,
+    WarmBrowser,
+)
 from hearth.store.models import Vm
 
 
@@ -46,6 +54,8 @@ class GuestAgent(AbstractContextManager, Protocol):
     def start_login(self, spec: dict) -> LoginStatus: ...
     def login_status(self) -> LoginStatus: ...
     def credentials(self) -> dict[str, bytes]: ...
+    def warm_browser(self) -> WarmBrowser: ...
+    def warm_browser_status(self) -> WarmBrowser: ...
     def put_credentials(
         self,
         provider: str,

@@ -11,6 +11,7 @@ from hearth.core.cli_vms import CliVms
 from hearth.core.egress import Egress
 from hearth.core.prompts import Prompts
 from hearth.core.vms import VmManager
+from hearth.core.warm_pool import WarmPool
 from hearth.core.webhooks import WebhookWorker
 from hearth.net.topology import VmNetwork
 from hearth.store.credentials import CredentialStore
@@ -31,6 +32,7 @@ class Controller:
     cli_vms: CliVms
     prompts: Prompts
     webhooks: WebhookEndpoints
+    pool: WarmPool
     capacity: Capacity
 
 
@@ -63,11 +65,14 @@ def controller(settings: Settings, vms: VmManager | None = None) -> Controller:
     credentials = CredentialStore(db, keyring)
     capacity = Capacity(settings, vms)
     cli_vms = CliVms(settings, vms, credentials, capacity)
-    sessions = AuthSessions(settings, db, vms, credentials, capacity, on_stored=cli_vms.signed_in)
+    pool = WarmPool(settings, vms, capacity)
+    sessions = AuthSessions(
+        settings, db, vms, credentials, capacity, on_stored=cli_vms.signed_in, pool=pool
+    )
     prompts = Prompts(settings, db, cli_vms)
     webhooks = WebhookEndpoints(db, keyring)
     return Controller(
-        settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks, capacity
+        settings, db, vms, credentials, sessions, cli_vms, prompts, webhooks, pool, capacity
     )
 
 

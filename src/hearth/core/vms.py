@@ -8,6 +8,7 @@ snapshot is whole) with the step and the cause recorded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
@@ -44,6 +45,7 @@ LIVE_STATES = (
     VmState.resuming,
     VmState.stopping,
 )
+MANIFEST = "manifest.json"  # in an image's directory, written last by its build
 # States a plan passes through: the process running it (owner_pid) is the only one to act.
 IN_PROGRESS = (VmState.requested, VmState.booting, VmState.hibernating, VmState.resuming)
 
@@ -167,6 +169,7 @@ class VmManager:
                     agent_token=secrets.token_urlsafe(32),
                     owner_pid=os.getpid(),
                     user_id=user_id,
+                    image_build=image_build(self.settings, image),
                 )
             )
             s.commit()
@@ -310,6 +313,16 @@ class VmManager:
     def _failure(self, vm_id: str, failed: StepFailed) -> VmError:
         console = self.workdir(vm_id) / machine.CONSOLE
         return VmError(f"VM {vm_id}: {failed} (console: {console})")
+
+
+def image_build(settings: Settings, image: str) -> str | None:
+    """Which build of `image` is in place: a digest of its manifest, which every build
+    rewrites (None: not built)."""
+    try:
+        manifest = (settings.images_dir / image / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return None
+    return hashlib.sha256(manifest).hexdigest()[:32]
 
 
 def busy_elsewhere(vm: Vm) -> bool:

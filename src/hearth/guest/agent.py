@@ -384,6 +384,29 @@ def open_url(agent: Agent, request: Request) -> Response:
     return Response(protocol.UrlOpened(True))
 
 
+@route("POST", "/warm-browser")
+def warm_browser(agent: Agent, request: Request) -> Response:
+    """Start Firefox on the blank page for the next login (the warm pool); 409 once a login
+    has started. Its progress is at GET /warm-browser."""
+    try:
+        warm = agent.logins.warm()
+    except login.LoginBusy as e:
+        raise HttpError(HTTPStatus.CONFLICT, str(e)) from None
+    except OSError as e:
+        raise HttpError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot prepare Firefox: {e.strerror or e}"
+        ) from None
+    return Response(warm.status(), HTTPStatus.ACCEPTED)
+
+
+@route("GET", "/warm-browser")
+def warm_browser_status(agent: Agent, request: Request) -> Response:
+    warm = agent.logins.warm_firefox
+    if warm is None:
+        raise HttpError(HTTPStatus.NOT_FOUND, "no Firefox is kept warm")
+    return Response(warm.status())
+
+
 def notify_ready() -> None:
     """Tell systemd the agent listens (Type=notify), so that the units ordered after it
     start only now and leave the CPU to the agent while it starts."""

@@ -8,7 +8,10 @@ a private D-Bus session bus. There is no window manager on the VNC display, so t
 moved and sized with xdotool once it maps.
 
 Under software emulation Firefox needs about a minute to paint its first page: nothing here
-waits for that. `status()` reports, and the controller polls until `ready`.
+waits for that. `status()` reports, and the controller polls until `ready`. A warm pool's VM
+(hearth.core.warm_pool) starts Firefox ahead of any login on the blank page (BLANK_PAGE,
+titled BLANK_TITLE, which `ready` does not count as a sign-in page); the login's sign-in page
+then comes through that page, which forwards to it, skipping the start and the first paint.
 
 Tests on hosts without X replace the commands: HEARTH_OPEN_URL_COMMAND (run with the URL
 appended, instead of Firefox) and HEARTH_WINDOW_TITLE_COMMAND (prints the window title).
@@ -17,6 +20,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import html
 import os
 import shlex
 import shutil
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import processes, protocol
+    from . import fileio, processes, protocol
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import fileio
     import processes
     import protocol
 
@@ -44,6 +49,18 @@ WINDOW_POLL = 0.5
 STOP_WAIT = 10.0
 # Titles of a window that has not painted a page yet.
 BARE_TITLES = frozenset({"", "Mozilla Firefox", "Mozilla Firefox ESR", "Firefox", "Firefox ESR"})
+# The warm blank page: its title says Firefox has painted, and is no sign-in page. It reloads
+# itself every half second, so that rewritten to forward (FORWARD_PAGE) it sends this tab to
+# the sign-in page with no second Firefox process started for the remoting.
+BLANK_TITLE = "Hearth: ready"
+BLANK_PAGE = (
+    f"<!doctype html><meta charset=utf-8><title>{BLANK_TITLE}</title>"
+    "<script>setTimeout(() => location.reload(), 500)</script>\n"
+)
+FORWARD_PAGE = (
+    '<!doctype html><meta charset=utf-8><meta http-equiv="refresh" content="0; url={url}">'
+    f"<title>{BLANK_TITLE}</title>\n"
+)
 TITLE_PROBE = ("xdotool", "search", "--onlyvisible", "--class", "firefox", "getwindowname")
 
 
@@ -75,8 +92,14 @@ def window_title(env: dict[str, str]) -> str | None:
 
 
 def is_ready(title: str | None) -> bool:
-    """A page has painted its title: the window shows more than the browser's own name."""
-    return title is not None and title.strip() not in BARE_TITLES
+    """A page has painted its title: the window shows more than the browser's own name, and
+    more than the warm blank page."""
+    return title is not None and title.strip() not in BARE_TITLES and not blank_painted(title)
+
+
+def blank_painted(title: str | None) -> bool:
+    """The warm blank page shows: Firefox has started and painted, ahead of any login."""
+    return title is not None and title.strip().startswith(BLANK_TITLE)
 
 
 class Firefox:
@@ -92,6 +115,7 @@ class Firefox:
             "MOZ_CRASHREPORTER_DISABLE": "1",
         }
         self.opened = False
+        self._blank: Path | None = None  # the blank page shown, until it forwards
         self._process: subprocess.Popen[bytes] | None = None
         self._bus: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
@@ -104,13 +128,26 @@ class Firefox:
         number = self.env["DISPLAY"].lstrip(":").split(".")[0]
         return Path(X11_SOCKETS, f"X{number}").exists()
 
+    def open_blank(self, page: Path) -> None:
+        """Start Firefox on the blank page at `page` (written here); the next open() sends
+        that tab on by rewriting the page."""
+        fileio.write_atomic(page, BLANK_PAGE.encode(), 0o644)
+        self.open(page.as_uri())
+        self._blank = page
+
     def open(self, url: str) -> None:
-        """Show `url`: start Firefox on it, or hand it to the instance already running."""
+        """Show `url`: forward the blank page to it, start Firefox on it, or hand it to the
+        instance already running."""
         override = os.environ.get(OPEN_COMMAND_ENV)
         with self._lock:
             if self._closed.is_set():
                 raise RuntimeError("this Firefox has been closed")
             running = self._process is not None and self._process.poll() is None
+            if self._blank is not None and (override or running):
+                forward = FORWARD_PAGE.format(url=html.escape(url, quote=True))
+                fileio.write_atomic(self._blank, forward.encode(), 0o644)
+                self._blank = None
+                return
             if override or (running and self._bus is not None):
                 # The test's recorder, or Firefox's remoting into the running instance (a new
                 # tab): either ends at once; reap it.

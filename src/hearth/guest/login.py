@@ -298,13 +298,22 @@ class LoginSpec:
 class LoginSession:
     """One run of a provider's login command, from start to exit."""
 
-    def __init__(self, spec: LoginSpec, home: Path, run_dir: Path, log: Callable[[str], None]):
+    def __init__(
+        self,
+        spec: LoginSpec,
+        home: Path,
+        run_dir: Path,
+        log: Callable[[str], None],
+        browser: firefox.Firefox | None = None,
+    ):
+        """`browser`: a Firefox already running on the warm blank page, for the sign-in page;
+        without one, the login starts its own."""
         self.spec = spec
         self.home = home
         self.run_dir = run_dir
         self.url_file = run_dir / "login" / "browser-urls"
         self.wrapper = run_dir / "browser"
-        self.firefox = firefox.Firefox(run_dir / f"firefox-{secrets.token_hex(6)}", home)
+        self.firefox = browser or firefox.Firefox(_profile(run_dir), home)
         self.transcript = Transcript()
         self._log = log
         self._lock = threading.Lock()
@@ -632,8 +641,46 @@ class LoginSession:
         return files
 
 
+def _profile(run_dir: Path) -> Path:
+    """A fresh Firefox profile directory's path: no cookies carry over between logins."""
+    return run_dir / f"firefox-{secrets.token_hex(6)}"
+
+
+class WarmFirefox:
+    """Firefox started before any login on the blank page, for the next login's sign-in page
+    (the controller's warm pool). It starts once the display is up, and has shown nothing
+    but the blank page when a login takes it."""
+
+    def __init__(self, run_dir: Path, home: Path, log: Callable[[str], None]) -> None:
+        self.firefox = firefox.Firefox(_profile(run_dir), home)
+        self.page = run_dir / "blank.html"
+        self.error: str | None = None
+        self._log = log
+        threading.Thread(target=self._start, name="warm-firefox", daemon=True).start()
+
+    def _start(self) -> None:
+        deadline = time.monotonic() + firefox.WINDOW_WAIT
+        while not self.firefox.display_ready():
+            if time.monotonic() > deadline:
+                self.error = "the display did not come up"
+                return
+            time.sleep(firefox.WINDOW_POLL)
+        try:
+            self.firefox.open_blank(self.page)
+        except OSError as e:
+            self.error = f"cannot open Firefox: {e.strerror or e}"
+        except RuntimeError:  # closed meanwhile: a login began before the display was up
+            return
+        self._log("warm Firefox started on the blank page")
+
+    def status(self) -> protocol.WarmBrowser:
+        status = self.firefox.status()
+        return protocol.WarmBrowser(firefox.blank_painted(status.title), self.error, status)
+
+
 class LoginManager:
-    """The agent's one login at a time, and the Firefox that /open-url uses without one."""
+    """The agent's one login at a time, the Firefox that /open-url uses without one, and the
+    warm Firefox the next login takes."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.home = cli_home()
@@ -642,6 +689,7 @@ class LoginManager:
         self._lock = threading.Lock()
         self._session: LoginSession | None = None
         self._browser: firefox.Firefox | None = None
+        self._warm: WarmFirefox | None = None
 
     @property
     def session(self) -> LoginSession | None:
@@ -655,14 +703,36 @@ class LoginManager:
             if self._session is not None and not self._session.finished:
                 raise LoginBusy(f"the {self._session.spec.name} login is still running")
             self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            warm = self._warm.firefox if self._warm is not None else None
+            if warm is not None and not warm.opened:  # still waiting for the display
+                warm.close()
+                warm = None
             for old in (self._session.firefox if self._session else None, self._browser):
                 if old is not None:
                     old.close()
-            self._browser = None
-            session = LoginSession(spec, self.home, self.run_dir, self._log)
+            self._browser = self._warm = None
+            session = LoginSession(spec, self.home, self.run_dir, self._log, browser=warm)
             session.start()
+            if warm is not None:
+                session.log("the warm Firefox will show the sign-in page")
             self._session = session
             return session
+
+    def warm(self) -> WarmFirefox:
+        """Start Firefox on the blank page for the next login (once; again returns the same);
+        LoginBusy once a login has started, as its Firefox is the login's own."""
+        with self._lock:
+            if self._session is not None:
+                raise LoginBusy("a login has started: no Firefox is kept warm for another")
+            if self._warm is None:
+                self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._warm = WarmFirefox(self.run_dir, self.home, self._log)
+            return self._warm
+
+    @property
+    def warm_firefox(self) -> WarmFirefox | None:
+        with self._lock:
+            return self._warm
 
     def open_url(self, url: str) -> None:
         """Show `url` in the login's Firefox, or in one of its own when no login ran yet."""
@@ -672,7 +742,6 @@ class LoginManager:
             else:
                 if self._browser is None:
                     self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    profile = self.run_dir / f"firefox-{secrets.token_hex(6)}"
-                    self._browser = firefox.Firefox(profile, self.home)
+                    self._browser = firefox.Firefox(_profile(self.run_dir), self.home)
                 browser = self._browser
         browser.open(url)

@@ -238,6 +238,31 @@ class UrlOpened:
         return cls(_bool(_object(data, what := "open-url answer"), what, "opened"))
 
 
+@dataclass(frozen=True)
+class WarmBrowser:
+    """POST and GET /warm-browser: Firefox started ahead of any login on the blank page, for
+    the next login's sign-in page (the controller's warm pool). `painted` once the blank page
+    shows; `error` when Firefox could not start."""
+
+    painted: bool
+    error: str | None
+    firefox: FirefoxStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {"painted": self.painted, "error": self.error, "firefox": self.firefox.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> WarmBrowser:
+        d = _object(data, what := "warm browser answer")
+        if not isinstance(d.get("firefox"), dict):
+            raise _wrong(what, "firefox", "a JSON object", d)
+        return cls(
+            _bool(d, what, "painted"),
+            _str(d, what, "error", optional=True),
+            FirefoxStatus.from_json(d["firefox"]),
+        )
+
+
 # --- credential custody (the CLI VM) -----------------------------------------------------
 
 

@@ -93,6 +93,12 @@ class Vm(Base):
     # decides when it hibernates and when it goes.
     user_id: Mapped[str | None] = mapped_column(String(128), index=True)
     last_active_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The image's build the VM booted from (hearth.core.vms.image_build): a rebuilt image's
+    # warm pool VMs are replaced.
+    image_build: Mapped[str | None] = mapped_column(String(64))
+    # A warm pool VM (hearth.core.warm_pool): "warming" while prepared, "warm" once it waits
+    # for a sign-in; None for every other VM, and for a pool VM once a session took it.
+    pool: Mapped[str | None] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 

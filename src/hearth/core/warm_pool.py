@@ -1,0 +1,217 @@
+"""The warm pool: browser VMs prepared ahead of sign-ins, so that a sign-in skips the boot
+and Firefox's first paint (under emulation about 50 s of its wait).
+
+A pool VM is booted on its own, as a cold one is (its own address, TAP, agent token and VNC
+password: one snapshot is never restored into several VMs), Firefox is started and painted
+on the blank page (the agent's /warm-browser), and the VM is then hibernated to its snapshot.
+Hibernated rather than paused, as measured on this host (2 cores, TCG, 1 GiB guests, other
+work beside it): a paused VM (QMP stop) holds its QEMU's whole RSS, 1.9-2.0 GiB (guest memory
+and the translation cache), and its take (cont, clock) takes 0.2-0.4 s; a hibernated one holds
+no memory, a 630-660 MiB snapshot on disk, and its take (restore until the agent answers, clock)
+2.7-3.9 s. From the take to a page painted in the warm Firefox took 42 s hibernated and 40 s
+paused: Firefox's page load, not the take, sets that pace, so the pool costs disk, not 2 GiB
+of RAM per VM.
+A session takes one (one conditional UPDATE: two sessions never take the same VM), resumes it
+(the resume plan sets the guest's clock), and the login's Firefox shows the authorize page.
+A taken VM is the session's: destroyed at its end like a cold one, never returned.
+
+The pool's VMs are rows with `pool` set ("warming" while prepared, "warm" once hibernated),
+so the pool outlives the controller: the reconciler adopts hibernated VMs with their
+snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
+thread keeps `pool_browser` VMs, starting boots no closer together than
+`pool_boot_interval` seconds, nor closer than that after a take (a burst of sign-ins does not
+start a boot storm, and a boot does not slow the sign-in that just took a VM), and replaces
+VMs older than `pool_max_age` or booted from an image that has since been rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from hearth.config import Settings
+from hearth.core.auth_sessions import BROWSER_IMAGE, browser_seed
+from hearth.core.capacity import Capacity, Reservation
+from hearth.core.failures import reason as failure_reason
+from hearth.core.vms import LIVE_STATES, VmManager, image_build
+from hearth.store.models import Vm, VmState, utcnow
+from hearth.waiting import wait_for
+
+log = logging.getLogger(__name__)
+
+WARMING = "warming"  # being booted and painted
+WARM = "warm"  # hibernated, painted, waiting for a sign-in
+PAINT_TIMEOUT = 300.0  # seconds for Firefox's first paint under software rendering
+IDLE_PASS = 30.0  # seconds between refill passes with nothing to do (age and image checks)
+
+
+class WarmPool:
+    def __init__(
+        self, settings: Settings, vms: VmManager, capacity: Capacity, image: str = BROWSER_IMAGE
+    ):
+        self.settings = settings
+        self.vms = vms
+        self.capacity = capacity  # a pool VM boots only on room no one else wants
+        self.image = image
+        self.size = settings.pool_browser
+        self._wake = threading.Event()
+        self._last_start: float | None = None  # monotonic seconds of the last boot or take
+
+    # -- a session's side ----------------------------------------------------------------
+
+    def take(self) -> str | None:
+        """Claim a warm VM for a sign-in (the oldest current one); its id, still hibernated,
+        or None when the pool has none. The refiller then boots its replacement."""
+        taken = next(
+            (
+                vm.id
+                for vm in self._members(WARM)
+                if vm.state == VmState.hibernated and not self._stale(vm) and self._claim(vm.id)
+            ),
+            None,
+        )
+        if taken is not None:
+            # A take counts as a boot for the rate limit: the taken VM's sign-in has the CPU
+            # to itself for its first seconds (under emulation a boot beside it slowed its
+            # way to the authorize page from seconds to over a minute).
+            self._last_start = time.monotonic()
+        self._wake.set()  # after the claim, so that the refiller counts it gone
+        return taken
+
+    def wake(self, vm_id: str) -> Vm:
+        """Resume a taken VM until its agent answers with the guest's clock set; VmError when
+        it does not (the VM is then the caller's to destroy)."""
+        return self.vms.resume(vm_id)
+
+    # -- keeping it full -------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """The refiller: a daemon thread until `stop` is set."""
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    delay = self.refill()
+                except Exception as e:  # noqa: BLE001 - logged; the next pass tries again
+                    log.warning("warm pool refill failed: %s", failure_reason(e))
+                    delay = IDLE_PASS
+                self._wake.wait(delay)
+                self._wake.clear()
+
+        def wake_on_stop() -> None:
+            stop.wait()
+            self._wake.set()
+
+        threading.Thread(target=wake_on_stop, daemon=True, name="warm-pool-stop").start()
+        thread = threading.Thread(target=loop, daemon=True, name="warm-pool")
+        thread.start()
+        return thread
+
+    def refill(self) -> float:
+        """One pass: replace stale VMs, and start one boot if the pool is short and the rate
+        limit allows; the seconds until the next pass is due."""
+        self.drop_stale()
+        if self.size == 0:
+            return IDLE_PASS
+        short = self.size - len(self._members(WARM, WARMING))
+        if short <= 0:
+            return IDLE_PASS
+        if self._last_start is not None:
+            due = self._last_start + self.settings.pool_boot_interval - time.monotonic()
+            if due > 0:
+                return due
+        reservation = self.capacity.try_reserve(self.image)
+        if reservation is None:  # the pool yields to sign-ins and prompts
+            return IDLE_PASS
+        self._last_start = time.monotonic()
+        vm_id = self._boot(reservation)
+        threading.Thread(
+            target=self._prepare, args=(vm_id,), daemon=True, name=f"warm-{vm_id}"
+        ).start()
+        return self.settings.pool_boot_interval if short > 1 else IDLE_PASS
+
+    def drop_stale(self) -> list[str]:
+        """Destroy warm VMs past the maximum age or from an image since rebuilt; their ids."""
+        dropped = [vm.id for vm in self._members(WARM) if self._stale(vm) and self._claim(vm.id)]
+        for vm_id in dropped:
+            self.vms.destroy(vm_id)
+        if dropped:
+            self._wake.set()
+        return dropped
+
+    def recover(self) -> list[str]:
+        """At start-up, after the reconciler: destroy the pool VMs a dead controller left half
+        prepared, or that the reconciler could not keep hibernated; their ids. The warm ones
+        with their snapshot are the pool still."""
+        gone = [
+            vm.id
+            for vm in self._members(WARM, WARMING)
+            if vm.pool == WARMING or vm.state != VmState.hibernated
+        ]
+        for vm_id in gone:
+            self.vms.update(vm_id, pool=None)
+            self.vms.destroy(vm_id)
+        return gone
+
+    # -- one pool VM -----------------------------------------------------------------------
+
+    def _boot(self, reservation: Reservation) -> str:
+        """Record a new pool VM on the room reserved for it (booted by _prepare); its id.
+        Hibernated, it costs nothing against the capacity; a take wakes it on the session's."""
+        try:
+            vm_id = self.capacity.record(reservation, self.image)
+            self.vms.update(vm_id, pool=WARMING)
+        finally:
+            self.capacity.release(reservation)
+        return vm_id
+
+    def _prepare(self, vm_id: str) -> None:
+        """Boot the VM, paint Firefox's blank page, hibernate it, and offer it; a VM that does
+        not get there is destroyed."""
+        try:
+            self.vms.finish_create(vm_id, seed_extras=browser_seed())
+            with self.vms.agent(self.vms.get(vm_id)) as agent:
+                agent.warm_browser()
+
+                def painted() -> bool:
+                    status = agent.warm_browser_status()
+                    if status.error:
+                        raise RuntimeError(f"the warm Firefox failed: {status.error}")
+                    return status.painted
+
+                wait_for(painted, PAINT_TIMEOUT, "Firefox to paint the blank page", interval=0.5)
+            self.vms.hibernate(vm_id)
+            self.vms.update(vm_id, pool=WARM)
+        except Exception as e:  # noqa: BLE001 - logged; the refiller boots another
+            log.warning("warm pool VM %s was not prepared: %s", vm_id, failure_reason(e))
+            self.vms.update(vm_id, pool=None)
+            self.vms.destroy(vm_id)
+        self._wake.set()
+
+    def _claim(self, vm_id: str) -> bool:
+        """Take a warm VM out of the pool; False when another claim won it first."""
+        with self.vms.db.session() as s:
+            claimed = s.execute(
+                update(Vm).where(Vm.id == vm_id, Vm.pool == WARM).values(pool=None)
+            ).rowcount
+            s.commit()
+        return bool(claimed)
+
+    def _stale(self, vm: Vm) -> bool:
+        too_old = utcnow() - vm.created_at > timedelta(seconds=self.settings.pool_max_age)
+        return too_old or vm.image_build != image_build(self.settings, self.image)
+
+    def _members(self, *marks: str) -> list[Vm]:
+        """The pool's VMs with one of `marks`, oldest first."""
+        with self.vms.db.session() as s:
+            return list(
+                s.scalars(
+                    select(Vm)
+                    .where(Vm.image == self.image, Vm.pool.in_(marks), Vm.state.in_(LIVE_STATES))
+                    .order_by(Vm.created_at, Vm.id)
+                )
+            )

@@ -1,0 +1,93 @@
+"""A demo sign-in that takes a warm pool VM (hearth.core.warm_pool), with real QEMU browser
+VMs on the demo stack: the pool's VM boots, paints Firefox's blank page and hibernates; the
+sign-in resumes it, its Firefox shows the authorize page, and a real Chromium signs in
+through the live view."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.core import runtime
+from hearth.core.auth_sessions import FROM_POOL
+from hearth.core.reconciler import vmm_processes
+from hearth.core.warm_pool import WARM
+from hearth.demo import Stack, stack
+from hearth.store.models import VmState
+from hearth.waiting import wait_for
+from tests.e2e.conftest import IMAGES, needs_image
+from tests.e2e.test_sign_in import ARTIFACTS, wait_status
+
+pytestmark = pytest.mark.vm
+
+WARM_WAIT = 600  # seconds for a pool VM to boot and paint under emulation (about 60 s)
+PAINT_WAIT = 180  # seconds from the start to the authorize page from the pool (see the report)
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Iterator[Stack]:
+    needs_image("browser")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "images").symlink_to(IMAGES)
+    with stack(Settings(home=home), controller_env={"HEARTH_POOL_BROWSER": "1"}) as s:
+        yield s
+    assert vmm_processes(home / "vms") == []
+
+
+def test_a_demo_sign_in_takes_a_warm_pool_vm_and_completes(pooled: Stack):
+    vms = runtime.vm_manager(pooled.settings)
+
+    def warm() -> list:
+        return [vm for vm in vms.list() if vm.pool == WARM and vm.state == VmState.hibernated]
+
+    (pool_vm,) = wait_for(warm, WARM_WAIT, "the pool's VM to be warm", interval=1)
+    assert not vms.vmm_alive(pool_vm) and vms.has_snapshot(pool_vm)
+
+    began = time.monotonic()
+    started = pooled.api.post("/api/auth/start", json={"user_id": "ada", "provider": "demo"})
+    assert started.status_code == 202, started.text
+    session_id, connect_url = started.json()["session_id"], started.json()["connect_url"]
+    wait_status(pooled, session_id, ("awaiting_user",), timeout=PAINT_WAIT)
+    painted = time.monotonic() - began
+    print(f"start -> authorize page painted, from the pool: {painted:.1f} s")
+
+    user = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("browser_user.py")),
+            connect_url,
+            pooled.user,
+            pooled.password,
+            str(ARTIFACTS / "warm-pool"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert user.returncode == 0, user.stderr[-3000:]
+    assert json.loads(user.stdout.splitlines()[-1])["status"].startswith("completed")
+
+    session = wait_status(pooled, session_id, ("completed",), timeout=60)
+    timeline = session["timeline"]
+    assert [e["status"] for e in timeline] == [
+        "started",
+        "vm_booting",
+        "awaiting_user",
+        "completed",
+    ]
+    assert timeline[1]["detail"] == f"{FROM_POOL} ({pool_vm.id})", timeline
+    assert "pool" in timeline[1]["detail"]
+    status = pooled.api.get(f"/api/auth/session/{session_id}/credentials/status").json()
+    assert status["status"] == "ready" and status["account_email"] == pooled.user
+
+    # The VM that served the sign-in is destroyed, never back in the pool.
+    wait_for(lambda: vms.get(pool_vm.id).state == VmState.destroyed, 120, "the served VM to go")
+    assert vms.get(pool_vm.id).pool is None
