@@ -19,7 +19,7 @@ from hearth.core import runtime
 from hearth.core.auth_sessions import FROM_POOL
 from hearth.core.reconciler import vmm_processes
 from hearth.core.warm_pool import WARM
-from hearth.demo import Stack, stack
+from hearth.demo.stack import Stack, stack
 from hearth.store.models import VmState
 from hearth.waiting import wait_for
 from tests.e2e.conftest import IMAGES, needs_image
