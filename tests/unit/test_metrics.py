@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
 
 from hearth import metrics
 from hearth.api.keys import create_key
@@ -34,7 +35,7 @@ from hearth.config import Settings
 from hearth.core.egress import Audit
 from hearth.core.vms import VmError
 from hearth.net.egress.policy import EgressRecord, Verdict
-from hearth.store.models import AuthSessionStatus, VmState
+from hearth.store.models import AuthSessionStatus, EgressConnection, VmState
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, serve_rig
 
@@ -146,9 +147,15 @@ def egress_attempts(rig: Rig) -> None:
     audit(opened)
     audit(EgressRecord("127.0.0.9", "http", 80, datetime.now(UTC), Verdict.allowed, duration=0.1))
     audit(EgressRecord("127.0.0.9", "dns", 53, datetime.now(UTC), Verdict.refused, "not allowed"))
-    time.sleep(0.1)
+    # The first three written before the connection's end is reported: it ends as an update.
+    wait_for(lambda: egress_rows(rig) == 3, 10, "the audit to write the first records")
     audit(replace(opened, duration=1.0, bytes_down=100))
     audit.close()
+
+
+def egress_rows(rig: Rig) -> int:
+    with rig.controller.db.session() as s:
+        return s.scalar(select(func.count()).select_from(EgressConnection))
 
 
 # -- reading a scrape ------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -88,7 +87,8 @@ def vm_booting_detail(rig: Rig, session_id: str) -> list[str]:
 def test_the_pool_fills_with_hibernated_vms_each_its_own_and_painted(tmp_path, monkeypatch):
     with pooled_rig(tmp_path, monkeypatch) as rig:
         warm = wait_warm(rig, 2)
-        time.sleep(0.5)  # a pass more: a full pool boots no more
+        # The refiller's next pass finds the pool full and rests: it booted no more.
+        wait_for(lambda: rig.controller.pool._wake._cond._waiters, WAIT, "the refiller to rest")
         assert len(members(rig, WARM, WARMING)) == 2
         for vm in warm:
             assert rig.vms.has_snapshot(vm) and not rig.vms.vmm_alive(vm)
