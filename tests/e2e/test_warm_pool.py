@@ -5,6 +5,7 @@ through the live view."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.auth_sessions import FROM_POOL
 from hearth.core.reconciler import vmm_processes
-from hearth.core.warm_pool import WARM
+from hearth.core.warm_pool import WARM, WARMING
 from hearth.demo.stack import Stack, stack
 from hearth.store.models import VmState
 from hearth.waiting import wait_for
@@ -31,8 +32,9 @@ WARM_WAIT = 600  # seconds for a pool VM to boot and paint under emulation (abou
 PAINT_WAIT = 180  # seconds from the start to the authorize page from the pool (see the report)
 
 
-@pytest.fixture
-def pooled(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def pool_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The demo stack with a pool of one; on exit nothing of its VMs may be left."""
     needs_image("browser")
     home = tmp_path / "home"
     home.mkdir()
@@ -40,6 +42,25 @@ def pooled(tmp_path: Path) -> Iterator[Stack]:
     with stack(Settings(home=home), controller_env={"HEARTH_POOL_BROWSER": "1"}) as s:
         yield s
     assert vmm_processes(home / "vms") == []
+    vms = runtime.vm_manager(s.settings)
+    assert [vm.id for vm in vms.list()] == []
+    assert vms.pool.leases() == {}
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Iterator[Stack]:
+    with pool_stack(tmp_path) as s:
+        yield s
+
+
+def test_the_stack_stopped_while_a_pool_vm_boots_leaves_no_vm(tmp_path: Path):
+    with pool_stack(tmp_path) as s:
+        vms = runtime.vm_manager(s.settings)
+
+        def booting() -> list:
+            return [vm for vm in vms.list() if vm.pool == WARMING and vms.vmm_alive(vm)]
+
+        wait_for(booting, 120, "the pool's VM to boot", interval=0.2)
 
 
 def test_a_demo_sign_in_takes_a_warm_pool_vm_and_completes(pooled: Stack):

@@ -161,6 +161,15 @@ def stack(
         if session_ttl is not None:
             overrides["HEARTH_SESSION_TTL"] = str(session_ttl)
         env = {**os.environ, **overrides, **(controller_env or {})}
+        # Once the controller has stopped (the exits run last first), not before: a controller
+        # still running would go on booting VMs (the warm pool's) after the removal.
+        exits.callback(
+            subprocess.run,
+            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "vm", "rm", "--all"],
+            env=env,
+            check=False,
+            capture_output=True,
+        )
         controller = exits.enter_context(
             _process(
                 [
@@ -175,13 +184,6 @@ def stack(
                 env,
                 controller_log,
             )
-        )
-        exits.callback(
-            subprocess.run,
-            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "vm", "rm", "--all"],
-            env=env,
-            check=False,
-            capture_output=True,
         )
         exits.enter_context(forward(port, socket_path))
 
