@@ -156,6 +156,8 @@ def stack(
             "HEARTH_EGRESS_HOSTS": json.dumps({IDP_NAME: idp_ip}),
             "HEARTH_EGRESS_ALLOW": json.dumps({"demo": [IDP_NAME]}),
             "HEARTH_DEMO_ISSUER": issuer,
+            # The demo's only provider: its warm pool VMs show its sign-in page ahead.
+            "HEARTH_POOL_PROVIDERS": json.dumps(["demo"]),
             "HEARTH_PUBLIC_URL": f"http://localhost:{port}",
         }
         if session_ttl is not None:
