@@ -181,7 +181,8 @@ class AuthSessions:
             if self._stopping:
                 raise ControllerStopping(
                     "the controller is stopping: no sign-in starts now; start it again once "
-                    "the controller is back"
+                    "the controller is back",
+                    self.settings.shutdown_grace,
                 )
             return self._start(user_id, provider)
 

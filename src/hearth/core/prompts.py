@@ -96,7 +96,8 @@ class Prompts:
             if self._stopping:
                 raise ControllerStopping(
                     "the controller is stopping: no prompt starts now; send it again once "
-                    "the controller is back"
+                    "the controller is back",
+                    self.settings.shutdown_grace,
                 )
             with self.db.session() as s:
                 running = len(self._running(s, user_id))
