@@ -203,7 +203,7 @@ class Prompts:
         output = _Output()
         ended = False  # the outcome is recorded and being told: a close now changes nothing
         try:
-            reservation = self.cli_vms.admit(record.user_id)
+            admission = self.cli_vms.admit(record.user_id)
         except NoCapacity as e:
             self._finish(prompt_id, PromptStatus.failed, error=failure_reason(e))
             with self._guard:
@@ -211,7 +211,7 @@ class Prompts:
             raise
         try:
             yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
-            with self.cli_vms.using(record.user_id, record.provider, reservation) as vm:
+            with self.cli_vms.using(record.user_id, record.provider, admission) as vm:
                 self.db.update(Prompt, prompt_id, vm_id=vm.id)
                 self._live_of(prompt_id).vm_id = vm.id
                 for event in self.cli_vms.run(
@@ -253,7 +253,7 @@ class Prompts:
             self._finish(prompt_id, PromptStatus.failed, error=reason, output=output)
             yield "error", {"reason": reason}
         finally:
-            self.cli_vms.capacity.release(reservation)  # if it never reached using()
+            self.cli_vms.release(admission)  # if it never reached using()
             with self._guard:
                 self._live.pop(prompt_id, None)
 
