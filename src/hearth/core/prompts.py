@@ -102,6 +102,7 @@ class Prompts:
             with self.db.session() as s:
                 running = len(self._running(s, user_id))
                 if running >= self.settings.max_prompts_per_user:
+                    metrics.admission_refused(metrics.TOO_MANY_PROMPTS)
                     raise TooManyPrompts(
                         f"user {user_id!r} runs {running} prompts already, the most at once "
                         f"(max_prompts_per_user): wait for one to end"
@@ -205,6 +206,7 @@ class Prompts:
         try:
             admission = self.cli_vms.admit(record.user_id)
         except NoCapacity as e:
+            metrics.admission_refused(metrics.NO_CLI_VM_ROOM)
             self._finish(prompt_id, PromptStatus.failed, error=failure_reason(e))
             with self._guard:
                 self._live.pop(prompt_id, None)
