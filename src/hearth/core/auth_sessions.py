@@ -602,7 +602,7 @@ class AuthSessions:
         cannot both win (SQLite ignores SELECT ... FOR UPDATE); the one out of the queue is
         tried first, so that the UPDATE that wins also says whether the session was queued."""
 
-        def move(*where) -> bool:
+        def move(s, *where) -> bool:
             moved = s.execute(
                 update(AuthSession)
                 .where(AuthSession.id == session_id, *where)
@@ -612,9 +612,9 @@ class AuthSessions:
 
         with self.db.session() as s:
             left_queue = status != AuthSessionStatus.queued and move(
-                AuthSession.status == AuthSessionStatus.queued
+                s, AuthSession.status == AuthSessionStatus.queued
             )
-            if not (left_queue or move(AuthSession.status.not_in(TERMINAL))):
+            if not (left_queue or move(s, AuthSession.status.not_in(TERMINAL))):
                 return False
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
             webhooks.sign_in_moved(s, session_id)

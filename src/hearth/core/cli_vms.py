@@ -123,7 +123,7 @@ class CliVms:
         """The user's VM held awake if it is, else room for it to boot or resume; pass it to
         using(), and release() it however the prompt ends. NoCapacity when no room can be
         made (see Capacity.reserve)."""
-        with self._lock(user_id):  # not while it hibernates: then it needs room
+        with self._lock(user_id):  # after a hibernation under way: the VM then needs room
             vm = self.vm_of(user_id)
             if vm is not None and vm.state == VmState.ready and self.vms.vmm_alive(vm):
                 self._in_use[vm.id] += 1
