@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Error as PlaywrightError
 
-from bench.harness import rss_mib
+from bench.harness import built_images, rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
@@ -189,9 +189,10 @@ def main() -> None:
     chosen = args.providers.split(",")
     if unknown := set(chosen) - set(PROVIDERS):
         parser.error(f"unknown providers: {', '.join(sorted(unknown))}")
+    images = built_images(parser, args.images_dir, "browser")
 
     for provider in chosen:
-        figures = every_mode(provider, args.runs, args.images_dir.resolve())
+        figures = every_mode(provider, args.runs, images)
         if args.json:
             print(json.dumps(figures), flush=True)
             continue

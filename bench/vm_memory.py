@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
+from bench.harness import built_images, exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
@@ -150,10 +150,11 @@ def main() -> None:
     parser.add_argument("--tb-sizes", default="0,256", help="comma-separated MiB; 0: QEMU's")
     parser.add_argument("--images-dir", type=Path, default=IMAGES)
     args = parser.parse_args()
+    images = built_images(parser, args.images_dir, "browser", "cli")
     exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-memory-") as tmp:
         for size in (int(n) for n in args.tb_sizes.split(",")):
-            print(json.dumps(measure(size, args.images_dir.resolve(), Path(tmp))), flush=True)
+            print(json.dumps(measure(size, images, Path(tmp))), flush=True)
 
 
 if __name__ == "__main__":

@@ -392,7 +392,10 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 ERROR_RESPONSES[503]["headers"] = {
     "Retry-After": {
-        "description": "seconds after which asking again may succeed (beyond capacity)",
+        "description": (
+            "seconds after which asking again may succeed (beyond capacity, or once a "
+            "stopping controller is back)"
+        ),
         "schema": {"type": "integer"},
     }
 }

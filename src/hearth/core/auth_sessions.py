@@ -185,7 +185,8 @@ class AuthSessions:
             if self._stopping:
                 raise ControllerStopping(
                     "the controller is stopping: no sign-in starts now; start it again once "
-                    "the controller is back"
+                    "the controller is back",
+                    self.settings.shutdown_grace,
                 )
             return self._start(user_id, provider)
 
@@ -197,6 +198,7 @@ class AuthSessions:
             ahead = [queued for queued in self._queue() if queued not in superseded]
             reservation = None if ahead else self.capacity.try_reserve(BROWSER_IMAGE)
             if reservation is None and len(ahead) >= self.settings.auth_queue_max:
+                metrics.admission_refused(metrics.QUEUE_FULL)
                 raise NoCapacity(
                     f"no browser VM can be started now and {len(ahead)} sign-ins wait "
                     f"already (the most that may): {self.capacity.usage().describe()}"
@@ -608,19 +610,29 @@ class AuthSessions:
     ) -> bool:
         """Move a session that has not ended to `status`, with its event; False if it had
         ended. One conditional UPDATE decides, so a cancel and the session's own thread
-        cannot both win (SQLite ignores SELECT ... FOR UPDATE)."""
-        with self.db.session() as s:
+        cannot both win (SQLite ignores SELECT ... FOR UPDATE); the one out of the queue is
+        tried first, so that the UPDATE that wins also says whether the session was queued."""
+
+        def move(s, *where) -> bool:
             moved = s.execute(
                 update(AuthSession)
-                .where(AuthSession.id == session_id, AuthSession.status.not_in(TERMINAL))
+                .where(AuthSession.id == session_id, *where)
                 .values(status=status, **fields)
-            ).rowcount
-            if not moved:
+            )
+            return bool(moved.rowcount)
+
+        with self.db.session() as s:
+            left_queue = status != AuthSessionStatus.queued and move(
+                s, AuthSession.status == AuthSessionStatus.queued
+            )
+            if not (left_queue or move(s, AuthSession.status.not_in(TERMINAL))):
                 return False
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
             webhooks.sign_in_moved(s, session_id)
             s.commit()
         self.notifier.bump(session_id)
+        if left_queue:
+            metrics.sign_in_left_queue(self.get(session_id))
         if status in TERMINAL:
             metrics.sign_in_ended(self.get(session_id))
         return True
