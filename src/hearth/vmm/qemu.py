@@ -81,11 +81,16 @@ class QemuDriver:
     programs = ("qemu-system-x86_64",)
 
     def __init__(
-        self, accel: str = "auto", probe_cache: Path | None = None, tb_size_mib: int = TB_SIZE_MIB
+        self,
+        accel: str = "auto",
+        probe_cache: Path | None = None,
+        tb_size_mib: int = TB_SIZE_MIB,
+        free_page_reporting: bool = True,
     ):
         self._accel = accel
         self._probe_cache = probe_cache
         self.tb_size_mib = tb_size_mib  # under TCG; 0: QEMU's own default
+        self.free_page_reporting = free_page_reporting
 
     @property
     def accel(self) -> str:
@@ -163,6 +168,10 @@ class QemuDriver:
             "-qmp",
             f"unix:{self.qmp_socket(spec)},server=on,wait=off",
         ]
+        if self.free_page_reporting:
+            # The guest hands back memory it freed (its virtio_balloon module, 4 MiB blocks
+            # at a time), and QEMU drops it from its RSS: BALLOON_NOTE.
+            argv += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
         if incoming:
             argv += ["-incoming", incoming]
         return argv
