@@ -169,8 +169,9 @@ class QemuDriver:
             f"unix:{self.qmp_socket(spec)},server=on,wait=off",
         ]
         if self.free_page_reporting:
-            # The guest hands back memory it freed (its virtio_balloon module, 4 MiB blocks
-            # at a time), and QEMU drops it from its RSS: BALLOON_NOTE.
+            # The guest reports the memory it frees (in 2 MiB blocks, through the initrd's
+            # virtio_balloon) and QEMU drops it from its RSS: a CLI VM idle after the
+            # Node.js CLIs held 785 MiB with it and 908 without (bench/vm_memory.py).
             argv += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
         if incoming:
             argv += ["-incoming", incoming]
