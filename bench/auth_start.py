@@ -4,9 +4,12 @@ to completed.
 Seconds from `POST /api/auth/start` to the session turning `awaiting_user` (the agent says so
 once the browser VM's Firefox has painted the provider's page), and from the approving Enter
 typed in Chromium through the live view to the session `completed`; and the controller's RSS.
-Each provider runs twice: on a controller without a warm pool (every browser VM booted cold)
-and on one with a pool of one (hearth.core.warm_pool), each run waiting first for the pool's
-VM to be warm, so that it measures a take, not a refill; then the ratio of the medians.
+Each provider runs three times: on a controller without a warm pool (every browser VM booted
+cold), on one with a pool of one (hearth.core.warm_pool) on the blank page ("pooled": the
+login starts once the VM is taken), and on one whose pool VM is prepared for the provider
+("ahead": its login started and its sign-in page shown before it hibernated); each pooled
+run waits first for the pool's VM to be warm, so that it measures a take, not a refill; then
+the ratios of the medians to the cold one.
 
 The real CLIs sign in to their providers' stand-ins on the egress rig (tests/egress_rig.py);
 the demo CLI to the demo IdP on the demo stack (hearth.demo.stack), as the rig has no demo IdP. Both
@@ -30,7 +33,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Error as PlaywrightError
 
-from bench.harness import rss_mib
+from bench.harness import built_images, rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
@@ -43,6 +46,7 @@ from tests.e2e.conftest import IMAGES
 from tests.egress_rig import rig
 
 PROVIDERS = ("demo", "claude_code", "codex", "gemini_cli")
+MODES = ("cold", "pooled", "ahead")  # no pool; a pool on the blank page; sign-in page ahead
 POOL_WAIT = 600  # seconds for the pool's VM to boot, paint Firefox and hibernate
 
 
@@ -55,10 +59,13 @@ class Controller:
 
 
 @contextlib.contextmanager
-def controller(provider: str, images: Path, tmp: Path, pool: int) -> Iterator[Controller]:
-    """A controller that can sign `provider` in, with a warm pool of `pool` browser VMs,
-    until the block ends."""
-    env = {"HEARTH_POOL_BROWSER": str(pool)}
+def controller(provider: str, images: Path, tmp: Path, mode: str) -> Iterator[Controller]:
+    """A controller that can sign `provider` in, with the warm pool of `mode` (MODES), until
+    the block ends."""
+    env = {
+        "HEARTH_POOL_BROWSER": "0" if mode == "cold" else "1",
+        "HEARTH_POOL_PROVIDERS": json.dumps([provider] if mode == "ahead" else []),
+    }
     if provider == "demo":
         home = tmp / "home"
         home.mkdir()
@@ -118,18 +125,18 @@ def median(seconds: list[float]) -> float | None:
     return round(statistics.median(seconds), 1) if seconds else None
 
 
-def bench(provider: str, runs: int, images: Path, pooled: bool) -> dict:
+def bench(provider: str, runs: int, images: Path, mode: str) -> dict:
     """`runs` sign-ins one after another on one controller, each with a cold browser VM, or
-    (`pooled`) each with a warm one from its pool."""
+    each with a warm one from its pool (of `mode`)."""
     painted, approved, failures, rss = [], [], [], []
     with (
         tempfile.TemporaryDirectory(prefix="hearth-bench-auth-") as tmp,
-        controller(provider, images, Path(tmp), pool=1 if pooled else 0) as c,
+        controller(provider, images, Path(tmp), mode) as c,
     ):
         vms = runtime.vm_manager(c.settings)
         for run in range(runs):
             try:
-                if pooled:
+                if mode != "cold":
                     wait_for(lambda: warm_vms(vms), POOL_WAIT, "a warm pool VM", interval=1)
                 page_s, approve_s = timed_sign_in(c, f"bench-{run}", provider)
                 painted.append(page_s)
@@ -157,16 +164,15 @@ def session_vms(vms: VmManager) -> list[Vm]:
     return [vm for vm in vms.list() if vm.pool is None]
 
 
-def cold_and_pooled(provider: str, runs: int, images: Path) -> dict:
-    cold = bench(provider, runs, images, pooled=False)
-    pooled = bench(provider, runs, images, pooled=True)
-    cold_s, pooled_s = cold["median_start_to_page_s"], pooled["median_start_to_page_s"]
-    return {
-        "provider": provider,
-        "cold": cold,
-        "pooled": pooled,
-        "cold_to_pooled_ratio": round(cold_s / pooled_s, 1) if cold_s and pooled_s else None,
-    }
+def every_mode(provider: str, runs: int, images: Path) -> dict:
+    figures: dict = {"provider": provider}
+    for mode in MODES:
+        figures[mode] = bench(provider, runs, images, mode)
+    cold_s = figures["cold"]["median_start_to_page_s"]
+    for mode in MODES[1:]:
+        mode_s = figures[mode]["median_start_to_page_s"]
+        figures[f"cold_to_{mode}_ratio"] = round(cold_s / mode_s, 1) if cold_s and mode_s else None
+    return figures
 
 
 def main() -> None:
@@ -183,14 +189,19 @@ def main() -> None:
     chosen = args.providers.split(",")
     if unknown := set(chosen) - set(PROVIDERS):
         parser.error(f"unknown providers: {', '.join(sorted(unknown))}")
+    images = built_images(parser, args.images_dir, "browser")
 
     for provider in chosen:
-        figures = cold_and_pooled(provider, args.runs, args.images_dir.resolve())
+        figures = every_mode(provider, args.runs, images)
         if args.json:
             print(json.dumps(figures), flush=True)
             continue
-        print(f"{provider}: cold / pooled = {figures['cold_to_pooled_ratio']}", flush=True)
-        for mode in ("cold", "pooled"):
+        print(
+            f"{provider}: cold / pooled = {figures['cold_to_pooled_ratio']}, "
+            f"cold / ahead = {figures['cold_to_ahead_ratio']}",
+            flush=True,
+        )
+        for mode in MODES:
             f = figures[mode]
             print(
                 f"  {mode}: start -> sign-in page {f['median_start_to_page_s']} s, "

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
+from bench.harness import built_images, exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.capacity import Capacity, meminfo_mib
@@ -125,9 +125,10 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=2, help="browser VMs the budget holds")
     parser.add_argument("--images-dir", type=Path, default=IMAGES)
     args = parser.parse_args()
+    images = built_images(parser, args.images_dir, "browser")
     exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-capacity-") as tmp:
-        print(json.dumps(burst(args.vms, args.images_dir.resolve(), Path(tmp))), flush=True)
+        print(json.dumps(burst(args.vms, images, Path(tmp))), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What the benches share: a clean-up that survives a signal, running the measurements again
-inside a namespace and Hearth home of their own, and the figures' summaries.
+"""What the benches share: a clean-up that survives a signal, the images they boot checked
+before anything starts, running the measurements again inside a namespace and Hearth home
+of their own, and the figures' summaries.
 
 The benches are modules of the `bench` package, run from the repository root as
 `python -m bench.NAME` (as root), so that `bench` and `tests` import as packages.
@@ -7,6 +8,7 @@ The benches are modules of the `bench` package, run from the repository root as
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 import __main__
 from hearth.core.vms import VmManager
 from hearth.demo.sandbox import nsenter, sandbox
+from hearth.image.builder import read_manifest
 from hearth.vmm.base import running_pid
 
 INSIDE = "HEARTH_BENCH_INSIDE"  # set in the child that runs inside the bench's namespace
@@ -32,6 +35,20 @@ def exit_on_sigterm() -> None:
     that unwound this stack would run the clean-up under the bench's feet."""
     main_pid = os.getpid()
     signal.signal(signal.SIGTERM, lambda *_: os.getpid() == main_pid and sys.exit(1))
+
+
+def built_images(parser: argparse.ArgumentParser, images_dir: Path, *names: str) -> Path:
+    """`images_dir`, resolved, once it holds a built image of each of `names`; else the bench
+    stops at once (exit 2) naming what is missing, rather than waiting minutes for VMs that
+    cannot boot."""
+    missing = [name for name in names if read_manifest(images_dir / name) is None]
+    if missing:
+        parser.error(
+            f"no built {' or '.join(missing)} image in {images_dir} (no manifest.json there): "
+            f"pass --images-dir DIR (or set HEARTH_TEST_IMAGES) where `hearth image build "
+            f"{missing[0]}` put it"
+        )
+    return images_dir.resolve()
 
 
 def inside_sandbox(images_dir: Path) -> object:

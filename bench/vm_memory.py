@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bench.harness import exit_on_sigterm, seconds_between, vmm_rss_mib
+from bench.harness import built_images, exit_on_sigterm, seconds_between, vmm_rss_mib
 from hearth.config import Settings
 from hearth.core import runtime
 from hearth.core.vms import VmManager
@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--cli-memory", type=int, default=defaults.cli_memory_mib)
     parser.add_argument("--images-dir", type=Path, default=IMAGES)
     args = parser.parse_args()
+    images = built_images(parser, args.images_dir, "browser", "cli")
     exit_on_sigterm()
     reporting = {"on": True, "off": False}
     variants = [
@@ -200,8 +201,7 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="hearth-bench-memory-") as tmp:
         for variant in variants:
-            result = measure(variant, args.images_dir.resolve(), Path(tmp))
-            print(json.dumps(result), flush=True)
+            print(json.dumps(measure(variant, images, Path(tmp))), flush=True)
 
 
 if __name__ == "__main__":

@@ -217,14 +217,17 @@ class AgentProcessDriver:
     @staticmethod
     def _title(spec: MachineSpec) -> Path:
         """The window title: the warm blank page's while that was the last URL sent (the
-        pool's warm Firefox), else the sign-in page's."""
+        pool's warm Firefox) and still is blank, else the sign-in page's (as Firefox follows
+        the blank page once it forwards)."""
         script = spec.workdir / "firefox-title"
         if not script.exists():
             opened = spec.workdir / "opened-urls"
             script.write_text(
                 "#!/bin/sh\n"
-                f'case "$(tail -n 1 {opened} 2>/dev/null)" in\n'
-                f"  file:*) echo '{BLANK_WINDOW_TITLE}' ;;\n"
+                f'last="$(tail -n 1 {opened} 2>/dev/null)"\n'
+                'case "$last" in\n'
+                f'  file:*) grep -qs \'http-equiv="refresh"\' "${{last#file://}}" '
+                f"&& echo '{FIREFOX_TITLE}' || echo '{BLANK_WINDOW_TITLE}' ;;\n"
                 f"  *) echo '{FIREFOX_TITLE}' ;;\n"
                 "esac\n"
             )

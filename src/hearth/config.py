@@ -137,7 +137,9 @@ class Settings(BaseSettings):
 
     # Warm pool: browser VMs booted, Firefox painted, then hibernated ahead of sign-ins
     pool_browser: int = Field(default=2, ge=0)
-    """Browser VMs kept warm for sign-ins; 0 turns the pool off."""
+    """Browser VMs kept warm for sign-ins (for each of pool_providers, when set); 0: none."""
+    pool_providers: list[str] = Field(default_factory=list)
+    """Providers whose sign-in page the pool's VMs show ahead; empty: blank, for any one."""
     pool_max_age: float = Field(default=6 * 3600.0, gt=0)
     """Seconds before a warm VM is replaced by a fresh one."""
     pool_boot_interval: float = Field(default=30.0, ge=0)
@@ -181,10 +183,10 @@ class Settings(BaseSettings):
     def _name_lists(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         return {_provider(p): [names.normalize_pattern(n) for n in v] for p, v in value.items()}
 
-    @field_validator("google_sso")
+    @field_validator("google_sso", "pool_providers")
     @classmethod
     def _providers(cls, value: list[str]) -> list[str]:
-        return [_provider(p) for p in value]
+        return list(dict.fromkeys(_provider(p) for p in value))
 
     @field_validator("egress_hosts")
     @classmethod

@@ -18,6 +18,6 @@ class HearthError(Exception):
     """Something Hearth could not do; the message says what and why."""
 
     http_status: int = 500
-    # Seconds after which asking again may succeed (a 503 beyond capacity): the API sends it
-    # as Retry-After.
+    # Seconds after which asking again may succeed (a 503 beyond capacity, or while the
+    # controller stops): the API sends it as Retry-After.
     retry_after: int | None = None

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from hearth.config import host_port
 from hearth.net import NetworkError
-from hearth.store.models import AuthSession, Prompt, Vm, VmState, utcnow
+from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, Vm, VmState, utcnow
 
 if TYPE_CHECKING:
     from hearth.core.runtime import Controller
@@ -39,6 +39,8 @@ BOOT_BUCKETS = (0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 RESUME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SIGN_IN_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600, 900, 1800)
 PROMPT_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+QUEUE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1800)
+MIB = 1024 * 1024
 
 SIGN_INS = Counter(
     "hearth_sign_ins",
@@ -98,6 +100,21 @@ STEPS_FAILED = Counter(
     ["plan", "step"],
     registry=None,
 )
+QUEUE_SECONDS = Histogram(
+    "hearth_sign_in_queue_seconds",
+    "Seconds a queued sign-in waited, observed as it left the queue, by how it left "
+    "(admitted: it got room for its VM; cancelled, expired, failed)",
+    ["outcome"],
+    buckets=QUEUE_BUCKETS,
+    registry=None,
+)
+REFUSED = Counter(
+    "hearth_admissions_refused",
+    "Work refused for lack of room, by reason (queue_full: a sign-in's 503; "
+    "too_many_prompts: a prompt's 429; no_cli_vm_room: a prompt's 503)",
+    ["reason"],
+    registry=None,
+)
 EVENTS = (
     SIGN_INS,
     SIGN_IN_SECONDS,
@@ -108,6 +125,8 @@ EVENTS = (
     WRITE_BACKS,
     EGRESS,
     STEPS_FAILED,
+    QUEUE_SECONDS,
+    REFUSED,
 )
 
 
@@ -118,6 +137,15 @@ class MetricsListenError(NetworkError):
 VMS = "hearth_vms"
 LEASES_USED = "hearth_ip_leases_used"
 LEASES_FREE = "hearth_ip_leases_free"
+QUEUED = "hearth_sign_ins_queued"
+BUDGET = "hearth_vm_memory_budget_bytes"
+RESERVED = "hearth_vm_memory_reserved_bytes"
+POOL_VMS = "hearth_pool_vms"
+# Why admission refused work (REFUSED's reason label).
+QUEUE_FULL = "queue_full"
+TOO_MANY_PROMPTS = "too_many_prompts"
+NO_CLI_VM_ROOM = "no_cli_vm_room"
+ADMITTED = "admitted"  # how a sign-in left the queue when it got room for its VM
 
 
 # -- the hooks: one call each where the event happens --------------------------------------
@@ -141,6 +169,16 @@ def prompt_ended(prompt: Prompt) -> None:
     PROMPTS.labels(prompt.provider, prompt.status).inc()
     seconds = (prompt.finished_at - prompt.created_at).total_seconds()
     PROMPT_SECONDS.labels(prompt.provider, prompt.status).observe(seconds)
+
+
+def sign_in_left_queue(session: AuthSession) -> None:
+    """A queued sign-in left the queue: admitted (its status is now `started`), or ended."""
+    outcome = ADMITTED if session.status == AuthSessionStatus.started else session.status
+    QUEUE_SECONDS.labels(outcome).observe((utcnow() - session.created_at).total_seconds())
+
+
+def admission_refused(reason: str) -> None:
+    REFUSED.labels(reason).inc()
 
 
 def credentials_written_back(provider: str) -> None:
@@ -167,8 +205,10 @@ def reset() -> None:
 
 
 class ControllerState:
-    """Gauges of what the controller's database says now: VMs by state and image (the
-    destroyed left out), and the VM subnet's addresses leased and free."""
+    """Gauges of what the controller says now: VMs by state and image (the destroyed left
+    out), the VM subnet's addresses leased and free, the sign-ins queued, the VMs' memory
+    budget and what running VMs and reservations take of it, and the warm pool's VMs by
+    mark."""
 
     def __init__(self, ctl: Controller):
         self.ctl = ctl
@@ -178,20 +218,36 @@ class ControllerState:
         yield from self.families()
 
     def collect(self) -> Iterator[Metric]:
-        vms, used, free = self.families()
+        # Here, not above: the pool's module imports the sign-ins', which records metrics.
+        from hearth.core.warm_pool import WARM, WARMING
+
+        vms, used, free, queued, budget, reserved, pool_vms = families = self.families()
         query = (
             select(Vm.state, Vm.image, func.count())
             .where(Vm.state != VmState.destroyed)
             .group_by(Vm.state, Vm.image)
         )
+        queue = select(func.count()).where(AuthSession.status == AuthSessionStatus.queued)
+        marks = (
+            select(Vm.pool, func.count())
+            .where(Vm.pool.is_not(None), Vm.state != VmState.destroyed)
+            .group_by(Vm.pool)
+        )
         with self.ctl.db.session() as s:
             for state, image, count in s.execute(query):
                 vms.add_metric([state, image], count)
-        pool = self.ctl.vms.pool
-        leased = len(pool.leases())
+            queued.add_metric([], s.scalar(queue))
+            by_mark = dict(s.execute(marks).all())
+        for mark in (WARM, WARMING):
+            pool_vms.add_metric([mark], by_mark.get(mark, 0))
+        addresses = self.ctl.vms.pool
+        leased = len(addresses.leases())
         used.add_metric([], leased)
-        free.add_metric([], len(pool.candidates()) - leased)
-        return iter((vms, used, free))
+        free.add_metric([], len(addresses.candidates()) - leased)
+        usage = self.ctl.capacity.usage()
+        budget.add_metric([], usage.budget_mib * MIB)
+        reserved.add_metric([], usage.memory_mib * MIB)
+        return iter(families)
 
     @staticmethod
     def families() -> tuple[GaugeMetricFamily, ...]:
@@ -199,6 +255,13 @@ class ControllerState:
             GaugeMetricFamily(VMS, "VMs by state and image", labels=["state", "image"]),
             GaugeMetricFamily(LEASES_USED, "Addresses of the VM subnet leased to VMs"),
             GaugeMetricFamily(LEASES_FREE, "Addresses of the VM subnet free to lease"),
+            GaugeMetricFamily(QUEUED, "Sign-ins waiting in the queue for room for their VM"),
+            GaugeMetricFamily(BUDGET, "The memory running VMs may take (vm_memory_budget_mib)"),
+            GaugeMetricFamily(
+                RESERVED,
+                "The memory running VMs take (guest and VMM) and admitted ones hold reserved",
+            ),
+            GaugeMetricFamily(POOL_VMS, "The warm pool's VMs by mark", labels=["mark"]),
         )
 
 

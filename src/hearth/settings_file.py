@@ -61,7 +61,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "metrics_listen",
         "shutdown_grace",
     ),
-    "pool": ("pool_browser", "pool_max_age", "pool_boot_interval"),
+    "pool": ("pool_browser", "pool_providers", "pool_max_age", "pool_boot_interval"),
     "cli_vms": ("cli_image", "idle_hibernate", "idle_destroy", "prompt_timeout"),
     "capacity": ("vm_memory_budget_mib", "max_vms", "auth_queue_max", "max_prompts_per_user"),
     "webhooks": (

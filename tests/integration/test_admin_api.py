@@ -110,6 +110,27 @@ def test_vms_are_listed_shown_with_their_console_and_destroyed(client: TestClien
     assert client.get("/api/admin/vms/ffffffffffff", headers=admin).status_code == 404
 
 
+def test_a_warm_pool_vm_is_listed_with_its_mark_and_provider(client: TestClient, admin):
+    ctl = client.app.state.controller
+    with ctl.db.session() as s:
+        s.add(
+            Vm(
+                id="0123456789cd",
+                image="browser",
+                vmm="qemu",
+                tap="hth0123456789c",
+                netns="",
+                agent_token="never-shown",
+                state=VmState.hibernated,
+                pool="warm",
+                pool_provider="demo",
+            )
+        )
+        s.commit()
+    (listed,) = client.get("/api/admin/vms", headers=admin).json()["vms"]
+    assert (listed["pool"], listed["pool_provider"], listed["user_id"]) == ("warm", "demo", None)
+
+
 def test_sessions_are_listed_filtered_and_cancelled(client: TestClient, admin):
     ctl = client.app.state.controller
     with ctl.db.session() as s:

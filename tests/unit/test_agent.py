@@ -364,6 +364,33 @@ def test_the_token_never_appears_in_the_output(agent: RunningAgent) -> None:
     assert all(line.startswith("hearth-agent: ") for line in output.splitlines())
 
 
+def test_a_polled_status_is_logged_once_per_change_and_other_requests_each_time(
+    agent: RunningAgent,
+) -> None:
+    for _ in range(5):
+        assert agent.request("GET", "/ready")[0] == 200
+    assert agent.request("GET", "/ready", token="wrong")[0] == 401
+    assert agent.request("GET", "/ready")[0] == 200
+    for _ in range(3):
+        assert agent.request("GET", "/login")[0] == 404  # no login started
+        assert agent.request("GET", "/warm-browser")[0] == 404  # no Firefox kept warm
+        assert agent.request("GET", "/health")[0] == 200
+    lines = agent.stop().splitlines()
+    repeats = "(polled: logged again when its status changes)"
+    assert [line for line in lines if " /ready " in line] == [
+        f"hearth-agent: GET /ready 200 {repeats}",
+        f"hearth-agent: GET /ready 401 {repeats}",
+        f"hearth-agent: GET /ready 200 {repeats}",
+    ]
+    assert [line for line in lines if " /login " in line] == [
+        f"hearth-agent: GET /login 404 {repeats}"
+    ]
+    assert [line for line in lines if " /warm-browser " in line] == [
+        f"hearth-agent: GET /warm-browser 404 {repeats}"
+    ]
+    assert lines.count("hearth-agent: GET /health 200") == 3  # not polled: each one
+
+
 def test_a_missing_seed_is_reported_and_the_agent_exits(tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -9,7 +9,8 @@ the queue moving when one completes and when one is cancelled; a full queue's 50
 Retry-After; a queued session that expires, is cancelled or superseded; a restart that
 recounts the live VMs and keeps the queue; a prompt that cannot have a VM (503) and one too
 many for a user (429); the idle CLI VM used longest hibernated to make room, for a prompt and
-for a sign-in; and hibernated VMs costing nothing.
+for a sign-in, never one in use nor one admitted for a prompt that has yet to use it; and
+hibernated VMs costing nothing.
 """
 
 from __future__ import annotations
@@ -466,6 +467,39 @@ def test_a_vms_cost_follows_its_images_guest_memory(tmp_path, monkeypatch):
         browser, cli = rig.vms.create("browser"), rig.vms.create(rig.settings.cli_image)
         assert capacity.usage().memory_mib == 768 + 384 + 2 * UNMEASURED_VMM_MIB
         assert [machine_spec(rig.settings, vm).memory_mib for vm in (browser, cli)] == [768, 384]
+
+
+def test_a_cli_vm_admitted_for_a_prompt_is_not_hibernated_before_the_prompt_uses_it(
+    tmp_path, monkeypatch
+):
+    """The race, stepped through: ua's prompt is admitted on its awake VM (no room of its
+    own) and has said `connected`; ub's prompt then wants room. Taking ua's VM for it would
+    leave ua's prompt no room to wake it again: an error event after `connected`."""
+    with capacity_rig(tmp_path, monkeypatch, 1) as rig:
+        prompts = rig.controller.prompts
+        for user in ("ua", "ub"):  # one after another: room for one VM
+            sign_in(rig, user)
+        first = prompts.create("ua", "demo", "hello")
+        assert list(prompts.stream(first.id))[-1][1]["status"] == "completed"
+        ua_vm = rig.controller.cli_vms.vm_of("ua")  # awake, idle, filling the budget
+
+        ua_events = prompts.stream(prompts.create("ua", "demo", "hello again").id)
+        assert next(ua_events)[0] == "connected"  # admitted: its VM is awake
+        ub_prompt = prompts.create("ub", "demo", "hello")
+        with pytest.raises(NoCapacity, match="no cli VM can be started now"):
+            next(prompts.stream(ub_prompt.id))
+        assert rig.vms.get(ua_vm.id).state == VmState.ready
+        assert prompts.get(ub_prompt.id).status == PromptStatus.failed
+
+        events = list(ua_events)
+        assert [kind for kind, _ in events if kind != "output"] == ["done"], events
+        assert events[-1][1]["status"] == "completed"
+        assert rig.controller.cli_vms.vm_of("ua").id == ua_vm.id
+
+        # Once ua's prompt has ended its VM is idle again, and makes room for ub's.
+        again = prompts.create("ub", "demo", "hello")
+        assert list(prompts.stream(again.id))[-1][1]["status"] == "completed"
+        assert rig.vms.get(ua_vm.id).state == VmState.hibernated
 
 
 def test_qemu_caps_its_translation_cache_under_tcg_only(tmp_path):

@@ -29,6 +29,7 @@ from hearth import sd_notify
 from hearth.api.keys import create_key
 from hearth.core.auth_sessions import STOPPED, Recovery
 from hearth.core.reconciler import reconcile
+from hearth.core.stopping import RESTART_SECONDS
 from hearth.store.models import AuthSessionStatus, PromptStatus, VmState
 from hearth.waiting import wait_for
 from tests.core_rig import Rig
@@ -117,7 +118,8 @@ def events_until(lines: Iterator[str], wanted: str) -> list[tuple[str, dict]]:
 
 
 def new_work_refused(api: httpx.Client, user_id: str) -> None:
-    """While it stops, the controller answers, but takes no new prompt or sign-in."""
+    """While it stops, the controller answers, but takes no new prompt or sign-in, and says
+    when to ask again: after the grace period (30 s by default) and a restart."""
     for path, body in (
         ("/api/prompts", {"user_id": user_id, "provider": PROVIDER, "prompt": "hello"}),
         ("/api/auth/start", {"user_id": "someone-new", "provider": PROVIDER}),
@@ -125,6 +127,7 @@ def new_work_refused(api: httpx.Client, user_id: str) -> None:
         answer = api.post(path, json=body)
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"].startswith("the controller is stopping")
+        assert answer.headers["Retry-After"] == str(30 + RESTART_SECONDS)
 
 
 def test_a_prompt_running_at_sigterm_finishes_and_the_next_start_adopts_its_vm(

@@ -7,7 +7,10 @@ Covered: after a completed and a denied sign-in, prompts through the API (the fi
 the user's CLI VM, the second writes refreshed credentials back, the third resumes the VM
 from hibernation), a create whose boot step fails and egress records through the real
 audit writer, every metric says so, and the VM and lease gauges say what the database
-says; /metrics refuses a request without a key (401) and an app key (403); the
+says; on a controller with room for one VM and a warm pool of one, the queue's gauge and
+histogram (admitted and cancelled), the admissions refused (a full queue, a prompt without
+room, one too many prompts), the memory budget and what is reserved of it, and the pool's
+VMs by mark; /metrics refuses a request without a key (401) and an app key (403); the
 metrics_listen listener serves the same without a key; the Grafana dashboard and the
 README use exactly the metric names there are.
 """
@@ -38,6 +41,8 @@ from hearth.net.egress.policy import EgressRecord, Verdict
 from hearth.store.models import AuthSessionStatus, EgressConnection, VmState
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, serve_rig
+from tests.unit.test_capacity import VM_MIB, capacity_rig
+from tests.unit.test_cli_vms import sign_in as stored_sign_in
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana-hearth.json"
@@ -238,6 +243,80 @@ def test_a_scrape_counts_what_the_controller_did_and_shows_the_databases_state(s
     after = scrape(served.call("GET", "/metrics", role="admin").text)
     assert value(after, "hearth_vms", state="failed", image="cli") is None
     assert value(after, "hearth_ip_leases_used") == leased - 1
+
+
+def test_the_queue_refusals_memory_and_pool_are_measured(tmp_path, monkeypatch):
+    metrics.reset()
+    with (
+        capacity_rig(
+            tmp_path,
+            monkeypatch,
+            1,
+            auth_queue_max=1,
+            max_prompts_per_user=1,
+            pool_browser=1,
+            pool_boot_interval=3600.0,  # one pool VM, not refilled once taken
+        ) as rig,
+        serve_rig(rig) as url,
+    ):
+        keys = {role: create_key(rig.controller.db, role) for role in ("app", "admin")}
+        api = Served(rig, url, "", keys)
+        mib = 1024 * 1024
+
+        def now() -> dict:
+            return scrape(api.call("GET", "/metrics", role="admin").text)
+
+        def started(user_id: str) -> httpx.Response:
+            return api.call(
+                "POST", "/api/auth/start", json={"user_id": user_id, "provider": PROVIDER}
+            )
+
+        wait_for(lambda: [vm for vm in rig.vms.list() if vm.pool == "warm"], WAIT, "a warm pool VM")
+        warm = now()
+        assert value(warm, "hearth_pool_vms", mark="warm") == 1
+        assert value(warm, "hearth_pool_vms", mark="warming") == 0
+        assert (
+            value(warm, "hearth_vm_memory_budget_bytes") == rig.controller.capacity.budget_mib * mib
+        )
+        assert value(warm, "hearth_vm_memory_reserved_bytes") == 0  # hibernated, it costs nothing
+        assert value(warm, "hearth_sign_ins_queued") == 0
+
+        stored_sign_in(rig, "ua")  # on the warm VM, never queued
+        holder = started("ub").json()  # holds the only room
+        wait_session(api, holder["session_id"], AuthSessionStatus.awaiting_user)
+        queued = started("uc").json()
+        assert queued["status"] == "queued"
+        assert started("ud").status_code == 503  # the queue is full
+        body = {"user_id": "ua", "provider": PROVIDER, "prompt": "hello"}
+        assert api.call("POST", "/api/prompts", json=body).status_code == 503  # no room
+
+        full = now()
+        assert value(full, "hearth_sign_ins_queued") == 1
+        assert value(full, "hearth_vm_memory_reserved_bytes") == VM_MIB * mib
+        assert value(full, "hearth_pool_vms", mark="warm") == 0
+        assert value(full, "hearth_admissions_refused_total", reason="queue_full") == 1
+        assert value(full, "hearth_admissions_refused_total", reason="no_cli_vm_room") == 1
+        assert value(full, "hearth_sign_in_queue_seconds_count", outcome="admitted") is None
+
+        api.call("POST", f"/api/auth/session/{queued['session_id']}/cancel")
+        admitted = started("ue").json()
+        assert admitted["status"] == "queued"
+        api.call("POST", f"/api/auth/session/{holder['session_id']}/cancel")
+        wait_session(api, admitted["session_id"], AuthSessionStatus.awaiting_user)
+        api.call("POST", f"/api/auth/session/{admitted['session_id']}/cancel")
+        wait_for(lambda: rig.controller.capacity.usage().vms == 0, WAIT, "the browser VMs' end")
+
+        running = rig.controller.prompts.create("ua", PROVIDER, "hello")
+        assert api.call("POST", "/api/prompts", json=body).status_code == 429
+        assert list(rig.controller.prompts.stream(running.id))[-1][1]["status"] == "completed"
+
+        after = now()
+        assert value(after, "hearth_sign_ins_queued") == 0
+        for outcome in ("admitted", "cancelled"):
+            assert value(after, "hearth_sign_in_queue_seconds_count", outcome=outcome) == 1
+            assert 0 < value(after, "hearth_sign_in_queue_seconds_sum", outcome=outcome) < WAIT
+        assert value(after, "hearth_admissions_refused_total", reason="too_many_prompts") == 1
+        assert value(after, "hearth_vm_memory_reserved_bytes") == VM_MIB * mib  # ua's CLI VM
 
 
 def test_metrics_need_an_admin_key(served):

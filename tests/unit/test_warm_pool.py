@@ -11,7 +11,9 @@ tested on the agent (tests/unit/test_agent_login.py) and in a real VM (tests/e2e
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +23,18 @@ from pathlib import Path
 import pytest
 
 from hearth.core import machine, runtime
-from hearth.core.auth_sessions import FROM_POOL, POOL_EMPTY, VNC_PASSWORD
+from hearth.core.auth_sessions import (
+    FROM_POOL,
+    LOGIN_AHEAD_GONE,
+    POOL_EMPTY,
+    SIGN_IN_AHEAD,
+    VNC_PASSWORD,
+)
+from hearth.core.egress import Policies, allowed_names
 from hearth.core.reconciler import reconcile
 from hearth.core.vms import VmManager
-from hearth.core.warm_pool import WARM, WARMING
-from hearth.store.models import AuthSessionStatus, Vm, VmState, utcnow
+from hearth.core.warm_pool import WARM, WARMING, Taken
+from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState, utcnow
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, opened_urls
 from tests.unit.test_auth_sessions import (
@@ -148,7 +157,7 @@ def test_a_sign_in_with_an_empty_pool_boots_cold_and_says_so(tmp_path, monkeypat
         # No refill for an hour: every warm VM is taken already when the session starts.
         pool.settings = pool.settings.model_copy(update={"pool_boot_interval": 3600.0})
         for vm in members(rig, WARM):
-            assert pool.take() == vm.id
+            assert pool.take("demo") == Taken(vm.id, login_started=False)
         session, _ = rig.controller.sessions.start("u1", "demo")
         session = wait_status(rig, session.id, AuthSessionStatus.awaiting_user)
         assert vm_booting_detail(rig, session.id) == [POOL_EMPTY]
@@ -164,7 +173,8 @@ def test_concurrent_takes_never_share_a_vm(tmp_path, monkeypatch):
 
         def take() -> None:
             start.wait()
-            taken.append(rig.controller.pool.take())
+            won = rig.controller.pool.take("demo")
+            taken.append(won and won.vm_id)
 
         racers = [threading.Thread(target=take) for _ in range(8)]
         for racer in racers:
@@ -190,6 +200,61 @@ def test_two_sessions_at_once_take_two_different_vms(tmp_path, monkeypatch):
         assert vm_ids == warm
 
 
+# -- VMs prepared for a provider -----------------------------------------------------------
+
+
+def forwarded_to(rig: Rig, vm: Vm) -> str | None:
+    """The URL the VM's warm blank page forwards its Firefox to, if it does."""
+    (blank,) = opened_urls(rig.vms, vm.id)
+    match = re.search(r'url=([^"]+)"', Path(blank.removeprefix("file://")).read_text())
+    return html.unescape(match.group(1)) if match else None
+
+
+def test_a_pool_for_a_provider_keeps_vms_with_its_sign_in_page_shown(tmp_path, monkeypatch):
+    allow = {"demo": ["idp.example.test"]}
+    with pooled_rig(tmp_path, monkeypatch, pool_providers=["demo"], egress_allow=allow) as rig:
+        warm = wait_warm(rig, 2)
+        with rig.controller.db.session() as s:
+            assert s.query(AuthSession).count() == 0  # no sign-in asked for any of it
+        for vm in warm:
+            assert vm.pool_provider == "demo"
+            # Its login ran before it slept: Firefox went on from the blank page to the IdP.
+            assert forwarded_to(rig, vm).startswith(f"{rig.settings.demo_issuer}/authorize?")
+        # A pool VM prepared for a provider may reach that provider's sign-in names.
+        policies = Policies(rig.settings, rig.controller.db)
+        expected = tuple((n, "demo") for n in allowed_names(rig.settings, "demo", True))
+        assert expected and policies.lookup(warm[0].ip).rules == expected
+        # It is for that provider only.
+        assert rig.controller.pool.take("claude_code") is None
+
+        session, _ = rig.controller.sessions.start("u1", "demo")
+        session = wait_status(rig, session.id, AuthSessionStatus.awaiting_user)
+        assert session.vm_id in {vm.id for vm in warm}
+        # The rig's restore starts a new agent process (no memory image), so the login
+        # started ahead is gone and the session starts it again; a real VM keeps it
+        # (tests/e2e/test_warm_pool.py).
+        assert vm_booting_detail(rig, session.id) == [
+            f"{FROM_POOL} ({session.vm_id}), {SIGN_IN_AHEAD.format('demo')}",
+            LOGIN_AHEAD_GONE,
+        ]
+        taken = rig.vms.get(session.vm_id)
+        assert (taken.pool, policies.lookup(taken.ip).session_id) == (None, session.id)
+        assert rig.approve(session.oauth_url).status_code == 200
+        assert wait_ended(rig, session.id).status == AuthSessionStatus.completed
+        wait_vm_destroyed(rig, session.vm_id)
+
+
+def test_pool_vms_of_a_kind_no_longer_kept_are_replaced(tmp_path, monkeypatch):
+    with pooled_rig(tmp_path, monkeypatch) as rig:
+        blank = {vm.id for vm in wait_warm(rig, 2)}
+        rig.controller.pool.kinds = ("demo",)  # the operator now wants demo sign-in pages
+        assert rig.controller.pool.take("demo") is None  # a blank-page VM is stale now
+        fresh = wait_warm(rig, 2, without=blank)  # the refiller woken by the take replaced them
+        assert {vm.pool_provider for vm in fresh} == {"demo"}
+        for vm_id in blank:
+            assert_vm_gone(rig, vm_id)
+
+
 # -- refill --------------------------------------------------------------------------------
 
 
@@ -203,7 +268,7 @@ def test_refills_are_rate_limited(tmp_path, monkeypatch):
 
         # A burst of takes: the refills still start no closer together than the interval.
         for _ in warm:
-            rig.controller.pool.take()
+            rig.controller.pool.take("demo")
         refilled = wait_warm(rig, 3, without={vm.id for vm in warm})
         started = sorted(vm.created_at for vm in refilled)
         gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
@@ -220,7 +285,9 @@ def test_vms_past_the_maximum_age_are_replaced(tmp_path, monkeypatch):
         old, young = wait_warm(rig, 2)
         # The older one was booted two hours ago, as far as the record says.
         rig.vms.update(old.id, created_at=utcnow() - timedelta(hours=2))
-        assert rig.controller.pool.drop_stale() == [old.id]
+        # Dropped by this pass or by the refiller's own, whichever claims it first.
+        assert rig.controller.pool.drop_stale() in ([old.id], [])
+        wait_vm_destroyed(rig, old.id)
         assert_vm_gone(rig, old.id)
         replaced = wait_warm(rig, 2, without={old.id})
         assert young.id in {vm.id for vm in replaced}
@@ -231,7 +298,7 @@ def test_vms_from_an_image_since_rebuilt_are_replaced_and_never_taken(tmp_path, 
         stale = {vm.id for vm in wait_warm(rig, 2)}
         manifest = rig.settings.images_dir / "browser" / "manifest.json"
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "built_at": "now"}))
-        assert rig.controller.pool.take() is None  # a stale VM is not handed out
+        assert rig.controller.pool.take("demo") is None  # a stale VM is not handed out
         fresh = wait_warm(rig, 2, without=stale)
         for vm_id in stale:
             assert_vm_gone(rig, vm_id)
@@ -246,7 +313,7 @@ def test_the_pool_survives_a_controller_restart(tmp_path, monkeypatch):
         warm = {vm.id for vm in wait_warm(rig, 2)}
         rig.controller.pool.size = 0  # the old controller boots no more
         # A VM the dead controller was still preparing: booted, Firefox painting, awake.
-        half = rig.controller.pool._boot(rig.controller.capacity.reserve("browser"))
+        half = rig.controller.pool._boot(rig.controller.capacity.reserve("browser"), None)
         rig.vms.finish_create(half)
 
         # The reconciler adopts the sleeping pool VMs (they run no process), and the pool

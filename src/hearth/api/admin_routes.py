@@ -82,6 +82,8 @@ def vm_view(vm: Vm) -> VmView:
         state=vm.state,
         ip=vm.ip,
         user_id=vm.user_id,
+        pool=vm.pool,
+        pool_provider=vm.pool_provider,
         boot_seconds=vm.boot_seconds,
         failed_step=vm.failed_step,
         error=vm.error,

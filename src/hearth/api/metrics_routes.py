@@ -18,6 +18,7 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require_admin)])
 )
 def scrape(request: Request) -> Response:
     """The Prometheus text format: sign-ins, boots and resumes, VMs, IP leases, prompts,
-    credential write-backs, egress and failed plan steps (the README lists them)."""
+    credential write-backs, egress, failed plan steps, the queue, admissions refused, the
+    VMs' memory and the warm pool (the README lists them)."""
     text = generate_latest(metrics.registry(controller(request)))
     return Response(text, media_type=CONTENT_TYPE_LATEST)

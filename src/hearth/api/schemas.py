@@ -192,6 +192,12 @@ class VmView(BaseModel):
     state: VmState
     ip: str | None
     user_id: str | None = Field(description="whose CLI VM; null for a browser VM")
+    pool: str | None = Field(
+        description="a warm pool VM: warming (being prepared) or warm (hibernated, ready)"
+    )
+    pool_provider: str | None = Field(
+        description="the provider whose sign-in page a pool VM shows ahead; null for any"
+    )
     boot_seconds: float | None
     failed_step: str | None
     error: str | None
@@ -392,7 +398,10 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 ERROR_RESPONSES[503]["headers"] = {
     "Retry-After": {
-        "description": "seconds after which asking again may succeed (beyond capacity)",
+        "description": (
+            "seconds after which asking again may succeed (beyond capacity, or once a "
+            "stopping controller is back)"
+        ),
         "schema": {"type": "integer"},
     }
 }

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,6 +29,7 @@ from sqlalchemy import select, update
 from hearth import metrics, providers
 from hearth.config import BROWSER_IMAGE, Settings
 from hearth.core import CoreError, machine, webhooks
+from hearth.core.agent_client import AgentRequestError
 from hearth.core.capacity import Capacity, NoCapacity, Reservation
 from hearth.core.failures import reason as failure_reason
 from hearth.core.stopping import ControllerStopping
@@ -54,6 +56,8 @@ RESTARTED = "the controller restarted during the sign-in"
 STOPPED = "the controller stopped"
 FROM_POOL = "took a warm browser VM from the pool"
 COLD_BOOT = "booting a cold browser VM"
+SIGN_IN_AHEAD = "its {} sign-in page shown ahead"
+LOGIN_AHEAD_GONE = "the login started ahead in the pool VM had ended: starting it again"
 POOL_EMPTY = "booting a cold browser VM: the warm pool had none"
 POOL_RESUME_FAILED = "the warm pool VM did not resume ({}): booting a cold browser VM instead"
 MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
@@ -180,7 +184,8 @@ class AuthSessions:
             if self._stopping:
                 raise ControllerStopping(
                     "the controller is stopping: no sign-in starts now; start it again once "
-                    "the controller is back"
+                    "the controller is back",
+                    self.settings.shutdown_grace,
                 )
             return self._start(user_id, provider)
 
@@ -192,6 +197,7 @@ class AuthSessions:
             ahead = [queued for queued in self._queue() if queued not in superseded]
             reservation = None if ahead else self.capacity.try_reserve(BROWSER_IMAGE)
             if reservation is None and len(ahead) >= self.settings.auth_queue_max:
+                metrics.admission_refused(metrics.QUEUE_FULL)
                 raise NoCapacity(
                     f"no browser VM can be started now and {len(ahead)} sign-ins wait "
                     f"already (the most that may): {self.capacity.usage().describe()}"
@@ -415,36 +421,43 @@ class AuthSessions:
 
     def _run(self, session_id: str, reservation: Reservation) -> None:
         """Take a warm browser VM or boot one on the room reserved for it, start the CLI's
-        login in it, and follow it to the end."""
+        login in it (unless the pool VM's runs already), and follow it to the end."""
         session = self.get(session_id)
-        spec = providers.get(session.provider)
         with self._ending(session_id) as cleanup:
             cleanup.reservation = reservation
-            vm = self._warm_vm(session_id, cleanup) or self._cold_vm(session_id, cleanup)
+            warm = self._warm_vm(session_id, session.provider, cleanup)
+            vm, login_started = warm or (self._cold_vm(session_id, cleanup), False)
             self._check_running(session_id)
-            login = spec.to_agent(spec.login_params(self.settings), self.vms.client_env())
             with self.vms.agent(vm) as agent:
-                agent.start_login(login)
+                if login_started and not _login_runs(agent):
+                    self._advance(session_id, AuthSessionStatus.vm_booting, LOGIN_AHEAD_GONE)
+                    login_started = False
+                if not login_started:
+                    agent.start_login(login_request(self.settings, self.vms, session.provider))
             self._follow(session_id, vm)
 
-    def _warm_vm(self, session_id: str, cleanup: _Cleanup) -> Vm | None:
-        """A VM from the warm pool, resumed; None (the pool had none, or it did not resume:
-        the timeline says so, and that VM is gone) for a cold boot."""
-        taken = self.pool.take() if self.pool is not None else None
+    def _warm_vm(self, session_id: str, provider: str, cleanup: _Cleanup) -> tuple[Vm, bool] | None:
+        """A VM from the warm pool, resumed, and whether its login for `provider` was
+        started ahead; None (the pool had none, or it did not resume: the timeline says so,
+        and that VM is gone) for a cold boot."""
+        taken = self.pool.take(provider) if self.pool is not None else None
         if taken is None:
             detail = POOL_EMPTY if self.pool is not None and self.pool.size else COLD_BOOT
             self._advance(session_id, AuthSessionStatus.vm_booting, detail)
             return None
-        cleanup.vm_id = taken
-        self.capacity.bind(cleanup.reservation, taken)  # it wakes on the session's room
-        self._update(session_id, vm_id=taken)
-        self._advance(session_id, AuthSessionStatus.vm_booting, f"{FROM_POOL} ({taken})")
+        cleanup.vm_id = taken.vm_id
+        self.capacity.bind(cleanup.reservation, taken.vm_id)  # it wakes on the session's room
+        self._update(session_id, vm_id=taken.vm_id)
+        detail = f"{FROM_POOL} ({taken.vm_id})"
+        if taken.login_started:
+            detail += f", {SIGN_IN_AHEAD.format(provider)}"
+        self._advance(session_id, AuthSessionStatus.vm_booting, detail)
         try:
-            vm = self.pool.wake(taken)
+            vm = self.pool.wake(taken.vm_id)
             self.capacity.release(cleanup.reservation)  # it runs, and counts, now
-            return vm
+            return vm, taken.login_started
         except Exception as e:  # noqa: BLE001 - any failure falls back to a cold boot
-            self._destroy_vm(taken)
+            self._destroy_vm(taken.vm_id)
             cleanup.vm_id = None
             self._check_running(session_id)
             detail = POOL_RESUME_FAILED.format(failure_reason(e))
@@ -489,7 +502,7 @@ class AuthSessions:
         spec = providers.get(session.provider)
         with self.vms.agent(vm) as agent:
             status = self._wait(
-                session_id, agent, _authorize_page_shown, "Firefox to show the authorize page"
+                session_id, agent, authorize_page_shown, "Firefox to show the authorize page"
             )
             if self.get(session_id).status != AuthSessionStatus.awaiting_user:
                 self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status.url)
@@ -596,19 +609,29 @@ class AuthSessions:
     ) -> bool:
         """Move a session that has not ended to `status`, with its event; False if it had
         ended. One conditional UPDATE decides, so a cancel and the session's own thread
-        cannot both win (SQLite ignores SELECT ... FOR UPDATE)."""
-        with self.db.session() as s:
+        cannot both win (SQLite ignores SELECT ... FOR UPDATE); the one out of the queue is
+        tried first, so that the UPDATE that wins also says whether the session was queued."""
+
+        def move(s, *where) -> bool:
             moved = s.execute(
                 update(AuthSession)
-                .where(AuthSession.id == session_id, AuthSession.status.not_in(TERMINAL))
+                .where(AuthSession.id == session_id, *where)
                 .values(status=status, **fields)
-            ).rowcount
-            if not moved:
+            )
+            return bool(moved.rowcount)
+
+        with self.db.session() as s:
+            left_queue = status != AuthSessionStatus.queued and move(
+                s, AuthSession.status == AuthSessionStatus.queued
+            )
+            if not (left_queue or move(s, AuthSession.status.not_in(TERMINAL))):
                 return False
             s.add(AuthSessionEvent(session_id=session_id, status=status, detail=detail))
             webhooks.sign_in_moved(s, session_id)
             s.commit()
         self.notifier.bump(session_id)
+        if left_queue:
+            metrics.sign_in_left_queue(self.get(session_id))
         if status in TERMINAL:
             metrics.sign_in_ended(self.get(session_id))
         return True
@@ -621,7 +644,23 @@ def _queued_detail(position: int) -> str:
     return f"queued, position {position}: no browser VM can be started now"
 
 
-def _authorize_page_shown(status: LoginStatus) -> bool:
+def login_request(settings: Settings, vms: VmManager, provider: str) -> dict:
+    """What the agent's POST /login takes for `provider`'s login: the same for every user."""
+    spec = providers.get(provider)
+    return spec.to_agent(spec.login_params(settings), vms.client_env())
+
+
+def _login_runs(agent) -> bool:
+    """Whether the VM's login (started ahead, in a pool VM) is still there and running."""
+    try:
+        return not agent.login_status().exited
+    except AgentRequestError as e:
+        if e.response.status_code == HTTPStatus.NOT_FOUND:  # none was started, or it is gone
+            return False
+        raise
+
+
+def authorize_page_shown(status: LoginStatus) -> bool:
     if status.exited and not status.success:
         raise _login_failed(status, "before showing an authorize URL")
     return bool(status.url and status.firefox.ready)

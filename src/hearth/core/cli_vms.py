@@ -6,8 +6,9 @@ holds it, and after every run the agent's digest of the CLI's token files tells 
 CLI refreshed them; if it did, they are pulled back and stored as a new version, still
 leased to that VM. A VM unused for `idle_hibernate` seconds is snapshotted and stopped; one
 unused for `idle_destroy` seconds goes, files and all. A VM that must boot or resume does
-so on room reserved for it (hearth.core.capacity); when memory is short the VM unused
-longest hibernates early to make room.
+so on room reserved for it (hearth.core.capacity); when memory is short the idle VM unused
+longest hibernates early to make room. A VM is not idle while a run uses it, nor from a
+prompt's admission on (admit: it was awake, so the prompt was given no room of its own).
 
 The provider's verdict is kept with the stored version: a run whose CLI says the provider
 refused its credentials (revoked, signed out elsewhere) marks them invalid, and so does a
@@ -68,6 +69,17 @@ class RunEnd:
     refused: str | None
 
 
+@dataclass(eq=False)
+class Admission:
+    """What admit() gave a prompt, held until using() takes over or release(): room reserved
+    for the user's VM to wake, or the awake VM itself, counted in use so that nothing
+    hibernates it meanwhile (the prompt would find no room to wake it again)."""
+
+    user_id: str
+    reservation: Reservation | None = None
+    held_vm_id: str | None = None
+
+
 @dataclass(frozen=True)
 class Check:
     """The verdict on a user's sign-in: valid, refused (with why), or None when only a
@@ -107,30 +119,43 @@ class CliVms:
 
     # -- use ---------------------------------------------------------------------------------
 
-    def admit(self, user_id: str) -> Reservation | None:
-        """Room for the user's VM to boot or resume, when it is not awake; None when it is.
-        NoCapacity when no room can be made (see Capacity.reserve)."""
-        vm = self.vm_of(user_id)
-        if vm is not None and vm.state == VmState.ready and self.vms.vmm_alive(vm):
-            return None
-        return self.capacity.reserve(self.settings.cli_image)
+    def admit(self, user_id: str) -> Admission:
+        """The user's VM held awake if it is, else room for it to boot or resume; pass it to
+        using(), and release() it however the prompt ends. NoCapacity when no room can be
+        made (see Capacity.reserve)."""
+        with self._lock(user_id):  # after a hibernation under way: the VM then needs room
+            vm = self.vm_of(user_id)
+            if vm is not None and vm.state == VmState.ready and self.vms.vmm_alive(vm):
+                self._in_use[vm.id] += 1
+                return Admission(user_id, held_vm_id=vm.id)
+        return Admission(user_id, reservation=self.capacity.reserve(self.settings.cli_image))
+
+    def release(self, admission: Admission | None) -> None:
+        """Give back what admit() held and using() did not take. Safe to repeat."""
+        if admission is None:
+            return
+        self.capacity.release(admission.reservation)
+        with self._lock(admission.user_id):
+            if admission.held_vm_id is not None:
+                self._in_use[admission.held_vm_id] -= 1
+                admission.held_vm_id = None
 
     @contextmanager
     def using(
-        self, user_id: str, provider: str, reservation: Reservation | None = None
+        self, user_id: str, provider: str, admission: Admission | None = None
     ) -> Iterator[Vm]:
         """The user's VM, awake and holding the provider's current credentials; it does not
         hibernate while in use. CredentialNotFound if there are no credentials to hold.
-        A VM that must wake does so on `reservation` (admit's), else on room reserved now."""
+        A VM that must wake does so on `admission`'s room, else on room reserved now."""
         try:
             if self.credentials.info(user_id, provider) is None:  # before waking anything
                 raise CredentialNotFound(user_id, provider)
             with self._lock(user_id):
-                vm = self._awake(user_id, reservation)
+                vm = self._awake(user_id, admission.reservation if admission else None)
                 self._provision(vm, user_id, provider)
                 self._in_use[vm.id] += 1
         finally:
-            self.capacity.release(reservation)
+            self.release(admission)  # in use now (or failed): the admission's hold ends
         try:
             yield vm
         finally:
@@ -294,8 +319,9 @@ class CliVms:
                     self.vms.hibernate(vm.id)
 
     def hibernate_least_recent(self) -> bool:
-        """Make room: hibernate the awake VM unused longest (never one in use, nor one whose
-        user's lock is held: it is about to be used). Whether one was."""
+        """Make room: hibernate the awake VM unused longest (never one in use or admitted for
+        a prompt, nor one whose user's lock is held: it is about to be used). Whether one
+        was."""
         for vm in self._least_recent((VmState.ready,)):
             lock = self._lock(vm.user_id)
             if not lock.acquire(blocking=False):
@@ -321,8 +347,8 @@ class CliVms:
         return sorted(vms, key=lambda vm: vm.last_active_at or vm.created_at)
 
     def _unused(self, vm_id: str, states: tuple[VmState, ...]) -> Vm | None:
-        """The VM as it is now, if it is in `states` and not in use. Call with its user's
-        lock held."""
+        """The VM as it is now, if it is in `states` and not in use (nor admitted). Call with
+        its user's lock held."""
         vm = self.vms.get(vm_id)
         return None if self._in_use[vm.id] or vm.state not in states else vm
 

@@ -2,9 +2,10 @@
 from what the database says it is for, the audit written to the database, and an upstream
 proxy's refusal told to the sign-in it breaks.
 
-A browser VM signing in to provider P may reach P's sign-in and token hosts (and Google's
-sign-in where the operator enables it for P); a user's CLI VM the API and token hosts of
-the providers that user has connected; the operator adds and removes names per provider.
+A browser VM signing in to provider P (or a warm pool VM prepared for P) may reach P's
+sign-in and token hosts (and Google's sign-in where the operator enables it for P); a user's
+CLI VM the API and token hosts of the providers that user has connected; the operator adds
+and removes names per provider.
 """
 
 from __future__ import annotations
@@ -131,13 +132,15 @@ class Policies:
                     AuthSession.vm_id == vm.id, AuthSession.status.not_in(TERMINAL)
                 )
             )
-            if session is None:  # a browser VM serving no sign-in reaches nothing
+            if session is not None:
+                provider, user_id, session_id = session.provider, session.user_id, session.id
+            elif vm.pool is not None and vm.pool_provider is not None:
+                # A pool VM prepared for a provider: its login starts before any sign-in.
+                provider, user_id, session_id = vm.pool_provider, None, None
+            else:  # a browser VM serving no sign-in reaches nothing
                 return EgressPolicy(vm.id, None, ())
-            rules = tuple(
-                (name, session.provider)
-                for name in allowed_names(self.settings, session.provider, True)
-            )
-            return EgressPolicy(vm.id, session.user_id, rules, session_id=session.id)
+            rules = tuple((name, provider) for name in allowed_names(self.settings, provider, True))
+            return EgressPolicy(vm.id, user_id, rules, session_id=session_id)
 
 
 class Audit:

@@ -96,11 +96,13 @@ class Prompts:
             if self._stopping:
                 raise ControllerStopping(
                     "the controller is stopping: no prompt starts now; send it again once "
-                    "the controller is back"
+                    "the controller is back",
+                    self.settings.shutdown_grace,
                 )
             with self.db.session() as s:
                 running = len(self._running(s, user_id))
                 if running >= self.settings.max_prompts_per_user:
+                    metrics.admission_refused(metrics.TOO_MANY_PROMPTS)
                     raise TooManyPrompts(
                         f"user {user_id!r} runs {running} prompts already, the most at once "
                         f"(max_prompts_per_user): wait for one to end"
@@ -202,15 +204,16 @@ class Prompts:
         output = _Output()
         ended = False  # the outcome is recorded and being told: a close now changes nothing
         try:
-            reservation = self.cli_vms.admit(record.user_id)
+            admission = self.cli_vms.admit(record.user_id)
         except NoCapacity as e:
+            metrics.admission_refused(metrics.NO_CLI_VM_ROOM)
             self._finish(prompt_id, PromptStatus.failed, error=failure_reason(e))
             with self._guard:
                 self._live.pop(prompt_id, None)
             raise
         try:
             yield "connected", {"prompt_id": prompt_id, "provider": record.provider}
-            with self.cli_vms.using(record.user_id, record.provider, reservation) as vm:
+            with self.cli_vms.using(record.user_id, record.provider, admission) as vm:
                 self.db.update(Prompt, prompt_id, vm_id=vm.id)
                 self._live_of(prompt_id).vm_id = vm.id
                 for event in self.cli_vms.run(
@@ -252,7 +255,7 @@ class Prompts:
             self._finish(prompt_id, PromptStatus.failed, error=reason, output=output)
             yield "error", {"reason": reason}
         finally:
-            self.cli_vms.capacity.release(reservation)  # if it never reached using()
+            self.cli_vms.release(admission)  # if it never reached using()
             with self._guard:
                 self._live.pop(prompt_id, None)
 

@@ -4,6 +4,7 @@ progress cancelled, lets running prompts finish within `shutdown_grace`, and lea
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -14,10 +15,21 @@ if TYPE_CHECKING:
     from hearth.core.runtime import Controller
 
 
+# Seconds a restart takes beyond the stop's grace period: uvicorn closes the connections
+# still open after 5 s, systemd starts the unit again 2 s later (RestartSec=), and the start
+# reconciles the VMs and recovers the sign-ins and prompts before it listens.
+RESTART_SECONDS = 15
+
+
 class ControllerStopping(CoreError):
-    """The controller is stopping and takes no new work; the client may try again later."""
+    """The controller is stopping and takes no new work; the client may try again once it
+    is back: Retry-After says when a restart would have it back at the latest."""
 
     http_status = 503
+
+    def __init__(self, message: str, shutdown_grace: float) -> None:
+        super().__init__(message)
+        self.retry_after = math.ceil(shutdown_grace) + RESTART_SECONDS
 
 
 @dataclass

@@ -15,6 +15,15 @@ A session takes one (one conditional UPDATE: two sessions never take the same VM
 (the resume plan sets the guest's clock), and the login's Firefox shows the authorize page.
 A taken VM is the session's: destroyed at its end like a cold one, never returned.
 
+With `pool_providers` set, each of those providers gets `pool_browser` VMs prepared further: the
+provider's CLI login is started in the VM (the egress lets a pool VM reach its provider's
+sign-in names), and the VM is hibernated once Firefox shows the authorize page. Under
+emulation the CLI's start and the page's load are each longer than the whole wait a user
+should have; a take then only resumes the VM. The login is no one's until a session takes the
+VM: nothing in it names a user, its verifier stays in the CLI's memory, and the VM serves one
+sign-in only. The CLI's own time limits run on the guest's monotonic clock, which stands still
+while the VM is hibernated.
+
 The pool's VMs are rows with `pool` set ("warming" while prepared, "warm" once hibernated),
 so the pool outlives the controller: the reconciler adopts hibernated VMs with their
 snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
@@ -29,12 +38,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
 from hearth.config import BROWSER_IMAGE, Settings
-from hearth.core.auth_sessions import browser_seed
+from hearth.core.auth_sessions import authorize_page_shown, browser_seed, login_request
 from hearth.core.capacity import Capacity, Reservation
 from hearth.core.failures import reason as failure_reason
 from hearth.core.vms import LIVE_STATES, VmManager, image_build
@@ -47,6 +58,15 @@ WARMING = "warming"  # being booted and painted
 WARM = "warm"  # hibernated, painted, waiting for a sign-in
 PAINT_TIMEOUT = 300.0  # seconds for Firefox's first paint under software rendering
 IDLE_PASS = 30.0  # seconds between refill passes with nothing to do (age and image checks)
+SIGN_IN_PAGE_TIMEOUT = 600.0  # seconds for a provider's CLI to start and its page to load
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A pool VM claimed for a sign-in, still hibernated."""
+
+    vm_id: str
+    login_started: bool  # prepared for the session's provider: its sign-in page shows
 
 
 class WarmPool:
@@ -58,20 +78,28 @@ class WarmPool:
         self.capacity = capacity  # a pool VM boots only on room no one else wants
         self.image = image
         self.size = settings.pool_browser
+        # What the pool keeps `size` VMs of: for each provider in pool_providers, VMs with its
+        # sign-in page shown; without, VMs on the blank page (None), for any provider.
+        self.kinds: tuple[str | None, ...] = tuple(settings.pool_providers) or (None,)
         self._wake = threading.Event()
         self._last_start: float | None = None  # monotonic seconds of the last boot or take
 
     # -- a session's side ----------------------------------------------------------------
 
-    def take(self) -> str | None:
-        """Claim a warm VM for a sign-in (the oldest current one); its id, still hibernated,
-        or None when the pool has none. The refiller then boots its replacement."""
+    def take(self, provider: str) -> Taken | None:
+        """Claim a warm VM for a sign-in to `provider`: the oldest current one prepared for
+        it, else one on the blank page; None when the pool has neither. The refiller then
+        boots its replacement."""
+        usable = [
+            vm
+            for vm in self._members(WARM)
+            if vm.state == VmState.hibernated
+            and vm.pool_provider in (provider, None)
+            and not self._stale(vm)
+        ]
+        usable.sort(key=lambda vm: vm.pool_provider is None)  # stable: oldest first in each
         taken = next(
-            (
-                vm.id
-                for vm in self._members(WARM)
-                if vm.state == VmState.hibernated and not self._stale(vm) and self._claim(vm.id)
-            ),
+            (Taken(vm.id, vm.pool_provider is not None) for vm in usable if self._claim(vm.id)),
             None,
         )
         if taken is not None:
@@ -117,8 +145,9 @@ class WarmPool:
         self.drop_stale()
         if self.size == 0:
             return IDLE_PASS
-        short = self.size - len(self._members(WARM, WARMING))
-        if short <= 0:
+        kept = Counter(vm.pool_provider for vm in self._members(WARM, WARMING))
+        short = {kind: self.size - kept[kind] for kind in self.kinds if kept[kind] < self.size}
+        if not short:
             return IDLE_PASS
         if self._last_start is not None:
             due = self._last_start + self.settings.pool_boot_interval - time.monotonic()
@@ -128,14 +157,16 @@ class WarmPool:
         if reservation is None:  # the pool yields to sign-ins and prompts
             return IDLE_PASS
         self._last_start = time.monotonic()
-        vm_id = self._boot(reservation)
+        kind = max(short, key=short.__getitem__)  # the most short; the first of a tie
+        vm_id = self._boot(reservation, kind)
         threading.Thread(
-            target=self._prepare, args=(vm_id,), daemon=True, name=f"warm-{vm_id}"
+            target=self._prepare, args=(vm_id, kind), daemon=True, name=f"warm-{vm_id}"
         ).start()
-        return self.settings.pool_boot_interval if short > 1 else IDLE_PASS
+        return self.settings.pool_boot_interval if sum(short.values()) > 1 else IDLE_PASS
 
     def drop_stale(self) -> list[str]:
-        """Destroy warm VMs past the maximum age or from an image since rebuilt; their ids."""
+        """Destroy warm VMs past the maximum age, from an image since rebuilt, or prepared
+        for what the pool no longer keeps; their ids."""
         dropped = [vm.id for vm in self._members(WARM) if self._stale(vm) and self._claim(vm.id)]
         for vm_id in dropped:
             self.vms.destroy(vm_id)
@@ -159,18 +190,19 @@ class WarmPool:
 
     # -- one pool VM -----------------------------------------------------------------------
 
-    def _boot(self, reservation: Reservation) -> str:
+    def _boot(self, reservation: Reservation, kind: str | None) -> str:
         """Record a new pool VM on the room reserved for it (booted by _prepare); its id.
         Hibernated, it costs nothing against the capacity; a take wakes it on the session's."""
         try:
             vm_id = self.capacity.record(reservation, self.image)
-            self.vms.update(vm_id, pool=WARMING)
+            self.vms.update(vm_id, pool=WARMING, pool_provider=kind)
         finally:
             self.capacity.release(reservation)
         return vm_id
 
-    def _prepare(self, vm_id: str) -> None:
-        """Boot the VM, paint Firefox's blank page, hibernate it, and offer it; a VM that does
+    def _prepare(self, vm_id: str, provider: str | None) -> None:
+        """Boot the VM, paint Firefox's blank page, start `provider`'s login when the VM is
+        for one and wait for its sign-in page, hibernate the VM, and offer it; a VM that does
         not get there is destroyed."""
         try:
             self.vms.finish_create(vm_id, seed_extras=browser_seed())
@@ -184,6 +216,14 @@ class WarmPool:
                     return status.painted
 
                 wait_for(painted, PAINT_TIMEOUT, "Firefox to paint the blank page", interval=0.5)
+                if provider is not None:
+                    agent.start_login(login_request(self.settings, self.vms, provider))
+                    wait_for(
+                        lambda: authorize_page_shown(agent.login_status()),
+                        SIGN_IN_PAGE_TIMEOUT,
+                        f"Firefox to show the {provider} sign-in page",
+                        interval=0.5,
+                    )
             self.vms.hibernate(vm_id)
             self.vms.update(vm_id, pool=WARM)
         except Exception as e:  # noqa: BLE001 - logged; the refiller boots another
@@ -203,7 +243,8 @@ class WarmPool:
 
     def _stale(self, vm: Vm) -> bool:
         too_old = utcnow() - vm.created_at > timedelta(seconds=self.settings.pool_max_age)
-        return too_old or vm.image_build != image_build(self.settings, self.image)
+        rebuilt = vm.image_build != image_build(self.settings, self.image)
+        return too_old or rebuilt or vm.pool_provider not in self.kinds
 
     def _members(self, *marks: str) -> list[Vm]:
         """The pool's VMs with one of `marks`, oldest first."""

@@ -156,11 +156,22 @@ def stack(
             "HEARTH_EGRESS_HOSTS": json.dumps({IDP_NAME: idp_ip}),
             "HEARTH_EGRESS_ALLOW": json.dumps({"demo": [IDP_NAME]}),
             "HEARTH_DEMO_ISSUER": issuer,
+            # The demo's only provider: its warm pool VMs show its sign-in page ahead.
+            "HEARTH_POOL_PROVIDERS": json.dumps(["demo"]),
             "HEARTH_PUBLIC_URL": f"http://localhost:{port}",
         }
         if session_ttl is not None:
             overrides["HEARTH_SESSION_TTL"] = str(session_ttl)
         env = {**os.environ, **overrides, **(controller_env or {})}
+        # Once the controller has stopped (the exits run last first), not before: a controller
+        # still running would go on booting VMs (the warm pool's) after the removal.
+        exits.callback(
+            subprocess.run,
+            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "vm", "rm", "--all"],
+            env=env,
+            check=False,
+            capture_output=True,
+        )
         controller = exits.enter_context(
             _process(
                 [
@@ -175,13 +186,6 @@ def stack(
                 env,
                 controller_log,
             )
-        )
-        exits.callback(
-            subprocess.run,
-            [*nsenter(controller_ns), sys.executable, "-m", "hearth", "vm", "rm", "--all"],
-            env=env,
-            check=False,
-            capture_output=True,
         )
         exits.enter_context(forward(port, socket_path))
 

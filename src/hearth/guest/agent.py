@@ -6,8 +6,8 @@ segments become request.params; a handler receives the agent's state and the par
 Request, and returns a Response holding one of hearth.guest.protocol's messages (what the
 host's client parses back), a Stream (chunked, for a run's output as it happens) or raises
 HttpError. Nothing here logs the token, any request header, a login's or a run's output or
-any credential: the console and journal show only method, path and status, and progress in
-words.
+any credential: the console and journal show only method, path and status (a status the
+controller polls, once per change), and progress in words.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def network_state() -> dict[str, Any]:
     return state
 
 
-@route("GET", "/ready")
+@route("GET", "/ready", polled=True)
 def ready(agent: Agent, request: Request) -> Response:
     """The readiness probe: it starts no process, so a guest just restored from a snapshot
     (which under emulation must translate its code afresh) answers at once. /health, which
@@ -187,7 +187,7 @@ def start_login(agent: Agent, request: Request) -> Response:
     return Response(session.status(), HTTPStatus.ACCEPTED)
 
 
-@route("GET", "/login")
+@route("GET", "/login", polled=True)
 def login_status(agent: Agent, request: Request) -> Response:
     return Response(_current_login(agent).status())
 
@@ -307,7 +307,7 @@ def _run(agent: Agent, request: Request) -> runs.Run:
     return run
 
 
-@route("GET", "/runs/{run_id}")
+@route("GET", "/runs/{run_id}", polled=True)
 def run_status(agent: Agent, request: Request) -> Response:
     return Response(_run(agent, request).status())
 
@@ -399,7 +399,7 @@ def warm_browser(agent: Agent, request: Request) -> Response:
     return Response(warm.status(), HTTPStatus.ACCEPTED)
 
 
-@route("GET", "/warm-browser")
+@route("GET", "/warm-browser", polled=True)
 def warm_browser_status(agent: Agent, request: Request) -> Response:
     warm = agent.logins.warm_firefox
     if warm is None:

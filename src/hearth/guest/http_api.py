@@ -5,7 +5,10 @@ handler; a handler receives the state it was given (the agent's) and the parsed 
 and returns a Response (JSON: a dict, or a protocol message with to_json()), a Stream
 (chunked, for a run's output as it happens), or raises HttpError. The request handler checks
 the bearer token before anything else, limits bodies, answers every error in JSON, and logs
-only method, path and status: never the token, a header, a body or a query string.
+only method, path and status: never the token, a header, a body or a query string. A route
+registered as `polled` (a status the controller asks for every half second while it waits)
+is logged once per change of its answer's status, so that the log keeps the other requests
+readable.
 
 Standard library only: it runs with Debian's python3.
 """
@@ -103,20 +106,34 @@ class Router:
 
     def __init__(self) -> None:
         self.routes: dict[str, dict[str, Handler]] = {}
+        self._polled: set[tuple[str, str]] = set()  # (method, route path)
 
-    def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
-        """A decorator registering its handler for `method` on `path`."""
+    def route(self, method: str, path: str, polled: bool = False) -> Callable[[Handler], Handler]:
+        """A decorator registering its handler for `method` on `path`; `polled` for a status
+        asked for again and again (logged only when its answer's status changes)."""
 
         def register(handler: Handler) -> Handler:
             self.routes.setdefault(path, {})[method] = handler
+            if polled:
+                self._polled.add((method, path))
             return handler
 
         return register
 
     def match(self, path: str) -> tuple[dict[str, Handler], dict[str, str]] | None:
         """The methods registered for `path` and the values of its `{name}` segments."""
+        found = self._find(path)
+        return None if found is None else found[1:]
+
+    def polled(self, method: str, path: str) -> bool:
+        """Whether `method` on `path` is a route registered as polled."""
+        found = self._find(path)
+        return found is not None and (method, found[0]) in self._polled
+
+    def _find(self, path: str) -> tuple[str, dict[str, Handler], dict[str, str]] | None:
+        """The route matching `path`, its methods, and the values of its `{name}` segments."""
         if path in self.routes:
-            return self.routes[path], {}
+            return path, self.routes[path], {}
         segments = path.split("/")
         for pattern, methods in self.routes.items():
             parts = pattern.split("/")
@@ -129,7 +146,7 @@ class Router:
                 elif part != segment:
                     break
             else:
-                return methods, params
+                return pattern, methods, params
         return None
 
 
@@ -263,7 +280,13 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = urlsplit(self.path).path if getattr(self, "path", None) else "-"
-        log(f"{self.command or '-'} {path} {code}")
+        method = self.command or "-"
+        if self.server.router.polled(method, path):
+            if not self.server.poll_changed(method, path, str(code)):
+                return
+            log(f"{method} {path} {code} (polled: logged again when its status changes)")
+            return
+        log(f"{method} {path} {code}")
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the default logs raw request lines to stderr. log_request is enough."""
@@ -279,6 +302,16 @@ class ApiServer(ThreadingHTTPServer):
         self.router = router
         self.token = token
         self.state = state
+        self._polls: dict[tuple[str, str], str] = {}  # (method, path) -> its last status
+        self._polls_lock = threading.Lock()
+
+    def poll_changed(self, method: str, path: str, status: str) -> bool:
+        """Whether a poll of `path` answered otherwise than the one before it (or is the
+        first), remembering its status."""
+        with self._polls_lock:
+            before = self._polls.get((method, path))
+            self._polls[(method, path)] = status
+        return before != status
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse-DNS lookup of the address: early in boot there

@@ -99,6 +99,9 @@ class Vm(Base):
     # A warm pool VM (hearth.core.warm_pool): "warming" while prepared, "warm" once it waits
     # for a sign-in; None for every other VM, and for a pool VM once a session took it.
     pool: Mapped[str | None] = mapped_column(String(16), index=True)
+    # The provider whose login a pool VM was prepared with (its sign-in page shown); None for
+    # a pool VM on the blank page, for any provider.
+    pool_provider: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 

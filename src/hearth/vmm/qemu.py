@@ -23,6 +23,7 @@ from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
 from hearth.waiting import Timeout, wait_for
 
 QEMU = "qemu-system-x86_64"
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")  # util-linux, on every Debian
 # Under TCG: x86-64-v2 (what the CLIs need) plus RDRAND, and no more: docs/guest-boot.md.
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+rdrand"
 SNAPSHOT = "snapshot.migration"
@@ -43,14 +44,17 @@ _PROBE_SECTOR = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]).ljust(510, b"\
 _PROBE_EXIT = (0x31 << 1) | 1
 
 
-def kvm_runs_guests(timeout: float = 10.0) -> bool:
+def kvm_runs_guests(timeout: float = 10.0, device: str = "/dev/kvm") -> bool:
     """Whether a guest actually runs under KVM here: /dev/kvm can exist while guests hang."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.access(device, os.R_OK | os.W_OK):
         return False
     with tempfile.NamedTemporaryFile(suffix=".img") as sector:
         sector.write(_PROBE_SECTOR)
         sector.flush()
         argv = [
+            # Killed with the process that runs the probe: a guest hangs under a KVM that
+            # cannot run it, and a controller stopped meanwhile left that QEMU running.
+            *DIE_WITH_PARENT,
             QEMU,
             "-machine",
             "q35",
