@@ -16,8 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from hearth import config
+from hearth.config import BROWSER_IMAGE
 from hearth.core import runtime
-from hearth.core.auth_sessions import BROWSER_IMAGE, browser_seed
+from hearth.core.auth_sessions import browser_seed
 from hearth.core.reconciler import reconcile
 from hearth.demo.sandbox import sandbox
 from hearth.image import recipes
@@ -542,7 +543,12 @@ def doctor_cmd(
         raise typer.Exit(1)
 
 
-_STATUS_STYLE = {"pass": ("ok", "green"), "fail": ("FAIL", "bold red"), "skipped": ("skip", "dim")}
+_STATUS_STYLE = {
+    "pass": ("ok", "green"),
+    "fail": ("FAIL", "bold red"),
+    "skipped": ("skip", "dim"),
+    "info": ("info", "cyan"),
+}
 
 
 def show_checks(console: Console, checks: list[Check]) -> None:

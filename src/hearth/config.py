@@ -20,6 +20,8 @@ from hearth.net.egress.upstream import Upstream
 from hearth.settings_file import SettingsFile, invalid
 from hearth.vmm.qemu import TB_SIZE_MIB
 
+BROWSER_IMAGE = "browser"  # the image sign-ins' VMs boot from
+
 
 class Settings(BaseSettings):
     # Inputs stay out of error messages: some are secrets (master key, proxy passwords).
@@ -58,12 +60,22 @@ class Settings(BaseSettings):
     """The jailer binary; empty: firecracker runs without the jailer."""
     vcpus: int = 2
     """vCPUs per VM."""
-    memory_mib: int = 1024
-    """Memory per VM, in MiB."""
+    # The demo sign-in reached its page at 512 (tests/e2e/test_sign_in.py); a provider's
+    # sign-in page is heavier than the demo's, so half again.
+    browser_memory_mib: int = Field(default=768, ge=128)
+    """Guest memory of a browser VM (sign-ins, the warm pool), in MiB."""
+    # The real CLIs' prompts passed at 384 and Claude Code's and the Gemini CLI's failed at
+    # 256 (tests/e2e, README's capacity section): 384 and a third again.
+    cli_memory_mib: int = Field(default=512, ge=128)
+    """Guest memory of a user's CLI VM (the cli_image), in MiB."""
+    memory_mib: int = Field(default=1024, ge=128)
+    """Guest memory of a VM of any other image (e.g. `hearth vm create baseline`), in MiB."""
     boot_timeout: float = 180.0
     """Seconds a VM may take from its start to its agent's first answer."""
     qemu_tb_size_mib: int = Field(default=TB_SIZE_MIB, ge=0)
     """MiB of QEMU's translation cache under emulation (TCG); 0: QEMU's own default, 1 GiB."""
+    free_page_reporting: bool = True
+    """Whether guests hand the memory they free back to the host (a virtio balloon)."""
     # The guest's ports are constants of the image: hearth.guest.ports.
 
     # Network
@@ -244,6 +256,14 @@ class Settings(BaseSettings):
     @cached_property
     def gateway(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(self.cidr)
+
+    def guest_memory_mib(self, image: str) -> int:
+        """The guest memory of a VM of `image`: browser and CLI VMs need different amounts."""
+        if image == BROWSER_IMAGE:
+            return self.browser_memory_mib
+        if image == self.cli_image:
+            return self.cli_memory_mib
+        return self.memory_mib
 
     @property
     def images_dir(self) -> Path:

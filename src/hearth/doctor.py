@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import dns.exception
 import dns.message
@@ -27,8 +28,7 @@ import dns.resolver
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from hearth.config import Settings
-from hearth.core.auth_sessions import BROWSER_IMAGE
+from hearth.config import BROWSER_IMAGE, Settings
 from hearth.core.inventory import meminfo_mib
 from hearth.image.builder import ImageBuilder
 from hearth.net.egress.dialer import resolver_address
@@ -50,12 +50,17 @@ MIN_FREE_DISK_GIB = 4
 NETWORK_TIMEOUT = 3.0  # seconds a DNS answer or a TCP connect may take
 VERSION_TIMEOUT = 10.0
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
+# Kernel samepage merging: QEMU marks guest memory mergeable, so with KSM running the
+# identical pages of VMs booted from one image (kernel, libraries) are kept once.
+KSM = Path("/sys/kernel/mm/ksm")
+KSM_ON = f"echo 1 > {KSM / 'run'}"
 
 
 class Status(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     SKIPPED = "skipped"  # the check does not apply to this configuration
+    INFO = "info"  # a choice of the operator's, shown with how to make it; never a failure
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,10 @@ def passed(name: str, message: str) -> Check:
 
 def failed(name: str, message: str, fix: str) -> Check:
     return Check(name, Status.FAIL, message, fix)
+
+
+def info(name: str, message: str, fix: str) -> Check:
+    return Check(name, Status.INFO, message, fix)
 
 
 def skipped(name: str, why: str) -> Check:
@@ -183,14 +192,38 @@ def check_memory(settings: Settings) -> Iterator[Check]:
     name = "memory"
     total, available = meminfo_mib()
     message = f"{available} MiB of {total} MiB available"
-    if available < settings.memory_mib:
+    largest, setting = max(
+        (settings.browser_memory_mib, "browser_memory_mib"),
+        (settings.cli_memory_mib, "cli_memory_mib"),
+        (settings.memory_mib, "memory_mib"),
+    )
+    if available < largest:
         yield failed(
             name,
-            f"{message}, less than one VM's {settings.memory_mib} MiB (memory_mib)",
-            "stop VMs or other work (hearth vm ls), add memory, or lower HEARTH_MEMORY_MIB",
+            f"{message}, less than one VM's {largest} MiB ({setting})",
+            f"stop VMs or other work (hearth vm ls), add memory, or lower HEARTH_{setting.upper()}",
         )
         return
-    yield passed(name, f"{message}: room for {available // settings.memory_mib} VMs")
+    yield passed(name, f"{message}: room for {available // largest} VMs of {largest} MiB")
+
+
+def check_ksm(settings: Settings, ksm: Path = KSM) -> Iterator[Check]:
+    """Whether the host merges the VMs' identical pages: the operator's choice (it costs the
+    host a scanning thread's CPU), so shown as information, never changed."""
+    name = "ksm"
+    if not (ksm / "run").exists():
+        yield skipped(name, f"the kernel has no KSM: {ksm} is absent")
+        return
+    if (ksm / "run").read_text().strip() != "1":
+        yield info(
+            name,
+            "KSM is off: VMs booted from one image keep identical pages once each",
+            f"to merge them (the operator's choice; it costs a scanning thread's CPU): {KSM_ON}",
+        )
+        return
+    sharing = int((ksm / "pages_sharing").read_text())
+    saved_mib = sharing * os.sysconf("SC_PAGE_SIZE") // 2**20
+    yield passed(name, f"KSM is on: {sharing} pages shared, {saved_mib} MiB saved")
 
 
 # -- Hearth's files ------------------------------------------------------------------------
@@ -351,6 +384,7 @@ _CHECKS: tuple[Callable[[Settings], Iterator[Check]], ...] = (
     check_nftables,
     check_disk,
     check_memory,
+    check_ksm,
     check_images,
     check_database,
     check_master_key,

@@ -36,9 +36,12 @@ TABLES: dict[str, tuple[str, ...]] = {
         "firecracker_bin",
         "jailer_bin",
         "vcpus",
+        "browser_memory_mib",
+        "cli_memory_mib",
         "memory_mib",
         "boot_timeout",
         "qemu_tb_size_mib",
+        "free_page_reporting",
     ),
     "network": ("netns", "controller_netns", "bridge", "cidr", "link_cidr", "tap_prefix"),
     "egress": (

@@ -311,6 +311,37 @@ def test_a_full_disk_and_too_little_memory_fail(tmp_path: Path) -> None:
 
     memory = only(doctor.check_memory(Settings(home=tmp_path, memory_mib=2**30)))
     assert memory.status is Status.FAIL and "HEARTH_MEMORY_MIB" in memory.fix
+    memory = only(doctor.check_memory(Settings(home=tmp_path, cli_memory_mib=2**30)))
+    assert memory.status is Status.FAIL and "HEARTH_CLI_MEMORY_MIB" in memory.fix
+    memory = only(doctor.check_memory(Settings(home=tmp_path, browser_memory_mib=512)))
+    assert memory.status is Status.PASS and "VMs of 1024 MiB" in memory.message
+
+
+def ksm_dir(tmp_path: Path, run: str, pages_sharing: str = "0") -> Path:
+    """A directory laid out as /sys/kernel/mm/ksm, with the values given."""
+    ksm = tmp_path / "ksm"
+    ksm.mkdir(parents=True)
+    (ksm / "run").write_text(f"{run}\n")
+    (ksm / "pages_sharing").write_text(f"{pages_sharing}\n")
+    return ksm
+
+
+def test_ksm_is_information_with_the_command_to_enable_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    off = only(doctor.check_ksm(settings, ksm_dir(tmp_path / "off", "0")))
+    assert off.status is Status.INFO and "KSM is off" in off.message
+    assert off.fix.endswith("echo 1 > /sys/kernel/mm/ksm/run")
+    on = only(doctor.check_ksm(settings, ksm_dir(tmp_path / "on", "1", "25600")))
+    assert on.status is Status.PASS and "25600 pages shared, 100 MiB saved" in on.message
+    absent = only(doctor.check_ksm(settings, tmp_path / "none"))
+    assert absent.status is Status.SKIPPED and "no KSM" in absent.message
+    # This host's, read and left as it was.
+    host = Path("/sys/kernel/mm/ksm/run")
+    if host.exists():
+        before = host.read_text()
+        expected = Status.PASS if before.strip() == "1" else Status.INFO
+        assert only(doctor.check_ksm(settings)).status is expected
+        assert host.read_text() == before
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -337,7 +368,7 @@ def test_hearth_doctor_exit_code_json_and_table(tmp_path: Path, resolver: str) -
     assert healthy.exit_code == 0, healthy.output
     rows = json.loads(healthy.stdout)
     assert all(set(row) == {"name", "status", "message", "fix"} for row in rows)
-    assert {row["status"] for row in rows} <= {"pass", "skipped"}
+    assert {row["status"] for row in rows} <= {"pass", "skipped", "info"}  # info: KSM off
     assert by_name(rows)["kvm"]["status"] == "skipped"
     assert by_name(rows)["database"]["status"] == "pass"
 

@@ -40,6 +40,7 @@ from hearth.core.capacity import (
     default_budget_mib,
     meminfo_mib,
 )
+from hearth.core.machine import machine_spec
 from hearth.core.vms import VmManager
 from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, PromptStatus, VmState
 from hearth.vmm.qemu import TB_SIZE_MIB, QemuDriver
@@ -60,7 +61,8 @@ def capacity_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vms: int, **se
     return build_rig(
         tmp_path,
         monkeypatch,
-        memory_mib=MEMORY_MIB,
+        browser_memory_mib=MEMORY_MIB,
+        cli_memory_mib=MEMORY_MIB,
         vm_memory_budget_mib=vms * VM_MIB + VM_MIB - 1,
         **settings,
     )
@@ -451,6 +453,20 @@ def test_a_cli_vm_in_use_is_never_hibernated_to_make_room(tmp_path, monkeypatch)
         assert refused.status_code == 503
         assert rig.controller.cli_vms.vm_of("ua").state == VmState.ready
         wait_for(ended.is_set, 60, "ua's prompt to end")
+
+
+def test_a_vms_cost_follows_its_images_guest_memory(tmp_path, monkeypatch):
+    with build_rig(
+        tmp_path, monkeypatch, browser_memory_mib=768, cli_memory_mib=384, memory_mib=640
+    ) as rig:
+        capacity = rig.controller.capacity
+        assert capacity.cost("browser") == VmCost(768, UNMEASURED_VMM_MIB)
+        assert capacity.cost(rig.settings.cli_image) == VmCost(384, UNMEASURED_VMM_MIB)
+        assert capacity.cost("baseline") == VmCost(640, UNMEASURED_VMM_MIB)
+        # What runs is counted by its image too, and its machine gets that memory.
+        browser, cli = rig.vms.create("browser"), rig.vms.create(rig.settings.cli_image)
+        assert capacity.usage().memory_mib == 768 + 384 + 2 * UNMEASURED_VMM_MIB
+        assert [machine_spec(rig.settings, vm).memory_mib for vm in (browser, cli)] == [768, 384]
 
 
 def test_a_cli_vm_admitted_for_a_prompt_is_not_hibernated_before_the_prompt_uses_it(

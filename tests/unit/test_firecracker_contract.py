@@ -35,8 +35,10 @@ BOOT = [
     ("PUT", "/drives/seed"),
     ("PUT", "/network-interfaces/eth0"),
     ("PUT", "/machine-config"),
+    ("PUT", "/balloon"),
     ("PUT", "/actions"),
 ]
+BALLOON = {"amount_mib": 0, "deflate_on_oom": True, "free_page_reporting": True}
 
 
 def require_spec() -> Path:
@@ -129,6 +131,9 @@ def plain_clone(monkeypatch: pytest.MonkeyPatch) -> None:
                                    "is_readonly": True}, "'is_readonly' was unexpected"),
         ("PUT", "/drives/seed", {"drive_id": "rootfs", "is_root_device": False}, "!= path"),
         ("PUT", "/machine-config", {"vcpu_count": "2", "mem_size_mib": 512}, "is not of type"),
+        ("PUT", "/balloon", {"amount_mib": 0}, "'deflate_on_oom' is a required"),
+        ("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": True,
+                             "free_page_reporting": "on"}, "is not of type"),
         ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_backend": {"backend_type": "File"}},
          "'backend_path' is a required"),
         ("POST", "/actions", {"action_type": "InstanceStart"}, "no POST"),
@@ -165,9 +170,11 @@ def test_api_boot_sequence_validates_in_order(api_spec: ApiSpec, tmp_path: Path)
         api.put_drive("seed", "/vm/seed.img", root=False, read_only=True)
         api.put_network_interface("eth0", "hth0", "06:00:c0:a8:64:02")
         api.put_machine_config(2, 512)
+        api.put_balloon()
         api.start_instance()
     assert [r.fault for r in server.requests] == [None] * len(BOOT)
     assert [(r.method, r.path) for r in server.requests] == BOOT
+    assert server.requests[-2].body == BALLOON
     assert server.requests[-1].body == {"action_type": "InstanceStart"}
 
 
@@ -246,6 +253,7 @@ def test_start_boots_through_the_spec(
              "is_read_only": True},
             {"iface_id": "eth0", "host_dev_name": spec.tap, "guest_mac": spec.mac},
             {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib},
+            BALLOON,
             {"action_type": "InstanceStart"},
         ]  # fmt: skip
         assert Path(disk).read_bytes() == spec.image.rootfs.read_bytes()
@@ -255,6 +263,18 @@ def test_start_boots_through_the_spec(
     assert not spec.pid_file.exists()
     assert not (spec.workdir / "firecracker.sock").exists()
     driver.stop(spec)  # idempotent
+
+
+def test_start_without_free_page_reporting_puts_no_balloon(
+    tmp_path: Path, fake_firecracker: Path, plain_clone: None
+) -> None:
+    spec = machine(tmp_path)
+    driver = FirecrackerDriver(binary=str(fake_firecracker), free_page_reporting=False)
+    driver.start(spec)
+    driver.stop(spec)
+    requests = journal(tmp_path / "journal.jsonl")
+    assert calls(requests) == [call for call in BOOT if call != ("PUT", "/balloon")]
+    assert [r["fault"] for r in requests] == [None] * len(requests)
 
 
 def test_hibernate_and_restore_through_the_spec(

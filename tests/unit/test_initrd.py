@@ -46,6 +46,10 @@ DEPS: dict[str, list[str]] = {
         "kernel/drivers/virtio/virtio_ring.ko.xz",
         "kernel/drivers/virtio/virtio.ko.xz",
     ],
+    "kernel/drivers/virtio/virtio_balloon.ko.xz": [
+        "kernel/drivers/virtio/virtio_ring.ko.xz",
+        "kernel/drivers/virtio/virtio.ko.xz",
+    ],
     "kernel/lib/crc16.ko": [],
     "kernel/fs/mbcache.ko.xz": [],
     "kernel/fs/jbd2/jbd2.ko.zst": [],

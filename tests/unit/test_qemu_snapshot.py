@@ -30,6 +30,14 @@ def test_a_restore_runs_the_boot_command_line_with_only_the_incoming_migration_a
     assert driver.argv(spec, incoming="fd:7") == [*driver.argv(spec), "-incoming", "fd:7"]
 
 
+def test_free_page_reporting_is_a_balloon_device_the_restore_has_too(tmp_path: Path) -> None:
+    spec = machine(tmp_path)
+    balloon = "virtio-balloon-pci,id=balloon0,free-page-reporting=on"
+    argv = QemuDriver(accel="tcg").argv(spec, incoming="fd:7")
+    assert argv[argv.index(balloon) - 1] == "-device"
+    assert balloon not in QemuDriver(accel="tcg", free_page_reporting=False).argv(spec)
+
+
 def test_restore_without_a_snapshot_refuses_and_starts_nothing(tmp_path: Path) -> None:
     driver, spec = QemuDriver(accel="tcg"), machine(tmp_path)
     assert not driver.has_snapshot(spec)

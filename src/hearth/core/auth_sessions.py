@@ -27,7 +27,7 @@ import httpx
 from sqlalchemy import select, update
 
 from hearth import metrics, providers
-from hearth.config import Settings
+from hearth.config import BROWSER_IMAGE, Settings
 from hearth.core import CoreError, machine, webhooks
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.capacity import Capacity, NoCapacity, Reservation
@@ -50,7 +50,6 @@ TERMINAL = (
     AuthSessionStatus.cancelled,
     AuthSessionStatus.expired,
 )
-BROWSER_IMAGE = "browser"
 VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
 ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
 RESTARTED = "the controller restarted during the sign-in"

@@ -145,7 +145,7 @@ class Capacity:
 
     def cost(self, image: str, vmm: str | None = None) -> VmCost:
         """What a VM of `image` on `vmm` (by default: new VMs') costs while it runs."""
-        return VmCost(self.settings.memory_mib, self._vmm_mib(vmm or self.vms.vmm))
+        return VmCost(self.settings.guest_memory_mib(image), self._vmm_mib(vmm or self.vms.vmm))
 
     def _vmm_mib(self, vmm: str) -> int:
         driver = self.vms.drivers.get(vmm)

@@ -24,7 +24,7 @@ RUNNING = (VmState.booting, VmState.ready, VmState.hibernating, VmState.resuming
 class HostResources:
     memory_total_mib: int
     memory_available_mib: int
-    vm_memory_mib: int  # guest memory of the VMs that run now (each VM's memory_mib)
+    vm_memory_mib: int  # guest memory of the VMs that run now (each by its image)
     vms_by_state: dict[str, int]
     addresses: int  # in the VM subnet
     addresses_leased: int
@@ -79,12 +79,12 @@ def vms(
 def host_resources(ctl: Controller) -> HostResources:
     live = ctl.vms.list()
     by_state = Counter(str(vm.state) for vm in live)
-    running = sum(1 for vm in live if vm.state in RUNNING)
+    running = [vm for vm in live if vm.state in RUNNING]
     total, available = meminfo_mib()
     return HostResources(
         memory_total_mib=total,
         memory_available_mib=available,
-        vm_memory_mib=running * ctl.settings.memory_mib,
+        vm_memory_mib=sum(ctl.settings.guest_memory_mib(vm.image) for vm in running),
         vms_by_state=dict(sorted(by_state.items())),
         addresses=len(ctl.vms.pool.candidates()),
         addresses_leased=len(ctl.vms.pool.leases()),

@@ -46,7 +46,7 @@ def machine_spec(settings: Settings, vm: Vm) -> MachineSpec:
         tap=vm.tap,
         mac=vm.mac or "",
         vcpus=settings.vcpus,
-        memory_mib=settings.memory_mib,
+        memory_mib=settings.guest_memory_mib(vm.image),
         netns=vm.netns,
     )
 

@@ -49,8 +49,13 @@ def vm_manager(settings: Settings, db: Database | None = None) -> VmManager:
             settings.qemu_accel,
             probe_cache=settings.home / "kvm-probe.json",
             tb_size_mib=settings.qemu_tb_size_mib,
+            free_page_reporting=settings.free_page_reporting,
         ),
-        "firecracker": FirecrackerDriver(settings.firecracker_bin, settings.jailer_bin),
+        "firecracker": FirecrackerDriver(
+            settings.firecracker_bin,
+            settings.jailer_bin,
+            free_page_reporting=settings.free_page_reporting,
+        ),
     }
     return VmManager(
         settings, db or open_database(settings), VmNetwork.from_settings(settings), drivers

@@ -15,14 +15,17 @@ import zstandard
 
 # What a VM needs before its root filesystem: the disk, the NIC (loaded early so the
 # network bootstrap never waits on udev), virtio-mmio for Firecracker, ext4 and its checksum,
-# and virtio-rng: without the host's entropy the kernel's random pool takes seconds to
-# initialise under emulation, and every early Python that imports `random` blocks on it.
+# virtio-rng: without the host's entropy the kernel's random pool takes seconds to
+# initialise under emulation, and every early Python that imports `random` blocks on it;
+# and virtio-balloon, through which the guest reports the memory it frees (the image masks
+# udev and systemd-modules-load, so nothing would load it later).
 WANTED_MODULES = (
     "virtio_pci",
     "virtio_mmio",
     "virtio_blk",
     "virtio_net",
     "virtio_rng",
+    "virtio_balloon",
     "crc32c_generic",
     "ext4",
 )

@@ -95,6 +95,15 @@ class FirecrackerApi:
             "PUT", "/machine-config", {"vcpu_count": vcpu_count, "mem_size_mib": mem_size_mib}
         )
 
+    def put_balloon(self) -> None:
+        """A balloon that stays empty (it takes nothing from the guest) and reports the
+        pages the guest frees, which Firecracker then drops from the VM's memory."""
+        self._call(
+            "PUT",
+            "/balloon",
+            {"amount_mib": 0, "deflate_on_oom": True, "free_page_reporting": True},
+        )
+
     def start_instance(self) -> None:
         self._call("PUT", "/actions", {"action_type": "InstanceStart"})
 
@@ -178,9 +187,12 @@ class FirecrackerDriver:
     name = "firecracker"
     programs = ("firecracker", "jailer")
 
-    def __init__(self, binary: str = "firecracker", jailer: str = "") -> None:
+    def __init__(
+        self, binary: str = "firecracker", jailer: str = "", free_page_reporting: bool = True
+    ) -> None:
         self.binary = binary
         self.jailer = jailer
+        self.free_page_reporting = free_page_reporting
         # Our children, held until stopped so they are reaped rather than left as zombies.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -207,6 +219,8 @@ class FirecrackerDriver:
                 api.put_drive("seed", seed, root=False, read_only=True)
                 api.put_network_interface(IFACE, spec.tap, spec.mac)
                 api.put_machine_config(spec.vcpus, spec.memory_mib)
+                if self.free_page_reporting:
+                    api.put_balloon()
                 api.start_instance()
         except VmmError:
             self.stop(spec)
