@@ -43,6 +43,7 @@ from hearth.store.credentials import CredentialInfo, CredentialNotFound, Credent
 from hearth.store.models import Vm, VmState
 from hearth.waiting import wait_for
 from tests.core_rig import USER, Rig, build_rig
+from tests.unit.test_auth_sessions import assert_vm_gone
 
 PROVIDER = "demo"
 CREDENTIALS = ".hearth-demo/credentials.json"
@@ -591,6 +592,28 @@ def test_a_hibernated_vm_resumes_on_next_use_with_its_credentials_still_there(
     assert after == (files, digest)
     assert installs(rig, vm) == 1  # kept on the VM's disk, not installed again
     assert rig.controller.credentials.lease(user, PROVIDER) == Lease(vm.id, 1, digest)
+
+
+def test_a_hibernated_vm_that_does_not_resume_is_replaced_with_the_stored_credentials(
+    rig: Rig, user: str
+) -> None:
+    """A snapshot that no longer restores (its machine changed while it slept) would fail
+    every prompt: the VM is replaced, and the new one gets the stored version."""
+    cli_vms = rig.controller.cli_vms
+    with cli_vms.using(user, PROVIDER) as vm:
+        files, _ = in_vm(rig, vm)
+    rig.vms.hibernate(vm.id)
+    rig.driver.failing.add("restore")
+
+    with cli_vms.using(user, PROVIDER) as fresh:
+        assert fresh.id != vm.id and rig.vms.vmm_alive(fresh)
+        assert in_vm(rig, fresh)[0] == files
+
+    assert_vm_gone(rig, vm.id)
+    assert rig.controller.credentials.lease(user, PROVIDER).vm_id == fresh.id
+    capacity = rig.controller.capacity
+    usage = capacity.usage()  # the new VM alone: no room left held for either
+    assert (usage.vms, usage.memory_mib) == (1, capacity.cost(fresh.image).total_mib)
 
 
 def test_sweep_leaves_a_vm_used_recently_alone(rig: Rig, user: str) -> None:

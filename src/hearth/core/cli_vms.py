@@ -366,6 +366,14 @@ class CliVms:
             try:
                 self.capacity.bind(reservation, vm.id)
                 self.vms.resume(vm.id)
+            except VmError as e:
+                # A snapshot that does not restore would fail every prompt from now on (its
+                # machine changed since it slept: guest memory, devices, QEMU, the image).
+                # Its tokens were settled at its last prompt's end: a new VM loses nothing.
+                log.warning("CLI VM %s did not resume, replacing it: %s", vm.id, e)
+                self.capacity.release(reservation)  # the new VM reserves its own room
+                self.vms.destroy(vm.id)
+                vm = reservation = None
             finally:
                 self.capacity.release(reservation)
         elif vm is not None and not (vm.state == VmState.ready and self.vms.vmm_alive(vm)):
