@@ -37,6 +37,7 @@ import pytest
 from hearth import providers
 from hearth.core.agent_client import AgentRequestError
 from hearth.core.cli_vms import RunEnd
+from hearth.core.vms import VmError
 from hearth.demo.idp import CLIENT_ID
 from hearth.guest.protocol import RunExit, RunOutput, RunStarted
 from hearth.store.credentials import CredentialInfo, CredentialNotFound, CredentialStale, Lease
@@ -101,7 +102,9 @@ class Accounts:
     def _sign_in(self, count: int) -> list[str]:
         user_ids = [f"user{self._made + n}" for n in range(count)]
         self._made += count
-        sign_in(self.rig, *user_ids)
+        batch = self.rig.settings.auth_queue_max  # more at once would be refused, not queued
+        for first in range(0, count, batch):
+            sign_in(self.rig, *user_ids[first : first + batch])
         return user_ids
 
     def take(self) -> str:
@@ -614,6 +617,25 @@ def test_a_hibernated_vm_that_does_not_resume_is_replaced_with_the_stored_creden
     capacity = rig.controller.capacity
     usage = capacity.usage()  # the new VM alone: no room left held for either
     assert (usage.vms, usage.memory_mib) == (1, capacity.cost(fresh.image).total_mib)
+
+
+def test_a_hibernated_vm_whose_image_was_rebuilt_is_replaced_not_resumed(
+    rig: Rig, user: str
+) -> None:
+    """Its disk overlay would wake on another rootfs than the one its memory knows."""
+    cli_vms = rig.controller.cli_vms
+    with cli_vms.using(user, PROVIDER) as vm:
+        pass
+    rig.vms.hibernate(vm.id)
+    manifest = rig.settings.images_dir / vm.image / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "built_at": "later"}))
+
+    with pytest.raises(VmError, match="image was rebuilt since it hibernated"):
+        rig.vms.resume(vm.id)
+    assert rig.vms.get(vm.id).state == VmState.hibernated  # refused before anything ran
+    with cli_vms.using(user, PROVIDER) as fresh:
+        assert fresh.id != vm.id and fresh.image_build != vm.image_build
+    assert_vm_gone(rig, vm.id)
 
 
 def test_sweep_leaves_a_vm_used_recently_alone(rig: Rig, user: str) -> None:

@@ -259,6 +259,13 @@ class VmManager:
             if vm.state == VmState.ready:
                 return vm
             self._require(vm, VmState.hibernated, VmState.resuming)
+            if vm.image_build != image_build(self.settings, vm.image):
+                # Its disk overlay would wake on the new build's rootfs beneath the old one's
+                # cached files: a guest that corrupts its own filesystem.
+                raise VmError(
+                    f"VM {vm_id} cannot resume: its {vm.image} image was rebuilt since it "
+                    "hibernated"
+                )
             try:
                 run_plan(resume_plan(), self, vm_id, on_step)
             except StepFailed as e:
