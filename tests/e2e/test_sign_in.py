@@ -36,6 +36,28 @@ def wait_status(running: Stack, session_id: str, statuses: tuple[str, ...], time
     return wait_for(reached, timeout, f"session {session_id} to reach {statuses}", interval=1)
 
 
+def sign_in_through_the_live_view(running: Stack, connect_url: str, shots: str) -> dict:
+    """A person signs in at `connect_url` in a real Chromium (tests/e2e/browser_user.py),
+    screenshots kept under ARTIFACTS/`shots`; what the viewer saw at the end."""
+    user = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("browser_user.py")),
+            connect_url,
+            running.user,
+            running.password,
+            str(ARTIFACTS / shots),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert user.returncode == 0, user.stderr[-3000:]
+    seen = json.loads(user.stdout.splitlines()[-1])
+    assert seen["status"].startswith("completed"), seen
+    return seen
+
+
 @pytest.fixture
 def running(tmp_path: Path, request) -> Iterator[Stack]:
     needs_image("browser")
@@ -52,22 +74,7 @@ def test_demo_sign_in_through_the_live_view(running: Stack):
     assert started.status_code == 202, started.text
     session_id, connect_url = started.json()["session_id"], started.json()["connect_url"]
 
-    shots = ARTIFACTS / "sign-in"
-    user = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("browser_user.py")),
-            connect_url,
-            running.user,
-            running.password,
-            str(shots),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert user.returncode == 0, user.stderr[-3000:]
-    assert json.loads(user.stdout.splitlines()[-1])["status"].startswith("completed")
+    sign_in_through_the_live_view(running, connect_url, "sign-in")
 
     session = wait_status(running, session_id, ("completed",), timeout=60)
     assert [e["status"] for e in session["timeline"]] == [
@@ -98,7 +105,7 @@ def test_demo_sign_in_through_the_live_view(running: Stack):
         text = log.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a secret leaked into {log.name}"
-    assert len(list(shots.glob("*.png"))) >= 3
+    assert len(list((ARTIFACTS / "sign-in").glob("*.png"))) >= 3
 
 
 @pytest.mark.parametrize("running", [45], indirect=True)

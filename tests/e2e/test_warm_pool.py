@@ -1,14 +1,12 @@
-"""A demo sign-in that takes a warm pool VM (hearth.core.warm_pool), with real QEMU browser
-VMs on the demo stack: the pool's VM boots, paints Firefox's blank page and hibernates; the
+"""Demo sign-ins that take a warm pool VM (hearth.core.warm_pool), with real QEMU browser
+VMs on the demo stack: the pool's VM boots, paints Firefox's blank page (and, prepared for
+the demo provider, shows its sign-in page with the login started) and hibernates; the
 sign-in resumes it, its Firefox shows the authorize page, and a real Chromium signs in
-through the live view."""
+through the live view. And the stack stopped while its pool VM boots leaves nothing."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +19,10 @@ from hearth.core.auth_sessions import FROM_POOL, SIGN_IN_AHEAD
 from hearth.core.reconciler import vmm_processes
 from hearth.core.warm_pool import WARM, WARMING
 from hearth.demo.stack import Stack, stack
-from hearth.store.models import VmState
+from hearth.store.models import Vm, VmState
 from hearth.waiting import wait_for
 from tests.e2e.conftest import IMAGES, needs_image
-from tests.e2e.test_sign_in import ARTIFACTS, wait_status
+from tests.e2e.test_sign_in import sign_in_through_the_live_view, wait_status
 
 pytestmark = pytest.mark.vm
 
@@ -73,40 +71,38 @@ def test_the_stack_stopped_while_a_pool_vm_boots_leaves_no_vm(tmp_path: Path):
         wait_for(booting, 120, "the pool's VM to boot", interval=0.2)
 
 
-def test_a_demo_sign_in_takes_a_warm_pool_vm_and_completes(pooled: Stack):
-    vms = runtime.vm_manager(pooled.settings)
+def the_warm_vm(s: Stack) -> Vm:
+    """The pool's one VM, once it is warm: hibernated, its snapshot on disk."""
+    vms = runtime.vm_manager(s.settings)
 
-    def warm() -> list:
+    def warm() -> list[Vm]:
         return [vm for vm in vms.list() if vm.pool == WARM and vm.state == VmState.hibernated]
 
     (pool_vm,) = wait_for(warm, WARM_WAIT, "the pool's VM to be warm", interval=1)
     assert not vms.vmm_alive(pool_vm) and vms.has_snapshot(pool_vm)
+    return pool_vm
 
+
+def sign_in_from_the_pool(s: Stack, shots: str) -> dict:
+    """A demo sign-in through the live view, timed from its start to the authorize page;
+    the completed session."""
     began = time.monotonic()
-    started = pooled.api.post("/api/auth/start", json={"user_id": "ada", "provider": "demo"})
+    started = s.api.post("/api/auth/start", json={"user_id": "ada", "provider": "demo"})
     assert started.status_code == 202, started.text
     session_id, connect_url = started.json()["session_id"], started.json()["connect_url"]
-    wait_status(pooled, session_id, ("awaiting_user",), timeout=PAINT_WAIT)
-    painted = time.monotonic() - began
-    print(f"start -> authorize page painted, from the pool: {painted:.1f} s")
+    wait_status(s, session_id, ("awaiting_user",), timeout=PAINT_WAIT)
+    print(f"start -> authorize page painted, from the pool: {time.monotonic() - began:.1f} s")
+    sign_in_through_the_live_view(s, connect_url, shots)
+    session = wait_status(s, session_id, ("completed",), timeout=60)
+    status = s.api.get(f"/api/auth/session/{session_id}/credentials/status").json()
+    assert status["status"] == "ready" and status["account_email"] == s.user
+    return session
 
-    user = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("browser_user.py")),
-            connect_url,
-            pooled.user,
-            pooled.password,
-            str(ARTIFACTS / "warm-pool"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert user.returncode == 0, user.stderr[-3000:]
-    assert json.loads(user.stdout.splitlines()[-1])["status"].startswith("completed")
 
-    session = wait_status(pooled, session_id, ("completed",), timeout=60)
+def test_a_demo_sign_in_takes_a_warm_pool_vm_and_completes(pooled: Stack):
+    pool_vm = the_warm_vm(pooled)
+    assert pool_vm.pool_provider is None
+    session = sign_in_from_the_pool(pooled, "warm-pool")
     timeline = session["timeline"]
     assert [e["status"] for e in timeline] == [
         "started",
@@ -115,11 +111,9 @@ def test_a_demo_sign_in_takes_a_warm_pool_vm_and_completes(pooled: Stack):
         "completed",
     ]
     assert timeline[1]["detail"] == f"{FROM_POOL} ({pool_vm.id})", timeline
-    assert "pool" in timeline[1]["detail"]
-    status = pooled.api.get(f"/api/auth/session/{session_id}/credentials/status").json()
-    assert status["status"] == "ready" and status["account_email"] == pooled.user
 
     # The VM that served the sign-in is destroyed, never back in the pool.
+    vms = runtime.vm_manager(pooled.settings)
     wait_for(lambda: vms.get(pool_vm.id).state == VmState.destroyed, 120, "the served VM to go")
     assert vms.get(pool_vm.id).pool is None
 
@@ -129,41 +123,13 @@ def test_a_pool_vm_prepared_for_the_provider_shows_its_sign_in_page_at_once(
 ):
     """The pool's VM hibernated with the demo CLI's login running and its authorize page
     shown: a take resumes it, and that same login completes the sign-in."""
-    vms = runtime.vm_manager(pooled_ahead.settings)
-
-    def warm() -> list:
-        return [vm for vm in vms.list() if vm.pool == WARM and vm.state == VmState.hibernated]
-
-    (pool_vm,) = wait_for(warm, WARM_WAIT, "the pool's VM to be warm", interval=1)
+    pool_vm = the_warm_vm(pooled_ahead)
     assert pool_vm.pool_provider == "demo"
-
-    began = time.monotonic()
-    started = pooled_ahead.api.post("/api/auth/start", json={"user_id": "ada", "provider": "demo"})
-    assert started.status_code == 202, started.text
-    session_id, connect_url = started.json()["session_id"], started.json()["connect_url"]
-    wait_status(pooled_ahead, session_id, ("awaiting_user",), timeout=PAINT_WAIT)
-    print(f"start -> authorize page, shown ahead in the pool VM: {time.monotonic() - began:.1f} s")
-
-    user = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("browser_user.py")),
-            connect_url,
-            pooled_ahead.user,
-            pooled_ahead.password,
-            str(ARTIFACTS / "warm-pool-ahead"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert user.returncode == 0, user.stderr[-3000:]
-    session = wait_status(pooled_ahead, session_id, ("completed",), timeout=60)
+    session = sign_in_from_the_pool(pooled_ahead, "warm-pool-ahead")
     # The login started ahead survived the hibernation: no second one was started.
-    assert [(e["status"], e["detail"]) for e in session["timeline"][:2]] == [
+    assert [(e["status"], e["detail"]) for e in session["timeline"]] == [
         ("started", None),
         ("vm_booting", f"{FROM_POOL} ({pool_vm.id}), {SIGN_IN_AHEAD.format('demo')}"),
+        ("awaiting_user", None),
+        ("completed", f"credentials stored for {pooled_ahead.user}"),
     ]
-    assert [e["status"] for e in session["timeline"]][2:] == ["awaiting_user", "completed"]
-    status = pooled_ahead.api.get(f"/api/auth/session/{session_id}/credentials/status").json()
-    assert status["status"] == "ready" and status["account_email"] == pooled_ahead.user
