@@ -46,24 +46,29 @@ def admin(client: TestClient) -> dict[str, str]:
     return bearer(client, "admin")
 
 
+def recorded_vm(client: TestClient, vm_id: str, **fields) -> Vm:
+    """A VM record with `fields`, as the controller's plans would have left it."""
+    vm = Vm(
+        id=vm_id, vmm="qemu", tap=f"hth{vm_id[:11]}", netns="", agent_token="never-shown", **fields
+    )
+    with client.app.state.controller.db.session() as s:
+        s.add(vm)
+        s.commit()
+    return vm
+
+
 def failed_vm(client: TestClient, console: str = "") -> str:
     """A VM record as a create that failed at boot leaves it, with a console log."""
     ctl = client.app.state.controller
-    vm = Vm(
-        id="0123456789ab",
+    vm = recorded_vm(
+        client,
+        "0123456789ab",
         image="cli",
-        vmm="qemu",
-        tap="hth0123456789a",
-        netns="",
-        agent_token="never-shown",
         state=VmState.failed,
         failed_step="boot",
         error="the VMM refused",
         user_id="ada",
     )
-    with ctl.db.session() as s:
-        s.add(vm)
-        s.commit()
     workdir = ctl.vms.workdir(vm.id)
     workdir.mkdir(parents=True)
     (workdir / "console.log").write_text(console)
@@ -111,22 +116,14 @@ def test_vms_are_listed_shown_with_their_console_and_destroyed(client: TestClien
 
 
 def test_a_warm_pool_vm_is_listed_with_its_mark_and_provider(client: TestClient, admin):
-    ctl = client.app.state.controller
-    with ctl.db.session() as s:
-        s.add(
-            Vm(
-                id="0123456789cd",
-                image="browser",
-                vmm="qemu",
-                tap="hth0123456789c",
-                netns="",
-                agent_token="never-shown",
-                state=VmState.hibernated,
-                pool="warm",
-                pool_provider="demo",
-            )
-        )
-        s.commit()
+    recorded_vm(
+        client,
+        "0123456789cd",
+        image="browser",
+        state=VmState.hibernated,
+        pool="warm",
+        pool_provider="demo",
+    )
     (listed,) = client.get("/api/admin/vms", headers=admin).json()["vms"]
     assert (listed["pool"], listed["pool_provider"], listed["user_id"]) == ("warm", "demo", None)
 

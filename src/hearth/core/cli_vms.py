@@ -371,11 +371,11 @@ class CliVms:
                 # machine changed since it slept: guest memory, devices, QEMU, the image).
                 # Its tokens were settled at its last prompt's end: a new VM loses nothing.
                 log.warning("CLI VM %s did not resume, replacing it: %s", vm.id, e)
-                self.capacity.release(reservation)  # the new VM reserves its own room
                 self.vms.destroy(vm.id)
-                vm = reservation = None
+                vm = None
             finally:
                 self.capacity.release(reservation)
+            reservation = None  # given back: a new VM reserves its own room
         elif vm is not None and not (vm.state == VmState.ready and self.vms.vmm_alive(vm)):
             if vm.state == VmState.ready:  # its VMM died under it
                 webhooks.vm_crashed(self.vms.db, vm)
