@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  debootstrap e2fsprogs util-linux          # image builds (mkfs.ext4 -d, mount, chroot)
+  debootstrap e2fsprogs util-linux          # image builds (mkfs.ext4 -d, mount, chroot); setpriv (KVM probe)
   qemu-system-x86 qemu-utils                # the QEMU driver and qcow2 overlays
   iproute2 nftables                         # namespaces, bridge, TAPs, firewall
   python3 python3-venv ca-certificates
