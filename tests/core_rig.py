@@ -335,6 +335,7 @@ def build_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: objec
         netns="",
         demo_issuer=idp.issuer,
         boot_timeout=30.0,
+        agent_poll_interval=0.02,  # loopback agents answer at once: no VM's CPU to spare
         vm_ca_file="",
         upstream_proxy="",
     )

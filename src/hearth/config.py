@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     """Guest memory of a VM of any other image (e.g. `hearth vm create baseline`), in MiB."""
     boot_timeout: float = 180.0
     """Seconds a VM may take from its start to its agent's first answer."""
+    agent_poll_interval: float = Field(default=0.5, gt=0, le=10)
+    """Seconds between the controller's asks of a guest agent how a login or page goes."""
     qemu_tb_size_mib: int = Field(default=TB_SIZE_MIB, ge=0)
     """MiB of QEMU's translation cache under emulation (TCG); 0: QEMU's own default, 1 GiB."""
     free_page_reporting: bool = True

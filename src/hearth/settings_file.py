@@ -40,6 +40,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "cli_memory_mib",
         "memory_mib",
         "boot_timeout",
+        "agent_poll_interval",
         "qemu_tb_size_mib",
         "free_page_reporting",
     ),

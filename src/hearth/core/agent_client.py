@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import httpx
 
@@ -91,6 +93,13 @@ def _encode(files: dict[str, bytes]) -> dict[str, str]:
     return {path: base64.b64encode(content).decode("ascii") for path, content in files.items()}
 
 
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """One context for every client: the agent speaks plain HTTP, and a client left to make
+    its own loads the system's CAs each time (most of a sign-in poll's CPU)."""
+    return ssl.create_default_context()
+
+
 class AgentClient:
     """Every answer comes back parsed (hearth.guest.protocol): ProtocolError when the agent
     sends something the protocol does not allow, AgentRequestError when it refuses."""
@@ -102,6 +111,7 @@ class AgentClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             trust_env=False,  # the guest is never reached through a proxy
+            verify=_tls_context(),
         )
 
     def close(self) -> None:

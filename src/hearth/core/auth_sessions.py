@@ -539,7 +539,7 @@ class AuthSessions:
             return done(last)
 
         try:
-            wait_for(check, max(remaining, 0.1), what, interval=0.5)
+            wait_for(check, max(remaining, 0.1), what, interval=self.settings.agent_poll_interval)
         except Timeout:
             self._finish(session_id, AuthSessionStatus.expired, f"expired waiting for {what}")
             raise _SessionEnded from None

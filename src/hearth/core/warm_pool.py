@@ -215,14 +215,15 @@ class WarmPool:
                         raise RuntimeError(f"the warm Firefox failed: {status.error}")
                     return status.painted
 
-                wait_for(painted, PAINT_TIMEOUT, "Firefox to paint the blank page", interval=0.5)
+                poll = self.settings.agent_poll_interval
+                wait_for(painted, PAINT_TIMEOUT, "Firefox to paint the blank page", interval=poll)
                 if provider is not None:
                     agent.start_login(login_request(self.settings, self.vms, provider))
                     wait_for(
                         lambda: authorize_page_shown(agent.login_status()),
                         SIGN_IN_PAGE_TIMEOUT,
                         f"Firefox to show the {provider} sign-in page",
-                        interval=0.5,
+                        interval=poll,
                     )
             self.vms.hibernate(vm_id)
             self.vms.update(vm_id, pool=WARM)

@@ -37,6 +37,7 @@ CLIENT_ID = "hearth-demo-cli"
 DEFAULT_OUT = "~/.hearth-demo/credentials.json"
 SCOPE = "openid email offline_access"
 HTTP_TIMEOUT = 30.0
+SHUTDOWN_POLL = 0.05  # seconds between the callback server's checks for shutdown()
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
 <body style="font: 16px/1.5 system-ui, sans-serif; margin: 4rem auto; max-width: 32rem">
@@ -277,7 +278,7 @@ def login(args: argparse.Namespace) -> str:
             }
         )
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True)
     thread.start()
     try:
         print(f"Open this URL to sign in: {url}", flush=True)
