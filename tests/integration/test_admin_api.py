@@ -11,7 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hearth.api.keys import create_key
+from hearth.core.capacity import default_budget_mib
+from hearth.metrics import MIB
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState
+from tests.unit.test_metrics import scrape, value
 
 FAR = datetime(2099, 1, 1, tzinfo=UTC)
 ADMIN_ROUTES = [
@@ -183,6 +186,25 @@ def test_the_host_shows_memory_vms_by_state_and_the_ip_pool(client: TestClient, 
     assert host["vms_by_state"] == {"failed": 1}  # counted, though it holds no memory
     assert host["vm_memory_mib"] == 0
     assert (host["addresses"], host["addresses_leased"]) == (253, 0)  # a /24 less the gateway
+
+
+def test_the_host_shows_the_vm_memory_budget_and_what_running_vms_reserve_of_it(
+    client: TestClient, admin
+):
+    ctl = client.app.state.controller
+    recorded_vm(client, "0123456789ab", image="cli", state=VmState.ready, user_id="ada")
+    recorded_vm(client, "abcdef012345", image="browser", state=VmState.hibernated)
+    host = client.get("/api/admin/host", headers=admin).json()
+    # No budget set: the host's RAM less its reserve; only the running VM takes of it.
+    assert host["vm_memory_budget_mib"] == default_budget_mib(host["memory_total_mib"])
+    assert host["vm_memory_reserved_mib"] == ctl.capacity.cost("cli", "qemu").total_mib
+    assert host["vm_memory_reserved_mib"] > host["vm_memory_mib"] == ctl.settings.cli_memory_mib
+    # The figures the metrics give, from the same place.
+    samples = scrape(client.get("/metrics", headers=admin).text)
+    assert value(samples, "hearth_vm_memory_budget_bytes") == host["vm_memory_budget_mib"] * MIB
+    assert value(samples, "hearth_vm_memory_reserved_bytes") == (
+        host["vm_memory_reserved_mib"] * MIB
+    )
 
 
 def test_keys_are_listed_created_once_and_revoked(client: TestClient, admin):

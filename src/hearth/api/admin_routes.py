@@ -194,7 +194,8 @@ def get_user(
 
 @router.get("/host")
 def host(request: Request) -> HostView:
-    """Memory (the host's, and what running VMs' guests take), VMs by state, the IP pool."""
+    """Memory (the host's, what running VMs' guests take, and the VMs' memory budget with
+    what is reserved of it, as admission counts them), VMs by state, the IP pool."""
     return HostView(**asdict(inventory.host_resources(controller(request))))
 
 

@@ -233,6 +233,13 @@ class HostView(BaseModel):
     memory_total_mib: int
     memory_available_mib: int
     vm_memory_mib: int = Field(description="guest memory of the VMs that run now")
+    vm_memory_budget_mib: int = Field(
+        description="what running VMs may take in all (HEARTH_VM_MEMORY_BUDGET_MIB or its default)"
+    )
+    vm_memory_reserved_mib: int = Field(
+        description="what running VMs take of the budget (guest and VMM each) and VMs admitted "
+        "to boot or resume hold reserved"
+    )
     vms_by_state: dict[str, int]
     addresses: int = Field(description="in the VM subnet")
     addresses_leased: int

@@ -25,6 +25,8 @@ class HostResources:
     memory_total_mib: int
     memory_available_mib: int
     vm_memory_mib: int  # guest memory of the VMs that run now (each by its image)
+    vm_memory_budget_mib: int  # what running VMs may take in all (hearth.core.capacity)
+    vm_memory_reserved_mib: int  # what they take (guest and VMM) and admitted ones hold
     vms_by_state: dict[str, int]
     addresses: int  # in the VM subnet
     addresses_leased: int
@@ -81,10 +83,13 @@ def host_resources(ctl: Controller) -> HostResources:
     by_state = Counter(str(vm.state) for vm in live)
     running = [vm for vm in live if vm.state in RUNNING]
     total, available = meminfo_mib()
+    usage = ctl.capacity.usage()
     return HostResources(
         memory_total_mib=total,
         memory_available_mib=available,
         vm_memory_mib=sum(ctl.settings.guest_memory_mib(vm.image) for vm in running),
+        vm_memory_budget_mib=usage.budget_mib,
+        vm_memory_reserved_mib=usage.memory_mib,
         vms_by_state=dict(sorted(by_state.items())),
         addresses=len(ctl.vms.pool.candidates()),
         addresses_leased=len(ctl.vms.pool.leases()),
