@@ -47,10 +47,14 @@ from hearth.store import outbox
 from hearth.store.models import ApiKey, AuthSessionStatus, DeliveryStatus, Vm, VmState
 from hearth.store.webhook_endpoints import EndpointInfo
 
-VmId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$")]
+VM_ID_PATTERN = r"^[0-9a-f]{1,32}$"
+PROVIDER_PATTERN = r"^[a-z0-9_]{1,32}$"
+ENDPOINT_ID_PATTERN = r"^[0-9a-f]{32}$"
+EgressVerdict = Literal["allowed", "refused", "failed"]
+VmId = Annotated[str, Path(pattern=VM_ID_PATTERN)]
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,16}$")]
-EndpointId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+EndpointId = Annotated[str, Path(pattern=ENDPOINT_ID_PATTERN)]
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -58,9 +62,9 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(re
 @router.get("/egress")
 async def egress_log(
     request: Request,
-    vm_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,32}$")] = None,
+    vm_id: Annotated[str | None, Query(pattern=VM_ID_PATTERN)] = None,
     user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
-    verdict: Literal["allowed", "refused", "failed"] | None = None,
+    verdict: EgressVerdict | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EgressLog:
     """Every attempt of a VM to reach a name, newest first: who, which name, the verdict
@@ -139,7 +143,7 @@ def destroy_vm(vm_id: VmId, request: Request) -> VmView:
 def list_sessions(
     request: Request,
     status: AuthSessionStatus | None = None,
-    provider: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,32}$")] = None,
+    provider: Annotated[str | None, Query(pattern=PROVIDER_PATTERN)] = None,
     user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SessionList:
