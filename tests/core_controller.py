@@ -6,10 +6,10 @@ tests that end it as a crash or a stop would.
 starts a sign-in, prints {"session_id", "token"} (the live-view token) as one JSON line once
 the session awaits the user, and waits to be killed.
 
-    python -m tests.core_controller serve '<Settings as JSON>' <unix socket>
+    python -m tests.core_controller serve '<Settings as JSON>' <unix socket | HOST:PORT>
 
-is `hearth serve` on the rig's controller: the API on the unix socket, READY=1 and
-STOPPING=1 to $NOTIFY_SOCKET, and the graceful stop on SIGTERM.
+is `hearth serve` on the rig's controller: the API on the unix socket (or on HOST:PORT, for
+a browser), READY=1 and STOPPING=1 to $NOTIFY_SOCKET, and the graceful stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def sign_in(settings: Settings, user_id: str, provider: str) -> None:
     threading.Event().wait()
 
 
-def serve_api(settings: Settings, uds: str) -> None:
+def serve_api(settings: Settings, where: str) -> None:
     _, _, controller = local_controller(settings)
-    serve(create_app(settings, parts=lambda _: controller), uds=uds)
+    host, _, port = where.rpartition(":")
+    listen = {"host": host, "port": int(port)} if port.isdigit() else {"uds": where}
+    serve(create_app(settings, parts=lambda _: controller), **listen)
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ START_TIMEOUT = 60.0
 
 
 @contextmanager
-def serve_app(app: ASGIApp) -> Iterator[str]:
-    """`app` listening on a free port of 127.0.0.1 once started (its lifespan run); its URL.
-    On leaving it shuts down as on SIGTERM."""
-    listener = socket.create_server(("127.0.0.1", 0))
+def serve_app(app: ASGIApp, port: int = 0) -> Iterator[str]:
+    """`app` listening on `port` of 127.0.0.1 (by default a free one) once started (its
+    lifespan run); its URL. On leaving it shuts down as on SIGTERM."""
+    listener = socket.create_server(("127.0.0.1", port))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

@@ -14,7 +14,6 @@ them, and the lifecycle itself is tested in tests/unit/test_vm_plans.py.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,14 +35,11 @@ from hearth.store.models import (
     Vm,
     VmState,
 )
+from tests.artifacts import artifacts_dir
 from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.conftest import Served, serve
 from tests.webhook_receiver import Receiver
 
-ARTIFACTS = (
-    Path(os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
-    / "admin"
-)
 WAIT_MS = 15_000
 
 
@@ -58,7 +54,6 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -66,7 +61,7 @@ def page() -> Iterator[Page]:
 
 
 def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(artifacts_dir("admin") / f"{name}.png"), full_page=True)
 
 
 def seed(ctl: Controller) -> tuple[str, str]:

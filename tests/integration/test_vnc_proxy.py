@@ -64,9 +64,9 @@ def vncpasswd(password: str) -> bytes:
     return done.stdout
 
 
-def accepts_connections(port: int) -> bool:
+def accepts_connections(port: int, address: str = LOOPBACK) -> bool:
     with socket.socket() as sock:
-        return sock.connect_ex((LOOPBACK, port)) == 0
+        return sock.connect_ex((address, port)) == 0
 
 
 @dataclass(frozen=True)
@@ -76,24 +76,32 @@ class VncServer:
 
 
 @contextlib.contextmanager
-def running_xvnc(workdir: Path) -> Iterator[VncServer]:
-    """Xtigervnc with VncAuth and a random password, listening on 127.0.0.1 only."""
+def running_xvnc(
+    workdir: Path, address: str = LOOPBACK, port: int = 0, password: str = ""
+) -> Iterator[VncServer]:
+    """Xtigervnc with VncAuth and `password` (by default a random one), listening on
+    `address` only (a loopback one) and `port` (by default a free one)."""
     if shutil.which("Xtigervnc") is None:
         pytest.skip(XVNC_MISSING)
-    password = secrets.token_urlsafe(6)[:8]
+    password = password or secrets.token_urlsafe(6)[:8]
     passwd_file = workdir / "vncpasswd"
     passwd_file.write_bytes(vncpasswd(password))
     passwd_file.chmod(0o600)
-    port = free_port()
+    port = port or free_port()
     command = [
         "Xtigervnc", f":{free_display()}", "-rfbport", str(port), "-rfbauth", str(passwd_file),
-        "-SecurityTypes", "VncAuth", "-localhost=1", "-geometry", f"{WIDTH}x{HEIGHT}",
+        "-SecurityTypes", "VncAuth", "-localhost=0", "-interface", address,
+        "-geometry", f"{WIDTH}x{HEIGHT}",
     ]  # fmt: skip
     log_path = workdir / "xtigervnc.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: process.poll() is not None or accepts_connections(port), 30, "Xtigervnc")
+        wait_for(
+            lambda: process.poll() is not None or accepts_connections(port, address),
+            30,
+            "Xtigervnc",
+        )
         if process.poll() is not None:
             raise RuntimeError(f"Xtigervnc exited early:\n{log_path.read_text(errors='replace')}")
         yield VncServer(port, password)

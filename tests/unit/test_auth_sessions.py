@@ -240,6 +240,9 @@ def test_live_view_opens_the_vms_vnc_with_the_right_token_only_while_the_session
     assert wait_ended(rig, session.id).status == AuthSessionStatus.completed
     assert not sessions.token_valid(session.id, token)
     assert sessions.live_view(session.id, token) is None
+    # The token still names the ended session (its status stream tells how it ended).
+    assert sessions.token_session(session.id, token).status == AuthSessionStatus.completed
+    assert sessions.token_session(session.id, token + "x") is None
     wait_vm_destroyed(rig, session.vm_id)
 
 

@@ -145,10 +145,12 @@ async def events(
     """Server-Sent Events: one `status` event per timeline entry, until the session ends,
     and while it is queued a `queue` event ({position}) whenever its position changes.
 
-    Authenticated by an API key, or by the live view's token (EventSource sends no headers).
+    Authenticated by an API key, or by the live view's token (EventSource sends no headers),
+    which still reads the timeline once the session ended: a connect page whose stream was
+    cut (a controller restart) and comes back after the end learns how it ended.
     """
     svc = sessions(request)
-    if not (token and await asyncio.to_thread(svc.token_valid, session_id, token)):
+    if not (token and await asyncio.to_thread(svc.token_session, session_id, token)):
         await require_key(request)
     _found(svc, session_id)
 

@@ -304,13 +304,17 @@ class AuthSessions:
         self.admit_queued()  # the queue behind it moves up
         return self.get(session_id)
 
-    def token_valid(self, session_id: str, token: str) -> bool:
+    def token_session(self, session_id: str, token: str) -> AuthSession | None:
+        """The session whose live-view token `token` is, whether it runs or ended."""
         session = self.get(session_id)
-        return bool(
-            session
-            and session.status not in TERMINAL
-            and hmac.compare_digest(session.live_token_hash, token_hash(token))
-        )
+        if session and hmac.compare_digest(session.live_token_hash, token_hash(token)):
+            return session
+        return None
+
+    def token_valid(self, session_id: str, token: str) -> bool:
+        """Whether `token` opens the session's live view: its token, while it runs."""
+        session = self.token_session(session_id, token)
+        return bool(session and session.status not in TERMINAL)
 
     def live_view(self, session_id: str, token: str) -> LiveView | None:
         """What the live view may open: only while the session runs, and with its token."""
