@@ -43,7 +43,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Say what is wrong on one unwrapped line (a path or URL in it copies whole), the
+    message as it is: brackets in it are not Rich markup."""
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
     return typer.Exit(1)
 
 
