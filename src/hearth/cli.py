@@ -18,8 +18,8 @@ from rich.text import Text
 from hearth import config
 from hearth.config import BROWSER_IMAGE
 from hearth.core import runtime
-from hearth.core.auth_sessions import browser_seed
 from hearth.core.reconciler import reconcile
+from hearth.core.sign_in_vm import browser_seed
 from hearth.demo.sandbox import sandbox
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest

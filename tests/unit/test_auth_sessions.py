@@ -29,7 +29,8 @@ from sqlalchemy import event, func, select
 
 from hearth import providers
 from hearth.core import machine
-from hearth.core.auth_sessions import COLD_BOOT, TERMINAL, Notifier, Recovery, token_hash
+from hearth.core.auth_sessions import Notifier, Recovery, token_hash
+from hearth.core.sign_in_vm import COLD_BOOT, TERMINAL
 from hearth.guest.ports import VNC_PORT
 from hearth.providers import UnknownProviderError
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState

@@ -23,15 +23,15 @@ from pathlib import Path
 import pytest
 
 from hearth.core import machine, runtime
-from hearth.core.auth_sessions import (
+from hearth.core.egress import Policies, allowed_names
+from hearth.core.reconciler import reconcile
+from hearth.core.sign_in_vm import (
     FROM_POOL,
     LOGIN_AHEAD_GONE,
     POOL_EMPTY,
     SIGN_IN_AHEAD,
     VNC_PASSWORD,
 )
-from hearth.core.egress import Policies, allowed_names
-from hearth.core.reconciler import reconcile
 from hearth.core.vms import VmManager
 from hearth.core.warm_pool import WARM, WARMING, Taken
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState, utcnow

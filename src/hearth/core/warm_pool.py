@@ -45,9 +45,9 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from hearth.config import BROWSER_IMAGE, Settings
-from hearth.core.auth_sessions import authorize_page_shown, browser_seed, login_request
 from hearth.core.capacity import Capacity, Reservation
 from hearth.core.failures import reason as failure_reason
+from hearth.core.sign_in_vm import authorize_page_shown, browser_seed, login_request
 from hearth.core.vms import LIVE_STATES, VmManager, image_build
 from hearth.store.models import Vm, VmState, utcnow
 from hearth.waiting import wait_for
