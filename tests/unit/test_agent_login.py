@@ -25,8 +25,8 @@ import pytest
 
 from hearth.core.agent_client import AgentClient, AgentRequestError
 from hearth.guest.firefox import BLANK_TITLE
-from hearth.guest.login import SCREEN_CHARS, Transcript, last_screen, redact
 from hearth.guest.seed import write_seed
+from hearth.guest.transcript import SCREEN_CHARS, Transcript, last_screen, redact
 from hearth.waiting import wait_for
 from tests.unit.test_agent import RunningAgent
 

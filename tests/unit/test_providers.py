@@ -20,7 +20,8 @@ import pytest
 from hearth import providers
 from hearth.config import Settings
 from hearth.demo import provider as demo
-from hearth.guest.login import LoginSpec, Transcript
+from hearth.guest.login import LoginSpec
+from hearth.guest.transcript import Transcript
 from hearth.providers import claude_code, codex, gemini_cli
 from hearth.providers.base import ProviderSpec, UnknownProviderError
 
