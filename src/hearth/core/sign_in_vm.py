@@ -91,6 +91,9 @@ class _Cleanup:
 
 
 class SignInVm:
+    """The work of each session's thread (hearth.core.auth_sessions starts it): blocking,
+    and the record is told of each step as it is reached."""
+
     def __init__(
         self,
         settings: Settings,
