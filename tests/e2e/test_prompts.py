@@ -46,7 +46,7 @@ def signed_in(tmp_path_factory) -> Iterator[Stack]:
     with stack(
         Settings(home=home),
         token_ttl=TOKEN_TTL,
-        controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)},
+        controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE), "HEARTH_POOL_BROWSER": "0"},
     ) as s:
         sign_in(s, USER, home / "shots")
         yield s

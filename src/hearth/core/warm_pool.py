@@ -29,8 +29,10 @@ so the pool outlives the controller: the reconciler adopts hibernated VMs with t
 snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
 thread keeps `pool_browser` VMs, starting boots no closer together than
 `pool_boot_interval` seconds, nor closer than that after a take (a burst of sign-ins does not
-start a boot storm, and a boot does not slow the sign-in that just took a VM), and replaces
-VMs older than `pool_max_age` or booted from an image that has since been rebuilt.
+start a boot storm, and a boot does not slow the sign-in that just took a VM), nor while a VM
+of a sign-in or a prompt boots or resumes (under emulation a boot takes the CPUs: the user
+waiting comes first), and replaces VMs older than `pool_max_age` or booted from an image that
+has since been rebuilt.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ WARMING = "warming"  # being booted and painted
 WARM = "warm"  # hibernated, painted, waiting for a sign-in
 PAINT_TIMEOUT = 300.0  # seconds for Firefox's first paint under software rendering
 IDLE_PASS = 30.0  # seconds between refill passes with nothing to do (age and image checks)
+BUSY_PASS = 2.0  # seconds between refill passes while another VM boots or resumes
+STARTING = (VmState.requested, VmState.booting, VmState.resuming)
 SIGN_IN_PAGE_TIMEOUT = 600.0  # seconds for a provider's CLI to start and its page to load
 
 
@@ -153,6 +157,8 @@ class WarmPool:
             due = self._last_start + self.settings.pool_boot_interval - time.monotonic()
             if due > 0:
                 return due
+        if self._others_starting():
+            return BUSY_PASS
         reservation = self.capacity.try_reserve(self.image)
         if reservation is None:  # the pool yields to sign-ins and prompts
             return IDLE_PASS
@@ -246,6 +252,12 @@ class WarmPool:
         too_old = utcnow() - vm.created_at > timedelta(seconds=self.settings.pool_max_age)
         rebuilt = vm.image_build != image_build(self.settings, self.image)
         return too_old or rebuilt or vm.pool_provider not in self.kinds
+
+    def _others_starting(self) -> bool:
+        """Whether a VM that is not the pool's (a sign-in's, a prompt's) boots or resumes."""
+        with self.vms.db.session() as s:
+            starting = select(Vm.id).where(Vm.state.in_(STARTING), Vm.pool.is_(None)).limit(1)
+            return s.scalars(starting).first() is not None
 
     def _members(self, *marks: str) -> list[Vm]:
         """The pool's VMs with one of `marks`, oldest first."""
