@@ -18,16 +18,14 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
 from hearth import providers
 from hearth.config import BROWSER_IMAGE, Settings
 from hearth.core import CoreError
-from hearth.core.agent_client import AgentRequestError
 from hearth.core.capacity import Capacity, Reservation
 from hearth.core.failures import reason as failure_reason
+from hearth.core.ports import AgentError, AgentRefused, AgentUnreachable
 from hearth.core.vms import VmManager
-from hearth.guest.protocol import LoginStatus
+from hearth.guest.protocol import LoginSpec, LoginStatus
 from hearth.store.credentials import CredentialStore
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState
 from hearth.waiting import Timeout, wait_for
@@ -146,7 +144,7 @@ class SignInVm:
         try:
             with self.vms.agent(vm) as agent:
                 return not agent.login_status().exited
-        except (httpx.HTTPError, ValueError):  # no login there, or an agent that is not well
+        except AgentError:  # no login there, or an agent that is not well
             return False
 
     def destroy(self, vm_id: str | None) -> None:
@@ -246,7 +244,7 @@ class SignInVm:
             self._check_running(session_id)
             try:
                 last = agent.login_status()
-            except httpx.HTTPError:
+            except (AgentUnreachable, AgentRefused):
                 return False
             return done(last)
 
@@ -273,7 +271,7 @@ def vnc_password() -> str:
     return secrets.token_urlsafe(6)[:8]
 
 
-def login_request(settings: Settings, vms: VmManager, provider: str) -> dict:
+def login_request(settings: Settings, vms: VmManager, provider: str) -> LoginSpec:
     """What the agent's POST /login takes for `provider`'s login: the same for every user."""
     spec = providers.get(provider)
     return spec.to_agent(spec.login_params(settings), vms.client_env())
@@ -283,8 +281,8 @@ def _login_runs(agent) -> bool:
     """Whether the VM's login (started ahead, in a pool VM) is still there and running."""
     try:
         return not agent.login_status().exited
-    except AgentRequestError as e:
-        if e.response.status_code == HTTPStatus.NOT_FOUND:  # none was started, or it is gone
+    except AgentRefused as e:
+        if e.status == HTTPStatus.NOT_FOUND:  # none was started, or it is gone
             return False
         raise
 

@@ -1,6 +1,6 @@
 """A provider login inside the browser VM: the CLI's own sign-in, run the way a person would.
 
-The controller sends a spec (hearth.providers' to_agent(): data only). The agent writes the
+The controller sends a spec (hearth.guest.protocol.LoginSpec: data only). The agent writes the
 spec's pre-login files, then runs the login command under a PTY as root in HOME (so TUIs and
 readline behave as in a terminal), with BROWSER, and an `xdg-open` first on PATH, pointing at
 a wrapper around browser_shim.py that records the URL a CLI tries to open. A reader thread
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import select
 import shlex
 import signal
@@ -33,9 +32,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 if __package__:
     from . import browser_shim, fileio, firefox, processes, protocol
@@ -61,7 +58,6 @@ READ_POLL = 0.2  # seconds between checks of the BROWSER file, deadlines and suc
 URL_GRACE = 5.0  # seconds to wait for the preferred URL once the other one is known
 STOP_WAIT = 10.0  # seconds between SIGTERM and SIGKILL
 MAX_CREDENTIAL_BYTES = 1024 * 1024
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 # Run in the child, which Popen's start_new_session made a session leader: make the PTY its
 # controlling terminal, as a terminal emulator would, then become the CLI. A command that
@@ -82,121 +78,12 @@ def cli_home() -> Path:
     return Path(os.environ.get(HOME_ENV, DEFAULT_HOME))
 
 
-class SpecError(ValueError):
-    """The login spec is malformed; the message says which field and why."""
-
-
 class LoginBusy(Exception):
     """A login is still running; the agent runs one at a time."""
 
 
 class NotReady(Exception):
     """The credentials cannot be served (yet); the message says why."""
-
-
-# --- the spec ------------------------------------------------------------------------------
-
-
-def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    value = data.get(name, default)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise SpecError(f'"{name}" has the wrong type ({type(value).__name__})')
-    return value
-
-
-def _strings(data: dict[str, Any], name: str, required: bool = False) -> tuple[str, ...]:
-    value = _field(data, name, list, [])
-    if not all(isinstance(item, str) for item in value):
-        raise SpecError(f'"{name}" must be a list of strings')
-    if required and not value:
-        raise SpecError(f'"{name}" must not be empty')
-    return tuple(value)
-
-
-def _string_map(data: dict[str, Any], name: str) -> dict[str, str]:
-    value = _field(data, name, dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise SpecError(f'"{name}" must map strings to strings')
-    return dict(value)
-
-
-def _seconds(data: dict[str, Any], name: str, default: float) -> float:
-    value = _field(data, name, (int, float), default)
-    if value <= 0:
-        raise SpecError(f'"{name}" must be positive')
-    return float(value)
-
-
-def _regex(pattern: str, name: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise SpecError(f'"{name}" holds a bad regular expression: {e}') from None
-
-
-def relative_path(path: str, name: str) -> str:
-    """A path under HOME: relative, normalised, no way out of HOME."""
-    relative = fileio.home_relative(path)
-    if relative is None:
-        raise SpecError(f'"{name}" holds {path[:80]!r}, which is not a plain path under HOME')
-    return relative
-
-
-@dataclass(frozen=True)
-class LoginSpec:
-    """What the agent needs to run one provider's login (see hearth.providers.base)."""
-
-    name: str
-    login_argv: tuple[str, ...]
-    login_env: dict[str, str]
-    clean_env: bool
-    url_pattern: re.Pattern[str]
-    browser_url_preferred: bool
-    prompts: tuple[tuple[re.Pattern[str], str], ...]
-    pre_login_files: dict[str, str]
-    credential_files: tuple[str, ...]
-    success_markers: tuple[re.Pattern[str], ...]
-    stop_on_success: bool
-    login_timeout: float
-    url_timeout: float  # how long the CLI may take to show its authorize URL
-
-    @classmethod
-    def from_json(cls, data: Any) -> LoginSpec:
-        if not isinstance(data, dict):
-            raise SpecError('"spec" must be a JSON object')
-        name = _field(data, "name", str, None)
-        if not NAME.fullmatch(name):
-            raise SpecError(f'"name" {name[:40]!r} is not a provider name')
-        prompts = _field(data, "prompts", list, [])
-        if not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
-            for p in prompts
-        ):
-            raise SpecError('"prompts" must be a list of [regex, keys] pairs')
-        return cls(
-            name=name,
-            login_argv=_strings(data, "login_argv", required=True),
-            login_env=_string_map(data, "login_env"),
-            clean_env=_field(data, "clean_env", bool, False),
-            url_pattern=_regex(_field(data, "url_pattern", str, None), "url_pattern"),
-            browser_url_preferred=_field(data, "browser_url_preferred", bool, False),
-            prompts=tuple((_regex(p, "prompts"), keys) for p, keys in prompts),
-            pre_login_files={
-                relative_path(path, "pre_login_files"): content
-                for path, content in _string_map(data, "pre_login_files").items()
-            },
-            credential_files=tuple(
-                relative_path(path, "credential_files")
-                for path in _strings(data, "credential_files", required=True)
-            ),
-            success_markers=tuple(
-                _regex(p, "success_markers")
-                for p in _strings(data, "success_markers", required=True)
-            ),
-            stop_on_success=_field(data, "stop_on_success", bool, False),
-            login_timeout=_seconds(data, "login_timeout", 900),
-            url_timeout=_seconds(data, "url_timeout", 180),
-        )
 
 
 # --- one login -----------------------------------------------------------------------------
@@ -207,7 +94,7 @@ class LoginSession:
 
     def __init__(
         self,
-        spec: LoginSpec,
+        spec: protocol.LoginSpec,
         home: Path,
         run_dir: Path,
         log: Callable[[str], None],
@@ -566,9 +453,8 @@ class LoginManager:
         with self._lock:
             return self._session
 
-    def start(self, data: Any) -> LoginSession:
+    def start(self, spec: protocol.LoginSpec) -> LoginSession:
         """Start a login (replacing a finished one); LoginBusy while one runs."""
-        spec = LoginSpec.from_json(data)
         with self._lock:
             if self._session is not None and not self._session.finished:
                 raise LoginBusy(f"the {self._session.spec.name} login is still running")
