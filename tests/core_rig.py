@@ -46,6 +46,7 @@ from hearth.api.app import create_app
 from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.capacity import UNMEASURED_VMM_MIB
 from hearth.core.reconciler import vmm_processes
 from hearth.core.runtime import Controller
 from hearth.core.vms import VmManager
@@ -136,6 +137,8 @@ class AgentProcessDriver:
 
     name: str = "process"
     programs: tuple[str, ...] = (Path(os.path.realpath(sys.executable)).name,)
+    # Not measured: counted as a VM whose VMM has no figure, as the costliest one.
+    own_memory_mib: int = UNMEASURED_VMM_MIB
     failing: set[str] = field(default_factory=set)
     dying_boots: int = 0
 

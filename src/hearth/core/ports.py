@@ -9,8 +9,10 @@ process bound to the VM's address (tests/core_rig.py).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from hearth.core import CoreError
@@ -73,6 +75,13 @@ class Network(Protocol):
 
     def taps(self) -> list[str]:
         """Every TAP with Hearth's prefix."""
+
+    def gateway_sockets(self, wanted: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+        """Non-blocking sockets bound to the VMs' gateway address, one per (kind, port) with
+        kind "tcp" (listening) or "udp": where egress serves the VMs (hearth.core.egress)."""
+
+    def controller_addresses(self) -> frozenset[IPv4Address | IPv6Address]:
+        """Every address of the controller's own namespace, which no VM may reach."""
 
 
 class GuestAgent(AbstractContextManager, Protocol):
