@@ -114,6 +114,7 @@ def credentials_status(session_id: SessionId, request: Request) -> CredentialsSt
         expires_at=info.expires_at.isoformat() if info.expires_at else None,
         version=info.version,
         invalid_reason=info.invalid_reason,
+        invalid_at=info.invalid_at.isoformat() if info.invalid_at else None,
     )
 
 

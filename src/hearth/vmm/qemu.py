@@ -18,6 +18,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from hearth.guest import fileio
 from hearth.net.namespace import nsenter
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
 from hearth.waiting import Timeout, wait_for
@@ -335,7 +336,7 @@ class QemuDriver:
                 start_new_session=True,
                 pass_fds=pass_fds,
             )
-        spec.pid_file.write_text(f"{proc.pid}\n")
+        fileio.write_atomic(spec.pid_file, f"{proc.pid}\n".encode(), 0o644)
 
         def alive() -> bool:
             if proc.poll() is not None:
