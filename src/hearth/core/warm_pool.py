@@ -1,38 +1,14 @@
 """The warm pool: browser VMs prepared ahead of sign-ins, so that a sign-in skips the boot
 and Firefox's first paint (under emulation about 50 s of its wait).
 
-A pool VM is booted on its own, as a cold one is (its own address, TAP, agent token and VNC
-password: one snapshot is never restored into several VMs), Firefox is started and painted
-on the blank page (the agent's /warm-browser), and the VM is then hibernated to its snapshot.
-Hibernated rather than paused, as measured on this host (2 cores, TCG, 1 GiB guests, other
-work beside it): a paused VM (QMP stop) holds its QEMU's whole RSS, 1.9-2.0 GiB (guest memory
-and the translation cache), and its take (cont, clock) takes 0.2-0.4 s; a hibernated one holds
-no memory, a 630-660 MiB snapshot on disk, and its take (restore until the agent answers, clock)
-2.7-3.9 s. From the take to a page painted in the warm Firefox took 42 s hibernated and 40 s
-paused: Firefox's page load, not the take, sets that pace, so the pool costs disk, not 2 GiB
-of RAM per VM.
-A session takes one (one conditional UPDATE: two sessions never take the same VM), resumes it
-(the resume plan sets the guest's clock), and the login's Firefox shows the authorize page.
-A taken VM is the session's: destroyed at its end like a cold one, never returned.
-
-With `pool_providers` set, each of those providers gets `pool_browser` VMs prepared further: the
-provider's CLI login is started in the VM (the egress lets a pool VM reach its provider's
-sign-in names), and the VM is hibernated once Firefox shows the authorize page. Under
-emulation the CLI's start and the page's load are each longer than the whole wait a user
-should have; a take then only resumes the VM. The login is no one's until a session takes the
-VM: nothing in it names a user, its verifier stays in the CLI's memory, and the VM serves one
-sign-in only. The CLI's own time limits run on the guest's monotonic clock, which stands still
-while the VM is hibernated.
-
-The pool's VMs are rows with `pool` set ("warming" while prepared, "warm" once hibernated),
-so the pool outlives the controller: the reconciler adopts hibernated VMs with their
-snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
-thread keeps `pool_browser` VMs, starting boots no closer together than
-`pool_boot_interval` seconds, nor closer than that after a take (a burst of sign-ins does not
-start a boot storm, and a boot does not slow the sign-in that just took a VM), nor while a VM
-of a sign-in or a prompt boots or resumes (under emulation a boot takes the CPUs: the user
-waiting comes first), and replaces VMs older than `pool_max_age` or booted from an image that
-has since been rebuilt.
+Each pool VM boots as a cold one does, has Firefox painted on the blank page (or, for
+`pool_providers`, its provider's login started up to the authorize page), and is then
+hibernated rather than paused: measured, a paused VM holds 2 GiB of RAM and a hibernated one
+only disk, and the page's load sets the pace either way. A session takes one with one
+conditional UPDATE and resumes it; the VM is the session's from then on. The pool's VMs are
+rows with `pool` set, so the pool outlives the controller; a refiller thread keeps it full,
+never booting while a user's VM boots. The design, and the measurement behind it:
+docs/warm-pool.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What Hearth knows about one CLI: how to sign it in, and how to run it in a user's CLI VM.
 
-A ProviderSpec is checked against one released version of its CLI (`cli_version`); each
-module says in a comment what was verified there. The agent gets plain JSON and argv lists,
-with no code in them; the hooks run on the host, on the stored credential files:
-`account_info` returns only the account e-mail and the expiry, never a token, and
-`setup_files` the files a CLI VM needs besides the tokens.
+A ProviderSpec is checked against one released version of its CLI (`cli_version`); what
+was verified there is in docs/providers/<name>.md. The agent gets a protocol LoginSpec
+(plain JSON and argv lists on the wire, no code in them); the hooks run on the host, on the
+stored credential files: `account_info` returns only the account e-mail and the expiry,
+never a token, and `setup_files` the files a CLI VM needs besides the tokens.
 """
 
 from __future__ import annotations
