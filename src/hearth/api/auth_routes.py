@@ -101,7 +101,7 @@ def credentials_status(session_id: SessionId, request: Request) -> CredentialsSt
     """`pending` or `absent` carry only `status` and `provider`; `ready` or `invalid`, all."""
     svc = sessions(request)
     session = _found(svc, session_id)
-    info = svc.credentials.info(session.user_id, session.provider)
+    info = controller(request).credentials.info(session.user_id, session.provider)
     if session.status != AuthSessionStatus.completed or info is None:
         return CredentialsStatus(
             status="pending" if session.status not in TERMINAL else "absent",
