@@ -17,4 +17,5 @@ export HEARTH_TEST_NO_PACKAGE_SKIPS=1
 
 "$venv/bin/ruff" check src tests bench
 "$venv/bin/ruff" format --check src tests bench
-exec "$venv/bin/pytest" -q -p no:cacheprovider "$@"
+# The slowest tests are listed at the end: where the next minutes of CI are to be found.
+exec "$venv/bin/pytest" -q -p no:cacheprovider --durations=25 "$@"

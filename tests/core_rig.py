@@ -43,8 +43,10 @@ import hearth.demo.guest
 import hearth.guest
 from hearth import providers
 from hearth.api.app import create_app
+from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.capacity import UNMEASURED_VMM_MIB
 from hearth.core.reconciler import vmm_processes
 from hearth.core.runtime import Controller
 from hearth.core.vms import VmManager
@@ -135,6 +137,8 @@ class AgentProcessDriver:
 
     name: str = "process"
     programs: tuple[str, ...] = (Path(os.path.realpath(sys.executable)).name,)
+    # Not measured: counted as a VM whose VMM has no figure, as the costliest one.
+    own_memory_mib: int = UNMEASURED_VMM_MIB
     failing: set[str] = field(default_factory=set)
     dying_boots: int = 0
 
@@ -319,6 +323,27 @@ def serve_rig(rig: Rig) -> Iterator[str]:
     shut-down and all) over real HTTP on 127.0.0.1; its URL."""
     with serve_app(create_app(rig.settings, lambda _settings: rig.controller)) as url:
         yield url
+
+
+@dataclass
+class Api:
+    """The rig's API over HTTP: its URL, and a client holding an app key."""
+
+    url: str
+    client: httpx.Client
+
+
+@contextmanager
+def api_of(rig: Rig) -> Iterator[Api]:
+    """The controller's API around the rig's controller (serve_rig), with an app key."""
+    key = create_key(rig.controller.db, "app")
+    with (
+        serve_rig(rig) as url,
+        httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False
+        ) as client,
+    ):
+        yield Api(url, client)
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from rich.text import Text
 from hearth import config
 from hearth.config import BROWSER_IMAGE
 from hearth.core import runtime
-from hearth.core.auth_sessions import browser_seed
 from hearth.core.reconciler import reconcile
+from hearth.core.sign_in_vm import browser_seed
 from hearth.demo.sandbox import sandbox
 from hearth.image import recipes
 from hearth.image.builder import ImageBuilder, read_manifest
@@ -43,7 +43,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Say what is wrong on one unwrapped line (a path or URL in it copies whole), the
+    message as it is: brackets in it are not Rich markup."""
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
     return typer.Exit(1)
 
 

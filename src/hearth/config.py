@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     """The longest wait between two attempts, in seconds."""
     webhook_retry_window: float = Field(default=86400.0, gt=0)
     """Seconds after the event within which attempts start; the delivery then fails."""
+    webhook_retention: float = Field(default=30 * 86400.0, gt=0)
+    """Seconds an event is kept, with its deliveries and attempts, once none is pending."""
 
     @classmethod
     def settings_customise_sources(

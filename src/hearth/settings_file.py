@@ -70,6 +70,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "webhook_backoff_base",
         "webhook_backoff_cap",
         "webhook_retry_window",
+        "webhook_retention",
     ),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
-import httpx
 import pytest
 
 from hearth.config import Settings
 from hearth.core import runtime
+from hearth.core.ports import AgentRefused
 from hearth.core.reconciler import vmm_processes
 from hearth.demo.sandbox import inside
 from hearth.demo.stack import Stack, stack
@@ -46,7 +46,7 @@ def signed_in(tmp_path_factory) -> Iterator[Stack]:
     with stack(
         Settings(home=home),
         token_ttl=TOKEN_TTL,
-        controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE)},
+        controller_env={"HEARTH_IDLE_HIBERNATE": str(IDLE_HIBERNATE), "HEARTH_POOL_BROWSER": "0"},
     ) as s:
         sign_in(s, USER, home / "shots")
         yield s
@@ -199,8 +199,9 @@ def test_removing_the_provider_wipes_the_files_in_the_vm(signed_in: Stack):
     assert removed["removed"] is True and CREDENTIALS in removed["wiped_files"]
     controller, vm = cli_vm(s)
     with inside(s.controller_ns), controller.vms.agent(vm) as agent:
-        with pytest.raises(httpx.HTTPStatusError):
+        with pytest.raises(AgentRefused) as refused:
             agent.read_credentials("demo")
+        assert refused.value.status == 404
         with agent.run(["test", "-e", f"/root/{CREDENTIALS}"]) as run:
             exit_event = [e for e in run if e.event == "exit"][0]
     assert exit_event.exit_code == 1

@@ -15,8 +15,8 @@ import pytest
 
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.core.auth_sessions import FROM_POOL, SIGN_IN_AHEAD
 from hearth.core.reconciler import vmm_processes
+from hearth.core.sign_in_vm import FROM_POOL, SIGN_IN_AHEAD
 from hearth.core.warm_pool import WARM, WARMING
 from hearth.demo.stack import Stack, stack
 from hearth.store.models import Vm, VmState

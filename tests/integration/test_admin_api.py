@@ -5,7 +5,7 @@ the lifecycle itself is tested in tests/unit/test_vm_plans.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -186,6 +186,18 @@ def test_the_host_shows_memory_vms_by_state_and_the_ip_pool(client: TestClient, 
     assert host["vms_by_state"] == {"failed": 1}  # counted, though it holds no memory
     assert host["vm_memory_mib"] == 0
     assert (host["addresses"], host["addresses_leased"]) == (253, 0)  # a /24 less the gateway
+    assert host["leases"] == []
+
+
+def test_the_host_lists_each_lease_with_its_vm_and_when_it_was_made(client: TestClient, admin):
+    vm_id = failed_vm(client)
+    before = datetime.now(UTC)
+    ip = client.app.state.controller.vms.pool.lease(vm_id)
+    host = client.get("/api/admin/host", headers=admin).json()
+    [lease] = host["leases"]
+    assert (lease["ip"], lease["vm_id"], host["addresses_leased"]) == (ip, vm_id, 1)
+    leased_at = datetime.fromisoformat(lease["leased_at"])
+    assert before - timedelta(seconds=1) <= leased_at <= datetime.now(UTC)
 
 
 def test_the_host_shows_the_vm_memory_budget_and_what_running_vms_reserve_of_it(

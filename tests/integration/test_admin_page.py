@@ -265,6 +265,7 @@ def test_the_admin_page_filters_its_lists_and_shows_consoles_and_prompts(
     ctl = served.controller
     ready_vm, waiting = seed(ctl)
     seed_more(ctl)
+    address = ctl.vms.pool.lease(ready_vm)
     sign_in(page, served.url, create_key(ctl.db, "admin"))
     expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
 
@@ -273,6 +274,9 @@ def test_the_admin_page_filters_its_lists_and_shows_consoles_and_prompts(
         f"{usage.memory_mib} of {usage.budget_mib} MiB reserved"
     )
     assert usage.memory_mib > 0  # the ready VM's guest and VMM
+    expect(page.locator("#host")).to_contain_text("1 of 253 leased")
+    expect(rows(page, "leases")).to_have_count(1)
+    expect(rows(page, "leases")).to_contain_text(f"{address}{ready_vm}")
 
     # VMs: the live ones by default, those in a state when one is picked.
     expect(page.locator(f"#vms tr[data-vm='{ready_vm}']")).to_be_visible(timeout=WAIT_MS)

@@ -11,9 +11,10 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from hearth.store.models import AuthSessionStatus
+from tests.core_rig import api_of
 from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
 from tests.unit.test_auth_sessions import wait_ended, wait_status
-from tests.unit.test_capacity import api_of, capacity_rig
+from tests.unit.test_capacity import capacity_rig
 
 STEP_MS = 15_000
 

@@ -108,7 +108,7 @@ def test_info_never_carries_content(store: CredentialStore) -> None:
     info = store.put("alice", "claude", FILES, account_email="alice@example.com")
     assert set(vars(info)) == {
         "user_id", "provider", "account_email", "expires_at", "version", "created_at",
-        "updated_at", "invalid_reason",
+        "updated_at", "invalid_reason", "invalid_at",
     }  # fmt: skip
     assert_no_secrets(repr(info))
     assert_no_secrets(repr(store.info("alice", "claude")))
@@ -118,16 +118,21 @@ def test_info_never_carries_content(store: CredentialStore) -> None:
 def test_a_refusal_marks_that_version_invalid_until_a_new_one(store: CredentialStore) -> None:
     store.put("alice", "claude", FILES)
     assert store.info("alice", "claude").status == "ready"
+    assert store.info("alice", "claude").invalid_at is None
+    before = datetime.now(UTC)
     assert store.judge("alice", "claude", 1, "Failed to authenticate: OAuth session expired")
     info = store.info("alice", "claude")
     assert (info.status, info.invalid_reason) == (
         "invalid",
         "Failed to authenticate: OAuth session expired",
     )
+    assert info.invalid_at is not None
+    assert before - timedelta(seconds=1) <= info.invalid_at <= datetime.now(UTC)
     assert not store.judge("alice", "claude", 7, None)  # a verdict on another version
     assert store.info("alice", "claude").status == "invalid"
     assert store.put("alice", "claude", FILES).status == "ready"  # a new sign-in
     assert store.info("alice", "claude").invalid_reason is None
+    assert store.info("alice", "claude").invalid_at is None
     store.judge("alice", "claude", 2, "revoked")
     assert store.judge("alice", "claude", 2, None)  # the provider accepted it after all
     assert store.info("alice", "claude").status == "ready"

@@ -154,6 +154,7 @@ def test_health_and_sign_in_responses_match_their_schemas(api: Api):
     assert set(ready) == api.fields(status)
     assert ready["status"] == "ready" and ready["account_email"] == "ada@example.test"
     assert ready["expires_at"] is None and ready["invalid_reason"] is None
+    assert ready["invalid_at"] is None
 
 
 def test_prompt_user_and_admin_responses_match_their_schemas(api: Api):
@@ -207,6 +208,7 @@ def test_prompt_user_and_admin_responses_match_their_schemas(api: Api):
         "updated_at",
         "status",
         "invalid_reason",
+        "invalid_at",
     }
 
     log = api.call("GET", "/api/admin/egress", "/api/admin/egress")

@@ -1,7 +1,8 @@
 """The webhook outbox and endpoints on every backend (SQLite and a real PostgreSQL): an
 event written in the transaction of its change (and gone with a rollback), fanned out to
 the enabled endpoints that asked for it; a claim that only one of many racing workers wins;
-attempts recorded in order; deletion taking deliveries and attempts along; the endpoint's
+attempts recorded in order; deletion taking deliveries and attempts along (an endpoint's, or
+events past their retention); the endpoint's
 secret sealed at rest, bound to its row, and re-wrapped by a master key rotation."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hearth.store.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+    WebhookEvent,
     utcnow,
 )
 from hearth.store.webhook_endpoints import WebhookEndpoints
@@ -186,3 +188,29 @@ def test_a_master_key_rotation_rewraps_endpoint_secrets_before_dropping_the_old_
     restarted = WebhookEndpoints(db, Keyring.from_settings(settings))  # the old key is gone
     assert restarted.secret(endpoint.id) == secret
     assert restarted.get(endpoint.id).updated_at == endpoint.updated_at
+
+
+def test_events_past_their_retention_go_with_their_deliveries_unless_one_is_pending(
+    db: Database, endpoints: WebhookEndpoints
+) -> None:
+    endpoint, _ = endpoints.create("https://a.example/hook", ["vm.crashed"])
+    ended, pending, recent = (
+        outbox.publish(db, "vm.crashed", {"vm_id": name}) for name in ("ended", "pending", "new")
+    )
+    by_event = {d.event_id: d.id for d in outbox.deliveries(db, endpoint.id)}
+    now = utcnow()
+    for event_id in (ended, recent):
+        claimed = outbox.claim(db, by_event[event_id], now + timedelta(seconds=60))
+        outbox.record(db, claimed, attempt(1, None), None)
+    with db.session() as s:  # two of them are old now; the recent one is not
+        for event_id in (ended, pending):
+            s.get(WebhookEvent, event_id).created_at = now - timedelta(days=31)
+        s.commit()
+
+    assert outbox.prune(db, now - timedelta(days=30)) == 1
+
+    with db.session() as s:
+        assert set(s.scalars(select(WebhookEvent.id))) == {pending, recent}
+    assert {d.event_id for d in outbox.deliveries(db, endpoint.id)} == {pending, recent}
+    assert count(db, WebhookAttempt) == 1  # the ended event's attempt went with it
+    assert outbox.prune(db, now - timedelta(days=30)) == 0

@@ -23,10 +23,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from hearth.core.agent_client import AgentClient, AgentRequestError
+from hearth.core.agent_client import AgentClient
+from hearth.core.ports import AgentRefused
 from hearth.guest.firefox import BLANK_TITLE
-from hearth.guest.login import SCREEN_CHARS, Transcript, last_screen, redact
+from hearth.guest.protocol import LoginSpec
 from hearth.guest.seed import write_seed
+from hearth.guest.transcript import SCREEN_CHARS, Transcript, last_screen, redact
 from hearth.waiting import wait_for
 from tests.unit.test_agent import RunningAgent
 
@@ -251,15 +253,15 @@ def test_the_printed_url_is_used_when_the_spec_prefers_it(agent: LoginAgent) -> 
 
 def test_the_host_client_drives_a_login(agent: LoginAgent) -> None:
     with AgentClient("127.0.0.1", agent.token, port=agent.port) as client:
-        with pytest.raises(AgentRequestError) as refused:
+        with pytest.raises(AgentRefused) as refused:
             client.credentials()
-        assert refused.value.response.status_code == 409
+        assert refused.value.status == 409
         assert refused.value.message == "no login has been started"
 
-        assert client.start_login(agent.spec()).provider == "fake"
+        assert client.start_login(LoginSpec.from_json(agent.spec())).provider == "fake"
         status = wait_for(lambda: (s := client.login_status()).url and s, WAIT, "the URL")
-        with pytest.raises(AgentRequestError, match="the fake login is still running"):
-            client.start_login(agent.spec())
+        with pytest.raises(AgentRefused, match="the fake login is still running"):
+            client.start_login(LoginSpec.from_json(agent.spec()))
         redirect(status.url, code=CODE, state="s1")
         wait_for(lambda: client.login_status().exited, WAIT, "the login to exit")
         files = client.credentials()

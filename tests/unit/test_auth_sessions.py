@@ -29,13 +29,14 @@ from sqlalchemy import event, func, select
 
 from hearth import providers
 from hearth.core import machine
-from hearth.core.auth_sessions import COLD_BOOT, TERMINAL, Notifier, Recovery, token_hash
+from hearth.core.auth_sessions import Notifier, Recovery, token_hash
+from hearth.core.sign_in_vm import COLD_BOOT, TERMINAL
 from hearth.guest.ports import VNC_PORT
 from hearth.providers import UnknownProviderError
 from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
 from hearth.vmm.base import running_pid
 from hearth.waiting import wait_for
-from tests.core_rig import USER, Rig, build_rig, opened_urls
+from tests.core_rig import USER, Rig, api_of, build_rig, opened_urls
 
 WAIT = 15.0  # seconds any one step may take on a loaded machine; they take under two
 
@@ -381,6 +382,39 @@ def test_a_second_sign_in_supersedes_the_first_and_only_it_completes(rig):
     wait_vm_destroyed(rig, second.vm_id)
     assert statuses(rig, first.id) == ["started", "vm_booting", "awaiting_user", "cancelled"]
     assert rig.controller.credentials.info("u1", "demo").version == 1
+
+
+def test_over_http_a_second_start_supersedes_the_first_and_a_cancel_ends_the_connect_page(rig):
+    """The API's side of supersede and cancel, as an app and a person's browser see it."""
+    with api_of(rig) as served:
+
+        def start() -> dict:
+            answer = served.client.post(
+                "/api/auth/start", json={"user_id": "cy", "provider": "demo"}
+            )
+            assert answer.status_code == 202, answer.text
+            return answer.json()
+
+        first = start()
+        second = start()
+        superseded = served.client.get(f"/api/auth/session/{first['session_id']}").json()
+        assert superseded["status"] == "cancelled"
+        assert (
+            superseded["timeline"][-1]["detail"] == f"superseded by session {second['session_id']}"
+        )
+
+        session = wait_status(rig, second["session_id"], AuthSessionStatus.awaiting_user)
+        connect = second["connect_url"].replace(rig.settings.public_url, served.url)
+        assert httpx.get(connect, trust_env=False).status_code == 200
+        cancelled = served.client.post(f"/api/auth/session/{session.id}/cancel")
+        assert cancelled.json()["status"] == "cancelled"
+        assert httpx.get(connect, trust_env=False).status_code == 404
+
+    for vm_id in (rig.controller.sessions.get(first["session_id"]).vm_id, session.vm_id):
+        if vm_id is not None:  # superseded before its VM was recorded: none was made
+            wait_vm_destroyed(rig, vm_id)
+            assert_vm_gone(rig, vm_id)
+    assert rig.vms.list() == []
 
 
 def test_sign_ins_of_another_provider_or_another_user_are_not_superseded(rig, monkeypatch):

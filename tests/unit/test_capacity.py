@@ -18,20 +18,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hearth.api.keys import create_key
 from hearth.config import Settings
 from hearth.core.capacity import (
     HOST_RESERVE_MIN_MIB,
-    QEMU_DEFAULT_TB_MIB,
-    QEMU_OWN_MIB,
     RETRY_AFTER_SECONDS,
     UNMEASURED_VMM_MIB,
     Capacity,
@@ -43,9 +38,10 @@ from hearth.core.capacity import (
 from hearth.core.machine import machine_spec
 from hearth.core.vms import VmManager
 from hearth.store.models import AuthSession, AuthSessionStatus, Prompt, PromptStatus, VmState
-from hearth.vmm.qemu import TB_SIZE_MIB, QemuDriver
+from hearth.vmm.firecracker import FirecrackerDriver
+from hearth.vmm.qemu import QEMU_DEFAULT_TB_MIB, QEMU_OWN_MIB, TB_SIZE_MIB, QemuDriver
 from hearth.waiting import wait_for
-from tests.core_rig import Rig, build_rig, local_controller, serve_rig
+from tests.core_rig import Rig, api_of, build_rig, local_controller
 from tests.unit.test_auth_sessions import assert_vm_gone, statuses, wait_ended, wait_status
 from tests.unit.test_cli_vms import sign_in
 from tests.unit.test_qemu_snapshot import machine
@@ -72,27 +68,6 @@ def capacity_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vms: int, **se
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     with capacity_rig(tmp_path, monkeypatch, 2, auth_queue_max=2) as built:
         yield built
-
-
-@dataclass
-class Api:
-    """The rig's API over HTTP: its URL, and a client holding an app key."""
-
-    url: str
-    client: httpx.Client
-
-
-@contextmanager
-def api_of(rig: Rig) -> Iterator[Api]:
-    """The controller's API around the rig's controller (serve_rig), with an app key."""
-    key = create_key(rig.controller.db, "app")
-    with (
-        serve_rig(rig) as url,
-        httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False
-        ) as client,
-    ):
-        yield Api(url, client)
 
 
 def start(rig: Rig, *users: str) -> list[str]:
@@ -159,6 +134,15 @@ def test_qemus_overhead_follows_its_accelerator_and_translation_cache_cap(rig):
         vms = VmManager(rig.settings, rig.vms.db, rig.network, {"qemu": driver}, vmm="qemu")
         assert Capacity(rig.settings, vms).cost("cli") == VmCost(MEMORY_MIB, overhead)
     assert not (rig.settings.home / "none.json").exists()  # the probe never ran
+
+
+def test_each_driver_states_its_vmms_overhead_and_one_without_a_driver_costs_the_most(rig):
+    drivers = {"firecracker": FirecrackerDriver()}
+    vms = VmManager(rig.settings, rig.vms.db, rig.network, drivers, vmm="firecracker")
+    capacity = Capacity(rig.settings, vms)
+    assert capacity.cost("cli") == VmCost(MEMORY_MIB, FirecrackerDriver.own_memory_mib)
+    assert capacity.cost("cli", vmm="qemu") == VmCost(MEMORY_MIB, UNMEASURED_VMM_MIB)
+    assert QemuDriver("tcg", tb_size_mib=0).own_memory_mib == UNMEASURED_VMM_MIB
 
 
 def test_reservations_count_until_released_and_a_recorded_vm_is_not_counted_twice(rig):

@@ -1,9 +1,13 @@
-"""What `hearth demo` prints for the person at the terminal: a connect URL and a password
-they can copy, whatever the terminal's width."""
+"""What `hearth` prints for the person at the terminal: a connect URL and a password, and
+errors, they can copy whatever the terminal's width."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -24,3 +28,21 @@ def test_the_connect_url_and_password_are_never_wrapped():
         assert URL in lines, lines
         assert "correct-horse-battery-staple-42" in lines, lines
         assert any("demo@example.test" in line for line in lines)
+
+
+def test_an_error_is_one_unwrapped_line_that_keeps_its_brackets(tmp_path: Path):
+    path = tmp_path / ("a-long-directory-name-" * 4) / "hearth.toml"
+    path.parent.mkdir()
+    path.write_text("[vms]\nmemory = 1\n")
+    repo = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "hearth", "--config", str(path), "vm", "ls"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "40", "PYTHONPATH": str(repo / "src")},
+        timeout=60,
+    )
+    assert done.returncode == 1
+    first, *rest = done.stderr.splitlines()
+    assert first.startswith(f"error: {path}: unknown setting vms.memory; [vms] takes vmm, "), first
+    assert rest == []

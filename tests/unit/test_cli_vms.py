@@ -35,8 +35,8 @@ import httpx
 import pytest
 
 from hearth import providers
-from hearth.core.agent_client import AgentRequestError
 from hearth.core.cli_vms import RunEnd
+from hearth.core.ports import AgentRefused
 from hearth.core.vms import VmError
 from hearth.demo.idp import CLIENT_ID
 from hearth.guest.protocol import RunExit, RunOutput, RunStarted
@@ -815,9 +815,9 @@ def test_remove_wipes_the_files_from_the_vm_and_forgets_the_stored_copy(
     assert cli_vms.remove(user, PROVIDER) == (True, [CREDENTIALS])
 
     assert not home_file(rig, vm).exists()
-    with pytest.raises(AgentRequestError) as refused:
+    with pytest.raises(AgentRefused) as refused:
         in_vm(rig, vm)
-    assert refused.value.response.status_code == 404
+    assert refused.value.status == 404
     assert rig.controller.credentials.info(user, PROVIDER) is None
     with pytest.raises(CredentialNotFound), cli_vms.using(user, PROVIDER):
         pytest.fail("the block must not run")

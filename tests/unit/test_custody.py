@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from hearth.core.agent_client import AgentClient, AgentRequestError
+from hearth.core.agent_client import AgentClient
+from hearth.core.ports import AgentRefused
 from hearth.guest import custody
 from hearth.guest.seed import write_seed
 from tests.unit.test_agent import RunningAgent
@@ -154,9 +155,9 @@ def test_wipe_removes_the_files_and_the_manifest(cli_agent: CliAgent) -> None:
     assert sorted(client.wipe_credentials("demo")) == sorted([SETTINGS, TOKEN_FILE])
     assert all_files(cli_agent.home) == set()
     assert all_files(cli_agent.state) == set()
-    with pytest.raises(AgentRequestError) as e:
+    with pytest.raises(AgentRefused) as e:
         client.read_credentials("demo")
-    assert e.value.response.status_code == 404
+    assert e.value.status == 404
     assert e.value.message == "no credentials installed for demo"
     assert client.wipe_credentials("demo") == []  # again: nothing there, no error
 
@@ -170,9 +171,9 @@ def test_providers_are_kept_apart(cli_agent: CliAgent) -> None:
 
 
 def test_reading_what_was_never_installed_is_404(cli_agent: CliAgent) -> None:
-    with pytest.raises(AgentRequestError) as e:
+    with pytest.raises(AgentRefused) as e:
         cli_agent.client.read_credentials("codex")
-    assert e.value.response.status_code == 404
+    assert e.value.status == 404
 
 
 def b64(data: bytes) -> str:

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hearth.guest.probe import ProbeError, ProbeSpec, probe
+from hearth.guest.probe import ProbeError, probe
+from hearth.guest.protocol import ProbeSpec, ProtocolError
 from hearth.providers import claude_code, codex
 from tests.certificates import CertAuthority
 
@@ -74,7 +75,11 @@ def provider(tmp_path) -> Iterator[tuple[str, str]]:
 
 
 def _spec(url: str, **changes) -> ProbeSpec:
-    data = {**claude_code.SPEC.probe.to_agent(), "url": f"{url}/api/oauth/profile", **changes}
+    data = {
+        **claude_code.SPEC.probe.to_agent().to_json(),
+        "url": f"{url}/api/oauth/profile",
+        **changes,
+    }
     return ProbeSpec.from_json(json.loads(json.dumps(data)))
 
 
@@ -131,12 +136,13 @@ def test_nothing_listens_is_no_verdict():
     ],
 )
 def test_malformed_probes(data, message):
-    with pytest.raises(ProbeError, match=message):
+    with pytest.raises(ProtocolError, match=message):
         ProbeSpec.from_json(data)
 
 
 def test_a_file_without_the_token_is_a_clear_error():
-    spec = ProbeSpec.from_json(codex.SPEC.probe.to_agent())
+    spec = ProbeSpec.from_json(codex.SPEC.probe.to_agent().to_json())
+    assert spec == codex.SPEC.probe.to_agent()
     with pytest.raises(ProbeError, match="not one of the installed"):
         probe(spec, FILES)
     with pytest.raises(ProbeError, match="holds no tokens.access_token"):

@@ -1,6 +1,7 @@
-"""The agent's protocol (hearth/guest/protocol.py): each message survives the wire, a
-malformed one is a ProtocolError naming its field, and the host's client raises it when an
-agent answers something the protocol does not allow."""
+"""The agent's protocol (hearth/guest/protocol.py): each request and answer survives the
+wire, a malformed one is a ProtocolError naming its field, and the host's client raises it
+(as AgentProtocolError, a HearthError) when an agent answers something the protocol does not
+allow."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from hearth.core.agent_client import AgentClient
+from hearth.core.ports import AgentError, AgentProtocolError, AgentUnreachable
+from hearth.errors import HearthError
 from hearth.guest import protocol
 from hearth.guest.protocol import ProtocolError
 
@@ -96,6 +99,92 @@ def test_each_message_survives_the_wire(kind: type, wire: dict[str, Any]) -> Non
     assert message.to_json() == wire
     assert list(message.to_json()) == list(wire)  # the same fields, in the same order
     assert kind.from_json(message.to_json()) == message
+
+
+SPEC = {
+    "name": "demo",
+    "login_argv": ["demo-cli", "login"],
+    "login_env": {"DEMO": "1"},
+    "clean_env": False,
+    "url_pattern": "https://idp\\.test/\\S+",
+    "browser_url_preferred": True,
+    "prompts": [["Press Enter", "\r"]],
+    "pre_login_files": {".demo/settings.json": "{}"},
+    "credential_files": [".demo/token"],
+    "success_markers": ["Signed in"],
+    "stop_on_success": True,
+    "login_timeout": 900.0,
+    "url_timeout": 180.0,
+}
+PROBE = {
+    "url": "https://api.test/profile",
+    "token_file": ".demo/token",
+    "token_path": ["access_token"],
+    "headers": {"Accept": "application/json"},
+    "file_headers": {"account-id": ["account", "id"]},
+}
+# Each request as the host's client sends it; the agent parses it back.
+REQUESTS: list[tuple[type, dict[str, Any]]] = [
+    (protocol.PingRequest, {"host": "10.0.0.1"}),
+    (protocol.LoginSpec, SPEC),
+    (protocol.LoginRequest, {"spec": SPEC}),
+    (protocol.OpenUrl, {"url": "https://idp.test/authorize?state=s"}),
+    (
+        protocol.InstallCredentials,
+        {"credential_files": {".demo/token": "c2VjcmV0"}, "support_files": {".demo/x": ""}},
+    ),
+    (protocol.ProbeSpec, PROBE),
+    (
+        protocol.RunRequest,
+        {"argv": ["demo-cli", "-p", "hi"], "env": {"A": "1"}, "provider": "demo", "timeout": 60.0},
+    ),
+    (protocol.SetClock, {"epoch": 1700000000.5}),
+    (protocol.TrustCas, {"pem": "-----BEGIN CERTIFICATE-----\n..."}),
+]
+
+
+@pytest.mark.parametrize(("kind", "wire"), REQUESTS, ids=[k.__name__ for k, _ in REQUESTS])
+def test_each_request_survives_the_wire(kind: type, wire: dict[str, Any]) -> None:
+    message = kind.from_json(json.loads(json.dumps(wire)))
+    assert message.to_json() == wire
+    assert kind.from_json(message.to_json()) == message
+
+
+# A field each request cannot do without, and a value it refuses there.
+BAD_REQUESTS = [
+    (protocol.PingRequest, {"host": "-f"}, "host"),
+    (protocol.LoginRequest, {"spec": {**SPEC, "credential_files": ["../x"]}}, "credential_files"),
+    (protocol.LoginRequest, {"spec": {**SPEC, "name": "Demo!"}}, "name"),
+    (protocol.LoginRequest, {}, "spec"),
+    (protocol.OpenUrl, {"url": "file:///etc/passwd"}, "url"),
+    (protocol.InstallCredentials, {"credential_files": {}}, "credential_files"),
+    (protocol.InstallCredentials, {"credential_files": {"/etc/x": ""}}, "credential_files"),
+    (
+        protocol.InstallCredentials,
+        {"credential_files": {"a": "c2VjcmV0"}, "support_files": {"b": "%"}},
+        "support_files",
+    ),
+    (protocol.ProbeSpec, {**PROBE, "url": "http://api.test/"}, "url"),
+    (protocol.ProbeSpec, {**PROBE, "file_headers": {"a": []}}, "file_headers.a"),
+    (protocol.RunRequest, {"argv": []}, "argv"),
+    (protocol.RunRequest, {"argv": ["x"], "provider": "../x"}, "provider"),
+    (protocol.RunRequest, {"argv": ["x"], "timeout": float("inf")}, "timeout"),
+    (protocol.SetClock, {"epoch": True}, "epoch"),
+    (protocol.TrustCas, {"pem": None}, "pem"),
+]
+
+
+@pytest.mark.parametrize(("kind", "data", "field"), BAD_REQUESTS)
+def test_a_bad_request_is_a_protocol_error_naming_its_field(
+    kind: type, data: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ProtocolError, match=f'^"{field}" '):
+        kind.from_json(data)
+
+
+def test_a_run_request_has_the_agents_defaults() -> None:
+    request = protocol.RunRequest.from_json({"argv": ["true"], "env": None})
+    assert request == protocol.RunRequest(("true",), {}, None, protocol.DEFAULT_RUN_TIMEOUT)
 
 
 def test_credential_files_are_bytes_here_and_base64_on_the_wire() -> None:
@@ -241,6 +330,16 @@ def test_the_client_raises_protocol_error_on_a_malformed_answer(bad_agent: Agent
         bad_agent.read_credentials("demo")
     with pytest.raises(ProtocolError, match="answer to GET /health must be a JSON object"):
         bad_agent.health()
+
+
+def test_the_clients_errors_are_hearth_errors(bad_agent: AgentClient) -> None:
+    with pytest.raises(AgentProtocolError) as malformed:
+        bad_agent.ready()
+    assert isinstance(malformed.value, HearthError) and malformed.value.http_status == 502
+    nobody = AgentClient("127.0.0.1", "token", port=9)  # the discard port: nothing listens
+    with nobody, pytest.raises(AgentUnreachable, match="the agent did not answer GET /ready") as e:
+        nobody.ready()
+    assert isinstance(e.value, AgentError) and e.value.http_status == 502
 
 
 def test_the_client_raises_protocol_error_on_a_malformed_run_event(

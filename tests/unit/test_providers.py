@@ -20,7 +20,8 @@ import pytest
 from hearth import providers
 from hearth.config import Settings
 from hearth.demo import provider as demo
-from hearth.guest.login import LoginSpec, Transcript
+from hearth.guest.protocol import LoginSpec
+from hearth.guest.transcript import Transcript
 from hearth.providers import claude_code, codex, gemini_cli
 from hearth.providers.base import ProviderSpec, UnknownProviderError
 
@@ -187,11 +188,12 @@ def test_an_unknown_provider_is_a_clear_error() -> None:
 @pytest.mark.parametrize("name", providers.names())
 def test_to_agent_is_plain_json_the_agent_accepts(name: str) -> None:
     spec = providers.get(name)
-    data = spec.to_agent({"issuer": "http://idp.test"})
+    data = spec.to_agent({"issuer": "http://idp.test"}).to_json()
     assert json.loads(json.dumps(data)) == data  # JSON only: no hooks, no tuples
     assert "account_info" not in data
     parsed = LoginSpec.from_json(data)  # the guest's own validation
     assert parsed.name == name and parsed.credential_files == spec.credential_files
+    assert parsed.to_json() == data
 
 
 def test_real_cli_specs_record_the_version_they_were_checked_against() -> None:
@@ -317,7 +319,7 @@ def test_gemini_cli_account_info() -> None:
 def test_demo_fills_its_issuer_placeholder() -> None:
     spec = demo.SPEC
     assert spec.placeholders() == {"issuer"}
-    data = spec.to_agent({"issuer": "http://10.0.0.1:8000", "unused": "x"})
+    data = spec.to_agent({"issuer": "http://10.0.0.1:8000", "unused": "x"}).to_json()
     assert data["login_argv"] == [
         "python3",
         "/usr/lib/hearth/demo_login.py",
@@ -333,7 +335,7 @@ def test_the_demo_takes_its_issuer_from_the_settings() -> None:
     settings = Settings(demo_issuer="http://idp.demo.test")
     assert demo.SPEC.login_params(settings) == {"issuer": "http://idp.demo.test"}
     login = demo.SPEC.to_agent(demo.SPEC.login_params(settings))
-    assert login["login_argv"][-2:] == ["--issuer", "http://idp.demo.test"]
+    assert login.login_argv[-2:] == ("--issuer", "http://idp.demo.test")
 
 
 @pytest.mark.parametrize("name", providers.names())
@@ -647,14 +649,12 @@ def test_the_clis_quiet_switches_and_the_vms_environment_reach_the_login():
     from hearth.guest import trust
 
     spec = providers.get("claude_code")
-    env = spec.to_agent({}, env=trust.ENV)["login_env"]
+    env = spec.to_agent({}, env=trust.ENV).login_env
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert env["NODE_EXTRA_CA_CERTS"] == trust.EXTRA
     # The spec's own login environment has the last word.
     demo = providers.get("demo")
-    assert demo.to_agent({"issuer": "http://idp.demo.test"}, env={"A": "1"})["login_env"] == {
-        "A": "1"
-    }
+    assert demo.to_agent({"issuer": "http://idp.demo.test"}, env={"A": "1"}).login_env == {"A": "1"}
 
 
 def test_every_spec_lists_its_egress():

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from hearth.core.agent_client import AgentRequestError
-from hearth.guest import runs
+from hearth.core.ports import AgentRefused
+from hearth.guest import protocol, runs
 from hearth.guest.protocol import RunEvent, RunExit
 from hearth.waiting import wait_for
 from tests.unit.test_custody import CliAgent, running_cli_agent
@@ -232,16 +232,16 @@ def test_the_exit_event_carries_the_digest_of_the_credentials_after_the_run(
 
 def test_unknown_runs_are_404(cli_agent: CliAgent) -> None:
     for call in (cli_agent.client.run_status, cli_agent.client.cancel_run):
-        with pytest.raises(AgentRequestError) as e:
+        with pytest.raises(AgentRefused) as e:
             call("0" * 32)
-        assert e.value.response.status_code == 404
+        assert e.value.status == 404
         assert e.value.message == f"no run {'0' * 32}"
 
 
 def test_a_program_that_cannot_start_is_a_json_error(cli_agent: CliAgent, tmp_path: Path) -> None:
-    with pytest.raises(AgentRequestError) as e, cli_agent.client.run([str(tmp_path / "nope")]):
+    with pytest.raises(AgentRefused) as e, cli_agent.client.run([str(tmp_path / "nope")]):
         pass
-    assert e.value.response.status_code == 400
+    assert e.value.status == 400
     assert e.value.message == f"cannot start {tmp_path / 'nope'}: No such file or directory"
 
 
@@ -286,11 +286,11 @@ def test_only_the_last_finished_runs_are_kept(
     manager = runs.RunManager(lambda message: None)
     started = []
     for _ in range(4):
-        run = manager.start(runs.RunRequest.from_json({"argv": python("pass")}))
+        run = manager.start(protocol.RunRequest.from_json({"argv": python("pass")}))
         assert run.finished.wait(WAIT)
         started.append(run.id)
     pause = python("import signal; signal.pause()")
-    running = manager.start(runs.RunRequest.from_json({"argv": pause}))
+    running = manager.start(protocol.RunRequest.from_json({"argv": pause}))
     # Each start drops the oldest finished runs beyond KEEP_FINISHED; running ones stay.
     assert [manager.get(i) is not None for i in started] == [False, False, True, True]
     assert manager.get(running.id) is running

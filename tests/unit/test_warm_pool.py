@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 
 from hearth.core import machine, runtime
-from hearth.core.auth_sessions import (
+from hearth.core.egress import Policies, allowed_names
+from hearth.core.reconciler import reconcile
+from hearth.core.sign_in_vm import (
     FROM_POOL,
     LOGIN_AHEAD_GONE,
     POOL_EMPTY,
     SIGN_IN_AHEAD,
     VNC_PASSWORD,
 )
-from hearth.core.egress import Policies, allowed_names
-from hearth.core.reconciler import reconcile
 from hearth.core.vms import VmManager
-from hearth.core.warm_pool import WARM, WARMING, Taken
+from hearth.core.warm_pool import BUSY_PASS, WARM, WARMING, Taken
 from hearth.store.models import AuthSession, AuthSessionStatus, Vm, VmState, utcnow
 from hearth.waiting import wait_for
 from tests.core_rig import Rig, build_rig, opened_urls
@@ -275,6 +275,22 @@ def test_refills_are_rate_limited(tmp_path, monkeypatch):
         assert all(gap >= interval * 0.95 for gap in gaps), gaps
         for vm in warm:
             rig.vms.destroy(vm.id)
+
+
+def test_the_pool_boots_nothing_while_another_vm_boots_or_resumes(tmp_path, monkeypatch):
+    with build_rig(tmp_path, monkeypatch, pool_browser=1, pool_boot_interval=0.0) as rig:
+        pool = rig.controller.pool
+        cli_vm = rig.vms.record("cli", user_id="u1")  # requested: about to boot
+        for state in (VmState.requested, VmState.booting, VmState.resuming):
+            rig.vms.update(cli_vm, state=state)
+            assert pool.refill() == BUSY_PASS
+            assert members(rig, WARM, WARMING) == []
+
+        rig.vms.update(cli_vm, state=VmState.ready)
+        pool.refill()
+        [booting] = members(rig, WARMING)
+        assert [vm.id for vm in wait_warm(rig, 1)] == [booting.id]
+        rig.vms.destroy(cli_vm)
 
 
 # -- replacement ---------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from hearth.core import machine, runtime, webhooks
-from hearth.core.auth_sessions import VNC_PASSWORD
 from hearth.core.reconciler import reconcile
+from hearth.core.sign_in_vm import VNC_PASSWORD
 from hearth.core.webhooks import EventType
 from hearth.store import outbox
 from hearth.store.models import AuthSession, DeliveryStatus, WebhookEvent

@@ -101,7 +101,7 @@ def credentials_status(session_id: SessionId, request: Request) -> CredentialsSt
     """`pending` or `absent` carry only `status` and `provider`; `ready` or `invalid`, all."""
     svc = sessions(request)
     session = _found(svc, session_id)
-    info = svc.credentials.info(session.user_id, session.provider)
+    info = controller(request).credentials.info(session.user_id, session.provider)
     if session.status != AuthSessionStatus.completed or info is None:
         return CredentialsStatus(
             status="pending" if session.status not in TERMINAL else "absent",
@@ -114,6 +114,7 @@ def credentials_status(session_id: SessionId, request: Request) -> CredentialsSt
         expires_at=info.expires_at.isoformat() if info.expires_at else None,
         version=info.version,
         invalid_reason=info.invalid_reason,
+        invalid_at=info.invalid_at.isoformat() if info.invalid_at else None,
     )
 
 

@@ -70,6 +70,7 @@ class CredentialsStatus(BaseModel):
     expires_at: IsoTime | None = None
     version: int | None = None
     invalid_reason: str | None = None
+    invalid_at: IsoTime | None = Field(None, description="when the provider refused them")
 
 
 class SessionCancelled(BaseModel):
@@ -124,6 +125,7 @@ class CredentialView(BaseModel):
     updated_at: IsoTime
     status: Literal["ready", "invalid"]
     invalid_reason: str | None
+    invalid_at: IsoTime | None = Field(description="when the provider refused them")
 
 
 class UserVm(BaseModel):
@@ -229,6 +231,12 @@ class UserList(BaseModel):
     users: list[UserSummary]
 
 
+class LeaseView(BaseModel):
+    ip: str
+    vm_id: str
+    leased_at: IsoTime
+
+
 class HostView(BaseModel):
     memory_total_mib: int
     memory_available_mib: int
@@ -243,6 +251,7 @@ class HostView(BaseModel):
     vms_by_state: dict[str, int]
     addresses: int = Field(description="in the VM subnet")
     addresses_leased: int
+    leases: list[LeaseView] = Field(description="each leased address and its VM, by address")
 
 
 class KeyView(BaseModel):

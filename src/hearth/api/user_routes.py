@@ -40,6 +40,7 @@ def credential_view(info: CredentialInfo) -> CredentialView:
         updated_at=info.updated_at.isoformat(),
         status=info.status,
         invalid_reason=info.invalid_reason,
+        invalid_at=info.invalid_at.isoformat() if info.invalid_at else None,
     )
 
 

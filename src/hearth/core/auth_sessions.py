@@ -3,8 +3,8 @@
 started -> vm_booting -> awaiting_user -> completed, or failed / cancelled / expired; a
 sign-in beyond capacity (hearth.core.capacity) is first `queued`, and leaves the queue in
 order as room frees. The database holds every session and its timeline; a thread per
-session drives it (the VM work is blocking), and a notifier wakes whoever streams its events.
-The browser VM is destroyed whatever the end: it held a login and is never reused.
+session drives its browser VM (hearth.core.sign_in_vm: the VM work is blocking), and a
+notifier wakes whoever streams its events.
 """
 
 from __future__ import annotations
@@ -15,69 +15,32 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy import select, update
 
 from hearth import metrics, providers
 from hearth.config import BROWSER_IMAGE, Settings
-from hearth.core import CoreError, machine, webhooks
-from hearth.core.agent_client import AgentRequestError
+from hearth.core import machine, webhooks
 from hearth.core.capacity import Capacity, NoCapacity, Reservation
-from hearth.core.failures import reason as failure_reason
+from hearth.core.sign_in_vm import TERMINAL, VNC_PASSWORD, SessionEnded, SignInVm
 from hearth.core.stopping import ControllerStopping
 from hearth.core.vms import VmManager
 from hearth.guest.ports import VNC_PORT
-from hearth.guest.protocol import LoginStatus
 from hearth.store.credentials import CredentialStore
 from hearth.store.db import Database
-from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, Vm, VmState
-from hearth.waiting import Timeout, wait_for
+from hearth.store.models import AuthSession, AuthSessionEvent, AuthSessionStatus, VmState
 
 if TYPE_CHECKING:
     from hearth.core.warm_pool import WarmPool
 
-TERMINAL = (
-    AuthSessionStatus.completed,
-    AuthSessionStatus.failed,
-    AuthSessionStatus.cancelled,
-    AuthSessionStatus.expired,
-)
-VNC_PASSWORD = "vnc_password"  # the seed's key the browser VM's VNC server reads
 ADOPTED = "adopted after a controller restart: the login in the browser VM waits on"
 RESTARTED = "the controller restarted during the sign-in"
 STOPPED = "the controller stopped"
-FROM_POOL = "took a warm browser VM from the pool"
-COLD_BOOT = "booting a cold browser VM"
-SIGN_IN_AHEAD = "its {} sign-in page shown ahead"
-LOGIN_AHEAD_GONE = "the login started ahead in the pool VM had ended: starting it again"
-POOL_EMPTY = "booting a cold browser VM: the warm pool had none"
-POOL_RESUME_FAILED = "the warm pool VM did not resume ({}): booting a cold browser VM instead"
-MAX_LOGIN_ERROR = 2000  # the agent caps its errors; a guest that does not is cut here
-
-
-class SessionError(CoreError):
-    """The sign-in could not go on; the message is shown to the user and the API."""
-
-
-class _SessionEnded(Exception):
-    """Raised inside a session's thread when it was cancelled or expired meanwhile."""
-
-
-@dataclass
-class _Cleanup:
-    """What a session's thread must give back when it ends: its browser VM, once recorded,
-    and the room reserved for it."""
-
-    vm_id: str | None = None
-    reservation: Reservation | None = None
 
 
 @dataclass
@@ -131,16 +94,6 @@ class Notifier:
             return self._versions.get(session_id, 0)
 
 
-def browser_seed() -> dict[str, str]:
-    """What a browser VM's seed holds beside its agent token: its VNC server's password."""
-    return {VNC_PASSWORD: vnc_password()}
-
-
-def vnc_password() -> str:
-    """A fresh one per browser VM; VNC's own authentication reads only eight characters."""
-    return secrets.token_urlsafe(6)[:8]
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -159,10 +112,8 @@ class AuthSessions:
         self.settings = settings
         self.db = db
         self.vms = vms
-        self.credentials = credentials
         self.capacity = capacity
-        self.on_stored = on_stored  # new credentials of (user, provider) were stored
-        self.pool = pool  # warm browser VMs to take before booting one
+        self.browser = SignInVm(settings, vms, capacity, credentials, self, on_stored, pool)
         self.notifier = Notifier()
         self._intake = threading.RLock()  # a start and stop() do not cross
         self._stopping = False
@@ -203,9 +154,7 @@ class AuthSessions:
                     f"already (the most that may): {self.capacity.usage().describe()}"
                 )
             for old in superseded:
-                self._finish(
-                    old, AuthSessionStatus.cancelled, f"superseded by session {session_id}"
-                )
+                self.finish(old, AuthSessionStatus.cancelled, f"superseded by session {session_id}")
             status = AuthSessionStatus.started if reservation else AuthSessionStatus.queued
             detail = None if reservation else _queued_detail(len(ahead) + 1)
             try:
@@ -227,7 +176,7 @@ class AuthSessions:
                 raise
         self.notifier.bump(session_id)
         if reservation is not None:
-            self._start_thread(session_id, partial(self._run, reservation=reservation))
+            self._start_thread(session_id, partial(self.browser.run, reservation=reservation))
         else:
             threading.Thread(target=self._make_room, daemon=True).start()
         return self.get(session_id), token
@@ -268,7 +217,7 @@ class AuthSessions:
                 reservation = self.capacity.try_reserve(BROWSER_IMAGE)
                 if reservation is None:
                     break
-                if self._transition(
+                if self.transition(
                     session_id,
                     AuthSessionStatus.started,
                     "a browser VM can be had: leaving the queue",
@@ -280,7 +229,7 @@ class AuthSessions:
         for reservation in unused:
             self.capacity.release(reservation)
         for session_id, reservation in started:
-            self._start_thread(session_id, partial(self._run, reservation=reservation))
+            self._start_thread(session_id, partial(self.browser.run, reservation=reservation))
         for session_id in queue:  # every position moved, or the head may read it again
             self.notifier.bump(session_id)
         return [session_id for session_id, _ in started]
@@ -300,7 +249,7 @@ class AuthSessions:
             )
 
     def cancel(self, session_id: str) -> AuthSession | None:
-        self._finish(session_id, AuthSessionStatus.cancelled, "cancelled through the API")
+        self.finish(session_id, AuthSessionStatus.cancelled, "cancelled through the API")
         self.admit_queued()  # the queue behind it moves up
         return self.get(session_id)
 
@@ -330,7 +279,7 @@ class AuthSessions:
     def egress_failed(self, session_id: str, reason: str) -> None:
         """The session's VM cannot reach its provider (its upstream proxy refused us, say):
         end the sign-in with the reason now rather than leave the user at a broken page."""
-        self._finish(session_id, AuthSessionStatus.failed, reason)
+        self.finish(session_id, AuthSessionStatus.failed, reason)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -348,7 +297,7 @@ class AuthSessions:
                 )
             )
         for session_id in due:
-            self._finish(
+            self.finish(
                 session_id, AuthSessionStatus.expired, "the session expired before sign-in finished"
             )
         self.admit_queued()
@@ -362,7 +311,7 @@ class AuthSessions:
             self._stopping = True
         ended = []
         for session in self._running():
-            if self._transition(session.id, AuthSessionStatus.cancelled, STOPPED):
+            if self.transition(session.id, AuthSessionStatus.cancelled, STOPPED):
                 ended.append(session.id)
         with self._intake:
             threads = list(self._threads.values())
@@ -384,31 +333,18 @@ class AuthSessions:
             if session.status != AuthSessionStatus.queued and session.id not in self._threads
         ]
         for session in stale:
-            if self._login_waiting(session):
-                self._transition(session.id, session.status, ADOPTED)
-                self._start_thread(session.id, self._follow_adopted)
+            if self.browser.login_waiting(session):
+                self.transition(session.id, session.status, ADOPTED)
+                self._start_thread(session.id, self.browser.follow_adopted)
                 recovery.adopted.append(session.id)
             else:
-                self._finish(session.id, AuthSessionStatus.failed, RESTARTED)
-                self._destroy_vm(session.vm_id)
+                self.finish(session.id, AuthSessionStatus.failed, RESTARTED)
+                self.browser.destroy(session.vm_id)
                 recovery.failed.append(session.id)
         self.admit_queued()
         return recovery
 
-    def _login_waiting(self, session: AuthSession) -> bool:
-        """Whether the session's VM is ready and its CLI login runs on, not yet over."""
-        if session.vm_id is None:
-            return False
-        vm = self.vms.get(session.vm_id)
-        if vm.state != VmState.ready or not self.vms.vmm_alive(vm):
-            return False
-        try:
-            with self.vms.agent(vm) as agent:
-                return not agent.login_status().exited
-        except (httpx.HTTPError, ValueError):  # no login there, or an agent that is not well
-            return False
-
-    # -- the session's own thread ------------------------------------------------------------
+    # -- the session's own thread (its work: self.browser) --------------------------------
 
     def _start_thread(self, session_id: str, target: Callable[[str], None]) -> None:
         def run() -> None:
@@ -422,141 +358,6 @@ class AuthSessions:
         with self._intake:
             self._threads[session_id] = thread
         thread.start()
-
-    def _run(self, session_id: str, reservation: Reservation) -> None:
-        """Take a warm browser VM or boot one on the room reserved for it, start the CLI's
-        login in it (unless the pool VM's runs already), and follow it to the end."""
-        session = self.get(session_id)
-        with self._ending(session_id) as cleanup:
-            cleanup.reservation = reservation
-            warm = self._warm_vm(session_id, session.provider, cleanup)
-            vm, login_started = warm or (self._cold_vm(session_id, cleanup), False)
-            self._check_running(session_id)
-            with self.vms.agent(vm) as agent:
-                if login_started and not _login_runs(agent):
-                    self._advance(session_id, AuthSessionStatus.vm_booting, LOGIN_AHEAD_GONE)
-                    login_started = False
-                if not login_started:
-                    agent.start_login(login_request(self.settings, self.vms, session.provider))
-            self._follow(session_id, vm)
-
-    def _warm_vm(self, session_id: str, provider: str, cleanup: _Cleanup) -> tuple[Vm, bool] | None:
-        """A VM from the warm pool, resumed, and whether its login for `provider` was
-        started ahead; None (the pool had none, or it did not resume: the timeline says so,
-        and that VM is gone) for a cold boot."""
-        taken = self.pool.take(provider) if self.pool is not None else None
-        if taken is None:
-            detail = POOL_EMPTY if self.pool is not None and self.pool.size else COLD_BOOT
-            self._advance(session_id, AuthSessionStatus.vm_booting, detail)
-            return None
-        cleanup.vm_id = taken.vm_id
-        self.capacity.bind(cleanup.reservation, taken.vm_id)  # it wakes on the session's room
-        self._update(session_id, vm_id=taken.vm_id)
-        detail = f"{FROM_POOL} ({taken.vm_id})"
-        if taken.login_started:
-            detail += f", {SIGN_IN_AHEAD.format(provider)}"
-        self._advance(session_id, AuthSessionStatus.vm_booting, detail)
-        try:
-            vm = self.pool.wake(taken.vm_id)
-            self.capacity.release(cleanup.reservation)  # it runs, and counts, now
-            return vm, taken.login_started
-        except Exception as e:  # noqa: BLE001 - any failure falls back to a cold boot
-            self._destroy_vm(taken.vm_id)
-            cleanup.vm_id = None
-            self._check_running(session_id)
-            detail = POOL_RESUME_FAILED.format(failure_reason(e))
-            self._transition(session_id, AuthSessionStatus.vm_booting, detail)
-            return None
-
-    def _cold_vm(self, session_id: str, cleanup: _Cleanup) -> Vm:
-        # Recorded before it boots, so that a VM whose boot fails is destroyed too.
-        cleanup.vm_id = self.capacity.record(cleanup.reservation, BROWSER_IMAGE)
-        self.capacity.release(cleanup.reservation)  # the record counts now
-        self._update(session_id, vm_id=cleanup.vm_id)
-        self.vms.finish_create(cleanup.vm_id, seed_extras=browser_seed())
-        return self.vms.get(cleanup.vm_id)
-
-    def _follow_adopted(self, session_id: str) -> None:
-        """Follow a login an earlier controller started, from wherever it has got to."""
-        session = self.get(session_id)
-        with self._ending(session_id) as cleanup:
-            cleanup.vm_id = session.vm_id
-            self._follow(session_id, self.vms.get(session.vm_id))
-
-    @contextmanager
-    def _ending(self, session_id: str) -> Iterator[_Cleanup]:
-        """End the session however its work ends (with the reason when it fails), and
-        destroy its browser VM whatever the end."""
-        cleanup = _Cleanup()
-        try:
-            yield cleanup
-        except _SessionEnded:
-            pass
-        except SessionError as e:  # ours, in full: a login's error ends with the CLI's screen
-            self._finish(session_id, AuthSessionStatus.failed, str(e))
-        except Exception as e:  # noqa: BLE001 - any failure ends the session, with its reason
-            self._finish(session_id, AuthSessionStatus.failed, failure_reason(e))
-        finally:
-            self._destroy_vm(cleanup.vm_id)
-            self.capacity.release(cleanup.reservation)
-
-    def _follow(self, session_id: str, vm: Vm) -> None:
-        """Wait for the authorize page, then for the user, then store the credentials."""
-        session = self.get(session_id)
-        spec = providers.get(session.provider)
-        with self.vms.agent(vm) as agent:
-            status = self._wait(
-                session_id, agent, authorize_page_shown, "Firefox to show the authorize page"
-            )
-            if self.get(session_id).status != AuthSessionStatus.awaiting_user:
-                self._advance(session_id, AuthSessionStatus.awaiting_user, oauth_url=status.url)
-            status = self._wait(session_id, agent, _login_over, "the sign-in")
-            if not status.success:
-                raise _login_failed(status, "without signing in")
-            files = agent.credentials()
-        email, expires_at = spec.account(files)
-        self.credentials.put(
-            session.user_id, session.provider, files, account_email=email, expires_at=expires_at
-        )
-        self._advance(
-            session_id,
-            AuthSessionStatus.completed,
-            detail=f"credentials stored for {email or 'the account'}",
-        )
-        self.on_stored(session.user_id, session.provider)
-
-    def _wait(
-        self, session_id: str, agent, done: Callable[[LoginStatus], bool], what: str
-    ) -> LoginStatus:
-        """Poll the agent until `done`, the session ends, or it expires."""
-        session = self.get(session_id)
-        remaining = (session.expires_at - datetime.now(UTC)).total_seconds()
-        last: LoginStatus | None = None
-
-        def check() -> bool:
-            nonlocal last
-            self._check_running(session_id)
-            try:
-                last = agent.login_status()
-            except httpx.HTTPError:
-                return False
-            return done(last)
-
-        try:
-            wait_for(check, max(remaining, 0.1), what, interval=self.settings.agent_poll_interval)
-        except Timeout:
-            self._finish(session_id, AuthSessionStatus.expired, f"expired waiting for {what}")
-            raise _SessionEnded from None
-        assert last is not None  # wait_for returned: check() saw `done`
-        return last
-
-    def _check_running(self, session_id: str) -> None:
-        if self.get(session_id).status in TERMINAL:
-            raise _SessionEnded
-
-    def _destroy_vm(self, vm_id: str | None) -> None:
-        if vm_id:
-            self.vms.destroy(vm_id)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -597,18 +398,20 @@ class AuthSessions:
                 )
             )
 
-    def _advance(
+    # -- the record, as the session's thread moves it too (sign_in_vm.Record) ---------------
+
+    def advance(
         self, session_id: str, status: AuthSessionStatus, detail: str | None = None, **fields
-    ):
+    ) -> None:
         """Move a running session on; a session that ended meanwhile stays ended."""
-        if not self._transition(session_id, status, detail, **fields):
-            raise _SessionEnded
+        if not self.transition(session_id, status, detail, **fields):
+            raise SessionEnded
 
-    def _finish(self, session_id: str, status: AuthSessionStatus, detail: str) -> None:
+    def finish(self, session_id: str, status: AuthSessionStatus, detail: str) -> None:
         error = detail if status == AuthSessionStatus.failed else None
-        self._transition(session_id, status, detail, error=error)
+        self.transition(session_id, status, detail, error=error)
 
-    def _transition(
+    def transition(
         self, session_id: str, status: AuthSessionStatus, detail: str | None, **fields
     ) -> bool:
         """Move a session that has not ended to `status`, with its event; False if it had
@@ -640,41 +443,9 @@ class AuthSessions:
             metrics.sign_in_ended(self.get(session_id))
         return True
 
-    def _update(self, session_id: str, **fields) -> None:
+    def update(self, session_id: str, **fields) -> None:
         self.db.update(AuthSession, session_id, **fields)
 
 
 def _queued_detail(position: int) -> str:
     return f"queued, position {position}: no browser VM can be started now"
-
-
-def login_request(settings: Settings, vms: VmManager, provider: str) -> dict:
-    """What the agent's POST /login takes for `provider`'s login: the same for every user."""
-    spec = providers.get(provider)
-    return spec.to_agent(spec.login_params(settings), vms.client_env())
-
-
-def _login_runs(agent) -> bool:
-    """Whether the VM's login (started ahead, in a pool VM) is still there and running."""
-    try:
-        return not agent.login_status().exited
-    except AgentRequestError as e:
-        if e.response.status_code == HTTPStatus.NOT_FOUND:  # none was started, or it is gone
-            return False
-        raise
-
-
-def authorize_page_shown(status: LoginStatus) -> bool:
-    if status.exited and not status.success:
-        raise _login_failed(status, "before showing an authorize URL")
-    return bool(status.url and status.firefox.ready)
-
-
-def _login_failed(status: LoginStatus, when: str) -> SessionError:
-    """The agent's reason (it ends with the CLI's last screen, redacted in the guest)."""
-    reason = status.error or f"the login command exited with {status.exit_code}"
-    return SessionError(f"the {status.provider} login ended {when}: {reason[:MAX_LOGIN_ERROR]}")
-
-
-def _login_over(status: LoginStatus) -> bool:
-    return status.success or status.exited

@@ -1,6 +1,7 @@
 """Capacity: how much of the host running VMs may take, and admission against it.
 
-A running VM costs its guest memory plus its VMM's own (measured: the figures are below).
+A running VM costs its guest memory plus its VMM's own, which each driver states
+(hearth.vmm.base.Driver.own_memory_mib, measured where the driver says).
 Admission reserves that cost before a VM boots or resumes, against a memory budget and a
 maximum count of running VMs, under one lock. What runs is counted from the database (so a
 restart recounts); a reservation in memory covers the time between admission and the VM's
@@ -28,8 +29,6 @@ from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.vms import VmManager
 from hearth.store.models import Vm, VmState
-from hearth.vmm.firecracker import FirecrackerDriver
-from hearth.vmm.qemu import QemuDriver
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,9 @@ RUNNING_STATES = (
     VmState.resuming,
     VmState.stopping,
 )
-# What a VMM holds beside its guest's memory, MiB, measured from /proc/PID/smaps of QEMU
-# under TCG on this project's images (bench/vm_memory.py; the README's capacity section):
-# a browser VM at its sign-in page held 558 MiB of guest memory, 138 MiB of executable
-# mappings (the translation cache, capped at 128 MiB there, and QEMU's own code) and 113
-# MiB besides (the loaded kernel, device and block buffers, QEMU's heap).
-QEMU_OWN_MIB = 128
-QEMU_DEFAULT_TB_MIB = 1024  # the translation cache TCG keeps without a tb-size
-# Firecracker's own is a few MiB (its documented <5 MiB, plus the kernel it loads); it
-# needs KVM, which this host lacks, so this figure is a safe margin, not a measurement.
-FIRECRACKER_OWN_MIB = 64
-# A VMM without a figure is taken to cost what the costliest one does.
-UNMEASURED_VMM_MIB = QEMU_OWN_MIB + QEMU_DEFAULT_TB_MIB
+# A VM whose VMM has no driver here (recorded under another one) is taken to cost what the
+# costliest VMM does: QEMU under TCG with its uncapped translation cache (hearth.vmm.qemu).
+UNMEASURED_VMM_MIB = 1152
 # The host keeps this much for itself, the controller and the page cache of the images
 # every VM reads: 2 GiB or a fifth of its RAM, whichever is more.
 HOST_RESERVE_MIN_MIB = 2048
@@ -149,14 +139,7 @@ class Capacity:
 
     def _vmm_mib(self, vmm: str) -> int:
         driver = self.vms.drivers.get(vmm)
-        if isinstance(driver, QemuDriver):
-            # Not probed in an admission (it takes seconds): until a VM boots, as under TCG.
-            if driver.known_accel == "kvm":
-                return QEMU_OWN_MIB
-            return QEMU_OWN_MIB + (driver.tb_size_mib or QEMU_DEFAULT_TB_MIB)
-        if isinstance(driver, FirecrackerDriver):
-            return FIRECRACKER_OWN_MIB
-        return UNMEASURED_VMM_MIB
+        return UNMEASURED_VMM_MIB if driver is None else driver.own_memory_mib
 
     def usage(self) -> Usage:
         with self._lock:

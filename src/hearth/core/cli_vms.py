@@ -30,8 +30,8 @@ from sqlalchemy import select
 from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core import CoreError, webhooks
-from hearth.core.agent_client import AgentRequestError
 from hearth.core.capacity import Capacity, Reservation
+from hearth.core.ports import AgentRefused
 from hearth.core.vms import LIVE_STATES, VmError, VmManager
 from hearth.guest.protocol import RunEvent, RunExit, RunOutput, RunStarted
 from hearth.store.credentials import CredentialNotFound, CredentialStale, CredentialStore, Lease
@@ -260,8 +260,8 @@ class CliVms:
         try:
             with self.vms.agent(vm) as agent:
                 status, detail = agent.probe_credentials(provider, spec.probe.to_agent())
-        except AgentRequestError as e:
-            if e.response.status_code != 400:
+        except AgentRefused as e:
+            if e.status != 400:
                 raise
             # The CLI's file holds no access token (a CLI that signed itself out wipes it).
             return Check(False, f"the stored credentials hold no access token ({e.message})")

@@ -22,13 +22,13 @@ from sqlalchemy import bindparam, insert, select, update
 from hearth import metrics, providers
 from hearth.config import Settings
 from hearth.core.auth_sessions import TERMINAL
+from hearth.core.ports import Network
 from hearth.net.egress.dialer import Dialer
 from hearth.net.egress.dns import DnsResponder
 from hearth.net.egress.names import normalize_pattern
 from hearth.net.egress.policy import EgressPolicy, EgressRecord
 from hearth.net.egress.proxy import EgressProxy
 from hearth.net.egress.upstream import Upstream
-from hearth.net.topology import VmNetwork
 from hearth.providers.base import GOOGLE_SIGN_IN
 from hearth.store.db import Database
 from hearth.store.models import AuthSession, Credential, EgressConnection, IpLease, Vm
@@ -252,7 +252,7 @@ class Egress:
         self,
         settings: Settings,
         db: Database,
-        network: VmNetwork,
+        network: Network,
         on_upstream_error: Callable[[str, str], None] = lambda session, why: None,
     ):
         self.network = network

@@ -14,10 +14,17 @@ from sqlalchemy import select, union
 from hearth.core.capacity import meminfo_mib
 from hearth.core.runtime import Controller
 from hearth.core.vms import LIVE_STATES
-from hearth.store.models import AuthSession, Credential, Prompt, Vm, VmState
+from hearth.store.models import AuthSession, Credential, IpLease, Prompt, Vm, VmState
 
 # The states in which a VM holds its guest's memory on the host.
 RUNNING = (VmState.booting, VmState.ready, VmState.hibernating, VmState.resuming)
+
+
+@dataclass(frozen=True)
+class AddressLease:
+    ip: str
+    vm_id: str
+    leased_at: str  # ISO 8601
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class HostResources:
     vms_by_state: dict[str, int]
     addresses: int  # in the VM subnet
     addresses_leased: int
+    leases: list[AddressLease]  # by address
 
 
 def users(ctl: Controller) -> list[str]:
@@ -84,6 +92,9 @@ def host_resources(ctl: Controller) -> HostResources:
     running = [vm for vm in live if vm.state in RUNNING]
     total, available = meminfo_mib()
     usage = ctl.capacity.usage()
+    with ctl.db.session() as s:
+        rows = s.scalars(select(IpLease).order_by(IpLease.ip))
+        leases = [AddressLease(r.ip, r.vm_id, r.leased_at.isoformat()) for r in rows]
     return HostResources(
         memory_total_mib=total,
         memory_available_mib=available,
@@ -92,7 +103,8 @@ def host_resources(ctl: Controller) -> HostResources:
         vm_memory_reserved_mib=usage.memory_mib,
         vms_by_state=dict(sorted(by_state.items())),
         addresses=len(ctl.vms.pool.candidates()),
-        addresses_leased=len(ctl.vms.pool.leases()),
+        addresses_leased=len(leases),
+        leases=leases,
     )
 
 

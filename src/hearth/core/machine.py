@@ -9,7 +9,6 @@ token, and whatever the caller adds (a browser VM's VNC password).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -70,8 +69,7 @@ def laid_out(spec: MachineSpec) -> bool:
 def lay_out(spec: MachineSpec, agent_token: str, seed_extras: Mapping[str, str]) -> None:
     """Create the directory and write the seed (owner-only) and `machine.json`."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
-    write_seed(spec.seed, {**seed_extras, "agent_token": agent_token})
-    os.chmod(spec.seed, 0o600)
+    write_seed(spec.seed, {**seed_extras, "agent_token": agent_token})  # 0600
     public = {k: str(v) for k, v in asdict(spec).items() if k != "extra"}
     (spec.workdir / "machine.json").write_text(json.dumps(public, indent=2) + "\n")
 

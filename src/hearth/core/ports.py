@@ -9,13 +9,20 @@ process bound to the VM's address (tests/core_rig.py).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
+from hearth.core import CoreError
 from hearth.guest.protocol import (
+    DEFAULT_RUN_TIMEOUT,
     ClockAnswer,
+    LoginSpec,
     LoginStatus,
+    ProbeSpec,
+    ProtocolError,
     Ready,
     RunEvent,
     RunStatus,
@@ -23,6 +30,31 @@ from hearth.guest.protocol import (
     WarmBrowser,
 )
 from hearth.store.models import Vm
+
+
+class AgentError(CoreError):
+    """A VM's agent did not do what was asked: it could not be reached, it refused, or it
+    answered against the protocol. The agent is the controller's upstream, hence 502."""
+
+    http_status = 502
+
+
+class AgentUnreachable(AgentError):
+    """The agent did not answer: no connection, a timeout, or a stream cut short."""
+
+
+class AgentRefused(AgentError):
+    """The agent refused a request: its HTTP `status`, and `message`, the reason it gave."""
+
+    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+        super().__init__(f"agent answered {status} to {method} {path}: {message}")
+        self.status = status
+        self.message = message
+
+
+class AgentProtocolError(AgentError, ProtocolError):
+    """The agent's answer is not what the protocol says; the message names the field. The
+    guest's ProtocolError (standard library only, so outside hearth.errors) re-rooted."""
 
 
 class Network(Protocol):
@@ -44,14 +76,21 @@ class Network(Protocol):
     def taps(self) -> list[str]:
         """Every TAP with Hearth's prefix."""
 
+    def gateway_sockets(self, wanted: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+        """Non-blocking sockets bound to the VMs' gateway address, one per (kind, port) with
+        kind "tcp" (listening) or "udp": where egress serves the VMs (hearth.core.egress)."""
+
+    def controller_addresses(self) -> frozenset[IPv4Address | IPv6Address]:
+        """Every address of the controller's own namespace, which no VM may reach."""
+
 
 class GuestAgent(AbstractContextManager, Protocol):
     """A VM's agent, as the core drives it (the routes are in hearth.guest.agent, the
-    messages in hearth.guest.protocol). A malformed answer raises ProtocolError."""
+    messages in hearth.guest.protocol). Every failure is an AgentError."""
 
     def ready(self, timeout: float | None = None) -> Ready: ...
     def health(self, timeout: float | None = None) -> dict: ...
-    def start_login(self, spec: dict) -> LoginStatus: ...
+    def start_login(self, spec: LoginSpec) -> LoginStatus: ...
     def login_status(self) -> LoginStatus: ...
     def credentials(self) -> dict[str, bytes]: ...
     def warm_browser(self) -> WarmBrowser: ...
@@ -63,15 +102,19 @@ class GuestAgent(AbstractContextManager, Protocol):
         support_files: dict[str, bytes] | None = None,
     ) -> str: ...
     def read_credentials(self, provider: str) -> tuple[dict[str, bytes], str]: ...
-    def probe_credentials(self, provider: str, probe: dict) -> tuple[int | None, str | None]: ...
+    def probe_credentials(
+        self, provider: str, probe: ProbeSpec
+    ) -> tuple[int | None, str | None]: ...
     def wipe_credentials(self, provider: str) -> list[str]: ...
     def run(
         self,
         argv: list[str],
         env: dict[str, str] | None = None,
         provider: str | None = None,
-        timeout: float | None = None,
-    ) -> AbstractContextManager[Iterator[RunEvent]]: ...
+        timeout: float = DEFAULT_RUN_TIMEOUT,
+    ) -> AbstractContextManager[Iterator[RunEvent]]:
+        """POST /runs (the client builds the protocol's RunRequest)."""
+
     def cancel_run(self, run_id: str) -> RunStatus: ...
     def put_trust(self, pem: str) -> TrustAnswer: ...
     def set_clock(self, epoch: float) -> ClockAnswer: ...

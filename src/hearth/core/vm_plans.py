@@ -38,16 +38,12 @@ def create_plan(seed_extras: Mapping[str, str] | None = None) -> Plan:
     return Plan(
         "create",
         (
-            Step("lease-address", lambda vms, vm: vm.ip is None, lease_address),
-            Step("lay-out-directory", lambda vms, vm: not machine.laid_out(vms.spec(vm)), lay_out),
+            Step("lease-address", no_address, lease_address),
+            Step("lay-out-directory", not_laid_out, lay_out),
             PLUG,
-            Step("boot", lambda vms, vm: not vms.vmm_alive(vm), boot),
-            Step("wait-for-agent", not_ready, lambda vms, vm: vms.wait_for_boot(vm.id)),
-            Step(
-                "trust-cas",
-                lambda vms, vm: bool(vms.settings.vm_ca_file) and not_ready(vms, vm),
-                trust_cas,
-            ),
+            Step("boot", vmm_down, boot),
+            Step("wait-for-agent", not_ready, wait_for_boot),
+            Step("trust-cas", cas_to_trust, trust_cas),
             RECORD_READY,
         ),
     )
@@ -60,12 +56,8 @@ def hibernate_plan() -> Plan:
         (
             mark(VmState.hibernating),
             # A live VMM's guest is newer than any snapshot beside it, so it is always taken.
-            Step("snapshot", lambda vms, vm: vms.vmm_alive(vm), snapshot),
-            Step(
-                "record-hibernated",
-                lambda vms, vm: vm.state != VmState.hibernated,
-                record_hibernated,
-            ),
+            Step("snapshot", vmm_up, snapshot),
+            Step("record-hibernated", not_hibernated, record_hibernated),
         ),
     )
 
@@ -78,10 +70,8 @@ def resume_plan() -> Plan:
             mark(VmState.resuming),
             # A host's restart takes the TAPs with it, and leaves hibernated VMs on disk.
             PLUG,
-            # While the snapshot is there no guest runs on from it: a VMM beside it is one
-            # whose restore never finished, and is replaced.
-            Step("restore", lambda vms, vm: vms.has_snapshot(vm) or not vms.vmm_alive(vm), restore),
-            Step("wait-for-agent", not_ready, lambda vms, vm: vms.wait_for_agent(vm)),
+            Step("restore", snapshot_unrestored, restore),
+            Step("wait-for-agent", not_ready, wait_for_agent),
             # The guest's clock stood still while it slept (tokens' expiry is judged by it).
             Step("set-clock", not_ready, set_clock),
             RECORD_READY,
@@ -94,37 +84,78 @@ def destroy_plan() -> Plan:
     return Plan(
         "destroy",
         (
-            Step("stop-vmm", lambda vms, vm: vms.vmm_alive(vm), lambda vms, vm: vms.stop_vmm(vm)),
-            Step(
-                "remove-tap",
-                lambda vms, vm: vms.network.tap_state(vm.tap) is not None,
-                lambda vms, vm: vms.network.remove_tap(vm.tap),
-            ),
-            Step(
-                "release-address",
-                lambda vms, vm: vm.id in vms.pool.leases(),
-                lambda vms, vm: vms.pool.release(vm.id),
-            ),
-            Step("keep-console", lambda vms, vm: _console(vms, vm).exists(), keep_console),
-            Step(
-                "remove-directory",
-                lambda vms, vm: vms.workdir(vm.id).exists(),
-                lambda vms, vm: shutil.rmtree(vms.workdir(vm.id)),
-            ),
-            Step(
-                "record-destroyed",
-                lambda vms, vm: vm.state != VmState.destroyed,
-                lambda vms, vm: vms.update(vm.id, state=VmState.destroyed, pid=None),
-            ),
+            Step("stop-vmm", vmm_up, stop_vmm),
+            Step("remove-tap", tap_plugged, remove_tap),
+            Step("release-address", address_leased, release_address),
+            Step("keep-console", console_left, keep_console),
+            Step("remove-directory", directory_left, remove_directory),
+            Step("record-destroyed", not_destroyed, record_destroyed),
         ),
     )
 
 
-# -- the steps ---------------------------------------------------------------------------
+# -- what is left to do (each step's should_do) -------------------------------------------
 
 
 def not_ready(vms: VmManager, vm: Vm) -> bool:
     return vm.state != VmState.ready
+
+
+def not_hibernated(vms: VmManager, vm: Vm) -> bool:
+    return vm.state != VmState.hibernated
+
+
+def not_destroyed(vms: VmManager, vm: Vm) -> bool:
+    return vm.state != VmState.destroyed
+
+
+def no_address(vms: VmManager, vm: Vm) -> bool:
+    return vm.ip is None
+
+
+def address_leased(vms: VmManager, vm: Vm) -> bool:
+    return vm.id in vms.pool.leases()
+
+
+def not_laid_out(vms: VmManager, vm: Vm) -> bool:
+    return not machine.laid_out(vms.spec(vm))
+
+
+def tap_plugged(vms: VmManager, vm: Vm) -> bool:
+    return vms.network.tap_state(vm.tap) is not None
+
+
+def tap_unplugged(vms: VmManager, vm: Vm) -> bool:
+    return vms.network.tap_state(vm.tap) is None
+
+
+def vmm_up(vms: VmManager, vm: Vm) -> bool:
+    return vms.vmm_alive(vm)
+
+
+def vmm_down(vms: VmManager, vm: Vm) -> bool:
+    return not vms.vmm_alive(vm)
+
+
+def snapshot_unrestored(vms: VmManager, vm: Vm) -> bool:
+    """While the snapshot is there no guest runs on from it: a VMM beside it is one whose
+    restore never finished, and is replaced."""
+    return vms.has_snapshot(vm) or not vms.vmm_alive(vm)
+
+
+def cas_to_trust(vms: VmManager, vm: Vm) -> bool:
+    return bool(vms.settings.vm_ca_file) and not_ready(vms, vm)
+
+
+def console_left(vms: VmManager, vm: Vm) -> bool:
+    return _console(vms, vm).exists()
+
+
+def directory_left(vms: VmManager, vm: Vm) -> bool:
+    return vms.workdir(vm.id).exists()
+
+
+# -- the steps ---------------------------------------------------------------------------
 
 
 def lease_address(vms: VmManager, vm: Vm) -> None:
@@ -132,14 +163,30 @@ def lease_address(vms: VmManager, vm: Vm) -> None:
     vms.update(vm.id, ip=ip, mac=mac_for(ip))
 
 
+def release_address(vms: VmManager, vm: Vm) -> None:
+    vms.pool.release(vm.id)
+
+
 def plug(vms: VmManager, vm: Vm) -> None:
     vms.network.ensure()
     vms.network.add_tap(vm.tap, vm.mac, vm.ip)
 
 
+def remove_tap(vms: VmManager, vm: Vm) -> None:
+    vms.network.remove_tap(vm.tap)
+
+
 def boot(vms: VmManager, vm: Vm) -> None:
     vms.update(vm.id, state=VmState.booting, boot_started=time.time())
     vms.start_vmm(vms.get(vm.id))
+
+
+def wait_for_boot(vms: VmManager, vm: Vm) -> None:
+    vms.wait_for_boot(vm.id)
+
+
+def wait_for_agent(vms: VmManager, vm: Vm) -> None:
+    vms.wait_for_agent(vm)
 
 
 def trust_cas(vms: VmManager, vm: Vm) -> None:
@@ -168,6 +215,10 @@ def set_clock(vms: VmManager, vm: Vm) -> None:
         agent.set_clock(time.time())
 
 
+def stop_vmm(vms: VmManager, vm: Vm) -> None:
+    vms.stop_vmm(vm)
+
+
 def keep_console(vms: VmManager, vm: Vm) -> None:
     archive = vms.console_archive(vm.id)
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +227,18 @@ def keep_console(vms: VmManager, vm: Vm) -> None:
 
 def _console(vms: VmManager, vm: Vm) -> Path:
     return vms.workdir(vm.id) / machine.CONSOLE
+
+
+def remove_directory(vms: VmManager, vm: Vm) -> None:
+    shutil.rmtree(vms.workdir(vm.id))
+
+
+def record_ready(vms: VmManager, vm: Vm) -> None:
+    vms.update(vm.id, state=VmState.ready)
+
+
+def record_destroyed(vms: VmManager, vm: Vm) -> None:
+    vms.update(vm.id, state=VmState.destroyed, pid=None)
 
 
 def mark(state: VmState) -> Step:
@@ -191,7 +254,5 @@ def mark(state: VmState) -> Step:
     return Step(f"mark-{state}", unmarked, record)
 
 
-PLUG = Step("network", lambda vms, vm: vms.network.tap_state(vm.tap) is None, plug)
-RECORD_READY = Step(
-    "record-ready", not_ready, lambda vms, vm: vms.update(vm.id, state=VmState.ready)
-)
+PLUG = Step("network", tap_unplugged, plug)
+RECORD_READY = Step("record-ready", not_ready, record_ready)

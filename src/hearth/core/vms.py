@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import httpx
 from sqlalchemy import select
 
 from hearth import metrics
@@ -25,7 +24,13 @@ from hearth.config import Settings
 from hearth.core import CoreError, machine
 from hearth.core.agent_client import AgentClient
 from hearth.core.plans import StepFailed, run_plan
-from hearth.core.ports import AgentConnector, GuestAgent, Network
+from hearth.core.ports import (
+    AgentConnector,
+    AgentRefused,
+    AgentUnreachable,
+    GuestAgent,
+    Network,
+)
 from hearth.core.vm_plans import create_plan, destroy_plan, hibernate_plan, resume_plan
 from hearth.guest import trust
 from hearth.image.builder import read_manifest
@@ -212,7 +217,7 @@ class VmManager:
                     raise VmmExited("the VMM process exited before the agent answered")
                 try:
                     agent.ready(timeout=2)
-                except httpx.HTTPError:
+                except (AgentUnreachable, AgentRefused):
                     return False
                 return True
 

@@ -1,36 +1,14 @@
 """The warm pool: browser VMs prepared ahead of sign-ins, so that a sign-in skips the boot
 and Firefox's first paint (under emulation about 50 s of its wait).
 
-A pool VM is booted on its own, as a cold one is (its own address, TAP, agent token and VNC
-password: one snapshot is never restored into several VMs), Firefox is started and painted
-on the blank page (the agent's /warm-browser), and the VM is then hibernated to its snapshot.
-Hibernated rather than paused, as measured on this host (2 cores, TCG, 1 GiB guests, other
-work beside it): a paused VM (QMP stop) holds its QEMU's whole RSS, 1.9-2.0 GiB (guest memory
-and the translation cache), and its take (cont, clock) takes 0.2-0.4 s; a hibernated one holds
-no memory, a 630-660 MiB snapshot on disk, and its take (restore until the agent answers, clock)
-2.7-3.9 s. From the take to a page painted in the warm Firefox took 42 s hibernated and 40 s
-paused: Firefox's page load, not the take, sets that pace, so the pool costs disk, not 2 GiB
-of RAM per VM.
-A session takes one (one conditional UPDATE: two sessions never take the same VM), resumes it
-(the resume plan sets the guest's clock), and the login's Firefox shows the authorize page.
-A taken VM is the session's: destroyed at its end like a cold one, never returned.
-
-With `pool_providers` set, each of those providers gets `pool_browser` VMs prepared further: the
-provider's CLI login is started in the VM (the egress lets a pool VM reach its provider's
-sign-in names), and the VM is hibernated once Firefox shows the authorize page. Under
-emulation the CLI's start and the page's load are each longer than the whole wait a user
-should have; a take then only resumes the VM. The login is no one's until a session takes the
-VM: nothing in it names a user, its verifier stays in the CLI's memory, and the VM serves one
-sign-in only. The CLI's own time limits run on the guest's monotonic clock, which stands still
-while the VM is hibernated.
-
-The pool's VMs are rows with `pool` set ("warming" while prepared, "warm" once hibernated),
-so the pool outlives the controller: the reconciler adopts hibernated VMs with their
-snapshot, and recover() drops the half-prepared ones a dead controller left. A refiller
-thread keeps `pool_browser` VMs, starting boots no closer together than
-`pool_boot_interval` seconds, nor closer than that after a take (a burst of sign-ins does not
-start a boot storm, and a boot does not slow the sign-in that just took a VM), and replaces
-VMs older than `pool_max_age` or booted from an image that has since been rebuilt.
+Each pool VM boots as a cold one does, has Firefox painted on the blank page (or, for
+`pool_providers`, its provider's login started up to the authorize page), and is then
+hibernated rather than paused: measured, a paused VM holds 2 GiB of RAM and a hibernated one
+only disk, and the page's load sets the pace either way. A session takes one with one
+conditional UPDATE and resumes it; the VM is the session's from then on. The pool's VMs are
+rows with `pool` set, so the pool outlives the controller; a refiller thread keeps it full,
+never booting while a user's VM boots. The design, and the measurement behind it:
+docs/warm-pool.md.
 """
 
 from __future__ import annotations
@@ -45,9 +23,9 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from hearth.config import BROWSER_IMAGE, Settings
-from hearth.core.auth_sessions import authorize_page_shown, browser_seed, login_request
 from hearth.core.capacity import Capacity, Reservation
 from hearth.core.failures import reason as failure_reason
+from hearth.core.sign_in_vm import authorize_page_shown, browser_seed, login_request
 from hearth.core.vms import LIVE_STATES, VmManager, image_build
 from hearth.store.models import Vm, VmState, utcnow
 from hearth.waiting import wait_for
@@ -58,6 +36,8 @@ WARMING = "warming"  # being booted and painted
 WARM = "warm"  # hibernated, painted, waiting for a sign-in
 PAINT_TIMEOUT = 300.0  # seconds for Firefox's first paint under software rendering
 IDLE_PASS = 30.0  # seconds between refill passes with nothing to do (age and image checks)
+BUSY_PASS = 2.0  # seconds between refill passes while another VM boots or resumes
+STARTING = (VmState.requested, VmState.booting, VmState.resuming)
 SIGN_IN_PAGE_TIMEOUT = 600.0  # seconds for a provider's CLI to start and its page to load
 
 
@@ -153,6 +133,8 @@ class WarmPool:
             due = self._last_start + self.settings.pool_boot_interval - time.monotonic()
             if due > 0:
                 return due
+        if self._others_starting():
+            return BUSY_PASS
         reservation = self.capacity.try_reserve(self.image)
         if reservation is None:  # the pool yields to sign-ins and prompts
             return IDLE_PASS
@@ -246,6 +228,12 @@ class WarmPool:
         too_old = utcnow() - vm.created_at > timedelta(seconds=self.settings.pool_max_age)
         rebuilt = vm.image_build != image_build(self.settings, self.image)
         return too_old or rebuilt or vm.pool_provider not in self.kinds
+
+    def _others_starting(self) -> bool:
+        """Whether a VM that is not the pool's (a sign-in's, a prompt's) boots or resumes."""
+        with self.vms.db.session() as s:
+            starting = select(Vm.id).where(Vm.state.in_(STARTING), Vm.pool.is_(None)).limit(1)
+            return s.scalars(starting).first() is not None
 
     def _members(self, *marks: str) -> list[Vm]:
         """The pool's VMs with one of `marks`, oldest first."""

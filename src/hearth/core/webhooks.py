@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BATCH = 50  # deliveries claimed per pass
 POLL_SECONDS = 5.0  # longest sleep between passes: events other processes queue wait this
 CLAIM_MARGIN = 30.0  # seconds past an attempt's timeout before another worker may retry it
+PRUNE_EVERY = 3600.0  # seconds between the worker's removals of events past their retention
 JITTER = 0.2  # each backoff is moved by up to this fraction, either way
 USER_AGENT = "Hearth-Webhooks/1"
 
@@ -165,6 +166,7 @@ class WebhookWorker:
         self.endpoints = endpoints
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_prune = 0.0  # time.monotonic() of the next prune: the first pass does one
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
@@ -182,10 +184,20 @@ class WebhookWorker:
             seen = outbox.doorbell.rings()
             try:
                 self.deliver_due()
+                self._prune_when_due()
                 outbox.doorbell.wait(seen, self._idle_seconds())
             except Exception as e:  # noqa: BLE001 - logged; the deliveries stay in the outbox
                 log.warning("webhook delivery pass failed: %s", failure_reason(e))
                 self._stop.wait(POLL_SECONDS)
+
+    def _prune_when_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY
+        kept_since = utcnow() - timedelta(seconds=self.settings.webhook_retention)
+        pruned = outbox.prune(self.db, kept_since)
+        if pruned:
+            log.info("removed %d webhook events past their retention", pruned)
 
     def _idle_seconds(self) -> float:
         upcoming = outbox.next_due(self.db)

@@ -98,7 +98,6 @@ class Stack:
 def stack(
     settings: Settings,
     port: int = 0,
-    session_ttl: float | None = None,
     token_ttl: float | None = None,
     controller_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
@@ -160,8 +159,6 @@ def stack(
             "HEARTH_POOL_PROVIDERS": json.dumps(["demo"]),
             "HEARTH_PUBLIC_URL": f"http://localhost:{port}",
         }
-        if session_ttl is not None:
-            overrides["HEARTH_SESSION_TTL"] = str(session_ttl)
         env = {**os.environ, **overrides, **(controller_env or {})}
         # Once the controller has stopped (the exits run last first), not before: a controller
         # still running would go on booting VMs (the warm pool's) after the removal.

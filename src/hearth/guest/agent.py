@@ -13,7 +13,6 @@ controller polls, once per change), and progress in words.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -21,14 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 if __package__:
-    from . import browser_shim, custody, http_api, login, ports, probe, protocol, runs, seed, trust
+    from . import custody, http_api, login, ports, probe, protocol, runs, seed, trust
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
-    import browser_shim
     import custody
     import http_api
     import login
@@ -50,7 +47,6 @@ DEFAULT_PORT = ports.AGENT_PORT  # HEARTH_AGENT_PORT overrides it for local runs
 RESOLV_CONF = Path("/etc/resolv.conf")
 PING_TIMEOUT = 10.0
 CLOCK_TOLERANCE = 1.0  # seconds the guest clock may be off before PUT /clock sets it
-MAX_EPOCH = 2.0**33  # year 2242: anything later is a bad request, not a time
 
 
 def uptime() -> float:
@@ -69,6 +65,14 @@ class Agent:
 
 ROUTER = http_api.Router()
 route = ROUTER.route
+
+
+def _parse(message: type[protocol.Request], request: Request, what: str = "") -> Any:
+    """The request's body as `message`, or a 400 naming the bad field (after `what`)."""
+    try:
+        return message.from_json(request.json())
+    except protocol.ProtocolError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"{what}{e}") from None
 
 
 def _ip_json(*args: str) -> list[dict[str, Any]]:
@@ -140,16 +144,7 @@ def health(agent: Agent, request: Request) -> Response:
 
 @route("POST", "/diagnostics/ping")
 def ping(agent: Agent, request: Request) -> Response:
-    host = request.json().get("host")
-    if not isinstance(host, str):
-        raise HttpError(HTTPStatus.BAD_REQUEST, '"host" must be a string holding an IPv4 address')
-    try:
-        # Validated and normalised, so it can never be read by ping as an option.
-        address = str(IPv4Address(host))
-    except ValueError:
-        raise HttpError(
-            HTTPStatus.BAD_REQUEST, f'"host" must be an IPv4 address, not {host[:64]!r}'
-        ) from None
+    address = _parse(protocol.PingRequest, request).host
     try:
         done = subprocess.run(
             ["ping", "-c", "1", "-W", "2", address],
@@ -174,10 +169,9 @@ def _current_login(agent: Agent) -> login.LoginSession:
 @route("POST", "/login")
 def start_login(agent: Agent, request: Request) -> Response:
     """Start the provider login the spec describes; its progress is at GET /login."""
+    login_request = _parse(protocol.LoginRequest, request, "bad login spec: ")
     try:
-        session = agent.logins.start(request.json().get("spec"))
-    except login.SpecError as e:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"bad login spec: {e}") from None
+        session = agent.logins.start(login_request.spec)
     except login.LoginBusy as e:
         raise HttpError(HTTPStatus.CONFLICT, str(e)) from None
     except OSError as e:
@@ -228,10 +222,9 @@ def _custody_error(e: Exception) -> HttpError:
 def install_credentials(agent: Agent, request: Request) -> Response:
     """Install one provider's files in the CLI user's HOME; the credential files' digest."""
     provider = request.params["provider"]
-    body = request.json()
+    install = _parse(protocol.InstallCredentials, request)
+    files, support = install.credential_files, install.support_files
     try:
-        files = custody.decode_files(body, "credential_files", required=True)
-        support = custody.decode_files(body, "support_files")
         digest = custody.install(provider, files, support)
     except (custody.CustodyError, OSError) as e:
         raise _custody_error(e) from None
@@ -254,8 +247,8 @@ def read_credentials(agent: Agent, request: Request) -> Response:
 def probe_credentials(agent: Agent, request: Request) -> Response:
     """The provider's verdict on the installed access token (hearth.guest.probe)."""
     provider = request.params["provider"]
+    spec = _parse(protocol.ProbeSpec, request)
     try:
-        spec = probe.ProbeSpec.from_json(request.json())
         files, _ = custody.read(provider)
         bundle = trust.BUNDLE if os.path.exists(trust.BUNDLE) else None  # PUT /trust's
         answer = probe.probe(spec, files, cafile=bundle)
@@ -284,10 +277,9 @@ def wipe_credentials(agent: Agent, request: Request) -> Response:
 @route("POST", "/runs")
 def start_run(agent: Agent, request: Request) -> Stream:
     """Run a CLI and stream its events (NDJSON) as they happen; see hearth/guest/runs.py."""
+    run_request = _parse(protocol.RunRequest, request)
     try:
-        run = agent.runs.start(runs.RunRequest.from_json(request.json()))
-    except runs.RunError as e:
-        raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+        run = agent.runs.start(run_request)
     except OSError as e:
         status = (
             HTTPStatus.BAD_REQUEST
@@ -328,19 +320,12 @@ def cancel_run(agent: Agent, request: Request) -> Response:
 def set_clock(agent: Agent, request: Request) -> Response:
     """Set the guest clock to the host's: after a snapshot is restored it is behind by as
     long as the VM slept, and tokens' expiry checks would go wrong."""
-    epoch = request.json().get("epoch")
-    if (
-        not isinstance(epoch, int | float)
-        or isinstance(epoch, bool)
-        or not math.isfinite(epoch)
-        or not 0 < epoch < MAX_EPOCH
-    ):
-        raise HttpError(HTTPStatus.BAD_REQUEST, '"epoch" must be a positive Unix time in seconds')
+    epoch = _parse(protocol.SetClock, request).epoch
     offset = epoch - time.time()
     adjusted = abs(offset) > CLOCK_TOLERANCE
     if adjusted:
         try:
-            time.clock_settime(time.CLOCK_REALTIME, float(epoch))
+            time.clock_settime(time.CLOCK_REALTIME, epoch)
         except OSError as e:
             raise HttpError(
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot set the clock: {e.strerror or e}"
@@ -356,8 +341,9 @@ def set_clock(agent: Agent, request: Request) -> Response:
 def put_trust(agent: Agent, request: Request) -> Response:
     """Trust extra CAs (see hearth/guest/trust.py): their count, and the variables that
     point each client at them."""
+    pem = _parse(protocol.TrustCas, request).pem
     try:
-        count = trust.install(request.json().get("pem"))
+        count = trust.install(pem)
     except trust.TrustError as e:
         raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
     except OSError as e:
@@ -373,9 +359,7 @@ def put_trust(agent: Agent, request: Request) -> Response:
 
 @route("POST", "/open-url")
 def open_url(agent: Agent, request: Request) -> Response:
-    url = request.json().get("url")
-    if not isinstance(url, str) or not browser_shim.is_web_url(url):
-        raise HttpError(HTTPStatus.BAD_REQUEST, '"url" must be an http(s) URL')
+    url = _parse(protocol.OpenUrl, request).url
     try:
         agent.logins.open_url(url)
     except (OSError, RuntimeError) as e:

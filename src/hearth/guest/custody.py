@@ -13,20 +13,19 @@ Standard library only: it runs with Debian's python3.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 if __package__:
-    from . import fileio, login
+    from . import fileio, login, protocol
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import fileio
     import login
+    import protocol
 
 STATE_ENV = "HEARTH_AGENT_STATE"
 DEFAULT_STATE = "/var/lib/hearth-agent"
@@ -35,7 +34,8 @@ _lock = threading.Lock()  # one install, read or wipe at a time: each spans seve
 
 
 class CustodyError(ValueError):
-    """The request is malformed (a bad provider name, path or base64); says which and why."""
+    """The request cannot be met as it is (a bad provider name, a file both a credential and
+    a support file); says which and why."""
 
 
 class NoManifest(LookupError):
@@ -43,28 +43,9 @@ class NoManifest(LookupError):
 
 
 def _manifest_path(provider: str) -> Path:
-    if not login.NAME.fullmatch(provider):
+    if not protocol.NAME.fullmatch(provider):
         raise CustodyError(f"{provider[:64]!r} is not a provider name")
     return Path(os.environ.get(STATE_ENV, DEFAULT_STATE)) / "credentials" / f"{provider}.json"
-
-
-def decode_files(body: dict[str, Any], name: str, required: bool = False) -> dict[str, bytes]:
-    """body[name], {relative path under HOME: base64}, checked and decoded."""
-    files = body.get(name, {})
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise CustodyError(f'"{name}" must map paths to base64 strings')
-    if required and not files:
-        raise CustodyError(f'"{name}" must not be empty')
-    decoded = {}
-    for path, content in files.items():
-        try:
-            relative = login.relative_path(path, name)
-            decoded[relative] = base64.b64decode(content, validate=True)
-        except login.SpecError as e:
-            raise CustodyError(str(e)) from None
-        except ValueError:  # binascii.Error, or a non-ASCII string
-            raise CustodyError(f'"{name}" holds {path[:80]!r}, which is not base64') from None
-    return decoded
 
 
 def digest(home: Path, paths: Iterable[str]) -> str:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +260,43 @@ class Firefox:
             self._process = self._bus = None
         shutil.rmtree(self.profile, ignore_errors=True)
         self.profile.with_name(f"{self.profile.name}.bus").unlink(missing_ok=True)
+
+
+def fresh_profile(run_dir: Path) -> Path:
+    """A fresh Firefox profile directory's path: no cookies carry over between logins."""
+    return run_dir / f"firefox-{secrets.token_hex(6)}"
+
+
+class WarmFirefox:
+    """Firefox started before any login on the blank page, for the next login's sign-in page
+    (the controller's warm pool). It starts once the display is up, and has shown nothing
+    but the blank page when a login takes it."""
+
+    def __init__(self, run_dir: Path, home: Path, log: Callable[[str], None]) -> None:
+        self.firefox = Firefox(fresh_profile(run_dir), home)
+        self.page = run_dir / "blank.html"
+        self.error: str | None = None
+        self._log = log
+        threading.Thread(target=self._start, name="warm-firefox", daemon=True).start()
+
+    def _start(self) -> None:
+        deadline = time.monotonic() + WINDOW_WAIT
+        while not self.firefox.display_ready():
+            if time.monotonic() > deadline:
+                self.error = "the display did not come up"
+                return
+            time.sleep(WINDOW_POLL)
+        try:
+            self.firefox.open_blank(self.page)
+        except OSError as e:
+            self.error = f"cannot open Firefox: {e.strerror or e}"
+        except RuntimeError:  # closed meanwhile: a login began before the display was up
+            return
+        self._log("warm Firefox started on the blank page")
+
+    def status(self) -> protocol.WarmBrowser:
+        status = self.firefox.status()
+        return protocol.WarmBrowser(blank_painted(status.title), self.error, status)
 
 
 def _end(process: subprocess.Popen[Any]) -> None:

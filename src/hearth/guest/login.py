@@ -1,11 +1,11 @@
 """A provider login inside the browser VM: the CLI's own sign-in, run the way a person would.
 
-The controller sends a spec (hearth.providers' to_agent(): data only). The agent writes the
+The controller sends a spec (hearth.guest.protocol.LoginSpec: data only). The agent writes the
 spec's pre-login files, then runs the login command under a PTY as root in HOME (so TUIs and
 readline behave as in a terminal), with BROWSER, and an `xdg-open` first on PATH, pointing at
 a wrapper around browser_shim.py that records the URL a CLI tries to open. A reader thread
-turns the output into plain text (escape sequences stripped; only a bounded tail is kept,
-and none of it is ever logged; a failed login's error ends with its last lines, redacted),
+turns the output into plain text (transcript.py: only a bounded tail is kept, and none of it
+is ever logged; a failed login's error ends with its last lines, redacted),
 finds the authorize URL the CLI prints, answers the spec's known prompts once each, and notes
 its success markers. A CLI that shows no URL within the spec's url_timeout (a question the
 spec does not know, a hang) is stopped then, not at login_timeout. Once the URL to show is
@@ -19,12 +19,9 @@ Standard library only: it runs with Debian's python3.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import fcntl
 import os
-import re
-import secrets
 import select
 import shlex
 import signal
@@ -35,18 +32,18 @@ import termios
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 if __package__:
     from . import browser_shim, fileio, firefox, processes, protocol
+    from .transcript import Transcript, last_screen
 else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import browser_shim
     import fileio
     import firefox
     import processes
     import protocol
+    from transcript import Transcript, last_screen
 
 HOME_ENV = "HEARTH_LOGIN_HOME"
 RUN_DIR_ENV = "HEARTH_RUN_DIR"
@@ -57,16 +54,10 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERM = "xterm-256color"
 # Wide, so a TUI (Gemini CLI's Ink) prints a long authorize URL on one line, not wrapped.
 PTY_ROWS, PTY_COLUMNS = 50, 1000
-TAIL_CHARS = 64 * 1024  # plain-text output kept in memory
-MATCH_CONTEXT = 4096  # earlier text searched again with each new chunk (a prompt split by a read)
-MAX_PENDING_ESCAPE = 4096  # an unfinished escape sequence held back for the next chunk, at most
 READ_POLL = 0.2  # seconds between checks of the BROWSER file, deadlines and success
 URL_GRACE = 5.0  # seconds to wait for the preferred URL once the other one is known
 STOP_WAIT = 10.0  # seconds between SIGTERM and SIGKILL
 MAX_CREDENTIAL_BYTES = 1024 * 1024
-SCREEN_LINES = 12  # the CLI's last non-empty lines that a failed login's error ends with
-SCREEN_CHARS = 1500  # and at most this much of them
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 # Run in the child, which Popen's start_new_session made a session leader: make the PTY its
 # controlling terminal, as a terminal emulator would, then become the CLI. A command that
@@ -81,31 +72,10 @@ except OSError as e:
     sys.exit(127)
 """
 
-# OSC (hyperlinks, titles) up to BEL or ST; CSI with its final byte captured; DCS/SOS/PM/APC
-# strings; two-byte escapes (not the introducers of the others, so a sequence split by a
-# read is never mistaken for a short one).
-ESCAPE = re.compile(
-    r"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|\[[0-?]*[ -/]*([@-~])|[PX^_][^\x1b]*\x1b\\"
-    r"|[ -/]*[0-OQ-WYZ\\`-~])"
-)
-# CSI finals that move the cursor or erase: where a TUI redraws, the plain text gets a line
-# break, so words from different places on the screen are never glued together.
-CURSOR_FINALS = frozenset("ABCDEFGHJKSTdf")
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-# A URL: what comes before its query or fragment, and the query or fragment.
-URL = re.compile(r"(?P<base>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)(?P<query>[?#]\S*)?")
-TOKEN_RUN = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")
-LETTER, DIGIT = re.compile(r"[A-Za-z]"), re.compile(r"[0-9]")
-REDACTED = "[redacted]"
-
 
 def cli_home() -> Path:
     """The CLI user's HOME: where logins run and where a CLI VM's credentials live."""
     return Path(os.environ.get(HOME_ENV, DEFAULT_HOME))
-
-
-class SpecError(ValueError):
-    """The login spec is malformed; the message says which field and why."""
 
 
 class LoginBusy(Exception):
@@ -116,182 +86,6 @@ class NotReady(Exception):
     """The credentials cannot be served (yet); the message says why."""
 
 
-def _escape_replacement(match: re.Match[str]) -> str:
-    return "\n" if match.group(1) in CURSOR_FINALS else ""
-
-
-def _incomplete_escape(text: str) -> int:
-    """Where an escape sequence that the next read may complete begins, or -1."""
-    i = text.find("\x1b", max(0, len(text) - MAX_PENDING_ESCAPE))
-    while i != -1:
-        match = ESCAPE.match(text, i)
-        if match is None:
-            return i
-        i = text.find("\x1b", match.end())
-    return -1
-
-
-class Transcript:
-    """The CLI's output as plain text. Only a bounded tail is kept, and only in memory."""
-
-    def __init__(self, limit: int = TAIL_CHARS) -> None:
-        self.limit = limit
-        self.tail = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
-
-    def feed(self, data: bytes, final: bool = False) -> str:
-        """Add raw output; return the text to search: the new text after some context."""
-        text = self._pending + self._decoder.decode(data, final)
-        self._pending = ""
-        cut = -1 if final else _incomplete_escape(text)
-        if cut == -1 and not final and text.endswith("\r"):
-            cut = len(text) - 1  # the "\r" of a "\r\n" the next read completes
-        if cut != -1:
-            text, self._pending = text[:cut], text[cut:]
-        text = ESCAPE.sub(_escape_replacement, text).replace("\r\n", "\n").replace("\r", "\n")
-        text = CONTROL.sub("", text)
-        window = self.tail[-MATCH_CONTEXT:] + text
-        self.tail = (self.tail + text)[-self.limit :]
-        return window
-
-
-def _hide_tokens(text: str) -> str:
-    def hide(run: re.Match[str]) -> str:
-        token = LETTER.search(run[0]) and DIGIT.search(run[0])
-        return REDACTED if token else run[0]
-
-    return TOKEN_RUN.sub(hide, text)
-
-
-def redact(text: str) -> str:
-    """`text` without what may be a secret, so that a CLI's screen can go into an error the
-    controller stores and shows: a URL keeps its scheme, host and path but not its query or
-    fragment (codes, states, PKCE challenges), and a long run of token characters holding
-    letters and digits (an API key, a device code, a JWT) becomes [redacted]. Path segments
-    are judged one by one, so a URL's path stays readable."""
-    parts, end = [], 0
-    for url in URL.finditer(text):
-        base = "/".join(_hide_tokens(segment) for segment in url["base"].split("/"))
-        parts += [_hide_tokens(text[end : url.start()]), base, "?\u2026" if url["query"] else ""]
-        end = url.end()
-    parts.append(_hide_tokens(text[end:]))
-    return "".join(parts)
-
-
-def last_screen(tail: str) -> str:
-    """The CLI's last few non-empty lines on one line, redacted and capped (keeping the
-    newest): what a person at its terminal would have seen when the login failed."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()][-SCREEN_LINES:]
-    screen = redact(" | ".join(lines))
-    return screen if len(screen) <= SCREEN_CHARS else "\u2026" + screen[1 - SCREEN_CHARS :]
-
-
-# --- the spec ------------------------------------------------------------------------------
-
-
-def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    value = data.get(name, default)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise SpecError(f'"{name}" has the wrong type ({type(value).__name__})')
-    return value
-
-
-def _strings(data: dict[str, Any], name: str, required: bool = False) -> tuple[str, ...]:
-    value = _field(data, name, list, [])
-    if not all(isinstance(item, str) for item in value):
-        raise SpecError(f'"{name}" must be a list of strings')
-    if required and not value:
-        raise SpecError(f'"{name}" must not be empty')
-    return tuple(value)
-
-
-def _string_map(data: dict[str, Any], name: str) -> dict[str, str]:
-    value = _field(data, name, dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise SpecError(f'"{name}" must map strings to strings')
-    return dict(value)
-
-
-def _seconds(data: dict[str, Any], name: str, default: float) -> float:
-    value = _field(data, name, (int, float), default)
-    if value <= 0:
-        raise SpecError(f'"{name}" must be positive')
-    return float(value)
-
-
-def _regex(pattern: str, name: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise SpecError(f'"{name}" holds a bad regular expression: {e}') from None
-
-
-def relative_path(path: str, name: str) -> str:
-    """A path under HOME: relative, normalised, no way out of HOME."""
-    relative = fileio.home_relative(path)
-    if relative is None:
-        raise SpecError(f'"{name}" holds {path[:80]!r}, which is not a plain path under HOME')
-    return relative
-
-
-@dataclass(frozen=True)
-class LoginSpec:
-    """What the agent needs to run one provider's login (see hearth.providers.base)."""
-
-    name: str
-    login_argv: tuple[str, ...]
-    login_env: dict[str, str]
-    clean_env: bool
-    url_pattern: re.Pattern[str]
-    browser_url_preferred: bool
-    prompts: tuple[tuple[re.Pattern[str], str], ...]
-    pre_login_files: dict[str, str]
-    credential_files: tuple[str, ...]
-    success_markers: tuple[re.Pattern[str], ...]
-    stop_on_success: bool
-    login_timeout: float
-    url_timeout: float  # how long the CLI may take to show its authorize URL
-
-    @classmethod
-    def from_json(cls, data: Any) -> LoginSpec:
-        if not isinstance(data, dict):
-            raise SpecError('"spec" must be a JSON object')
-        name = _field(data, "name", str, None)
-        if not NAME.fullmatch(name):
-            raise SpecError(f'"name" {name[:40]!r} is not a provider name')
-        prompts = _field(data, "prompts", list, [])
-        if not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
-            for p in prompts
-        ):
-            raise SpecError('"prompts" must be a list of [regex, keys] pairs')
-        return cls(
-            name=name,
-            login_argv=_strings(data, "login_argv", required=True),
-            login_env=_string_map(data, "login_env"),
-            clean_env=_field(data, "clean_env", bool, False),
-            url_pattern=_regex(_field(data, "url_pattern", str, None), "url_pattern"),
-            browser_url_preferred=_field(data, "browser_url_preferred", bool, False),
-            prompts=tuple((_regex(p, "prompts"), keys) for p, keys in prompts),
-            pre_login_files={
-                relative_path(path, "pre_login_files"): content
-                for path, content in _string_map(data, "pre_login_files").items()
-            },
-            credential_files=tuple(
-                relative_path(path, "credential_files")
-                for path in _strings(data, "credential_files", required=True)
-            ),
-            success_markers=tuple(
-                _regex(p, "success_markers")
-                for p in _strings(data, "success_markers", required=True)
-            ),
-            stop_on_success=_field(data, "stop_on_success", bool, False),
-            login_timeout=_seconds(data, "login_timeout", 900),
-            url_timeout=_seconds(data, "url_timeout", 180),
-        )
-
-
 # --- one login -----------------------------------------------------------------------------
 
 
@@ -300,7 +94,7 @@ class LoginSession:
 
     def __init__(
         self,
-        spec: LoginSpec,
+        spec: protocol.LoginSpec,
         home: Path,
         run_dir: Path,
         log: Callable[[str], None],
@@ -313,7 +107,7 @@ class LoginSession:
         self.run_dir = run_dir
         self.url_file = run_dir / "login" / "browser-urls"
         self.wrapper = run_dir / "browser"
-        self.firefox = browser or firefox.Firefox(_profile(run_dir), home)
+        self.firefox = browser or firefox.Firefox(firefox.fresh_profile(run_dir), home)
         self.transcript = Transcript()
         self._log = log
         self._lock = threading.Lock()
@@ -641,43 +435,6 @@ class LoginSession:
         return files
 
 
-def _profile(run_dir: Path) -> Path:
-    """A fresh Firefox profile directory's path: no cookies carry over between logins."""
-    return run_dir / f"firefox-{secrets.token_hex(6)}"
-
-
-class WarmFirefox:
-    """Firefox started before any login on the blank page, for the next login's sign-in page
-    (the controller's warm pool). It starts once the display is up, and has shown nothing
-    but the blank page when a login takes it."""
-
-    def __init__(self, run_dir: Path, home: Path, log: Callable[[str], None]) -> None:
-        self.firefox = firefox.Firefox(_profile(run_dir), home)
-        self.page = run_dir / "blank.html"
-        self.error: str | None = None
-        self._log = log
-        threading.Thread(target=self._start, name="warm-firefox", daemon=True).start()
-
-    def _start(self) -> None:
-        deadline = time.monotonic() + firefox.WINDOW_WAIT
-        while not self.firefox.display_ready():
-            if time.monotonic() > deadline:
-                self.error = "the display did not come up"
-                return
-            time.sleep(firefox.WINDOW_POLL)
-        try:
-            self.firefox.open_blank(self.page)
-        except OSError as e:
-            self.error = f"cannot open Firefox: {e.strerror or e}"
-        except RuntimeError:  # closed meanwhile: a login began before the display was up
-            return
-        self._log("warm Firefox started on the blank page")
-
-    def status(self) -> protocol.WarmBrowser:
-        status = self.firefox.status()
-        return protocol.WarmBrowser(firefox.blank_painted(status.title), self.error, status)
-
-
 class LoginManager:
     """The agent's one login at a time, the Firefox that /open-url uses without one, and the
     warm Firefox the next login takes."""
@@ -689,16 +446,15 @@ class LoginManager:
         self._lock = threading.Lock()
         self._session: LoginSession | None = None
         self._browser: firefox.Firefox | None = None
-        self._warm: WarmFirefox | None = None
+        self._warm: firefox.WarmFirefox | None = None
 
     @property
     def session(self) -> LoginSession | None:
         with self._lock:
             return self._session
 
-    def start(self, data: Any) -> LoginSession:
+    def start(self, spec: protocol.LoginSpec) -> LoginSession:
         """Start a login (replacing a finished one); LoginBusy while one runs."""
-        spec = LoginSpec.from_json(data)
         with self._lock:
             if self._session is not None and not self._session.finished:
                 raise LoginBusy(f"the {self._session.spec.name} login is still running")
@@ -718,7 +474,7 @@ class LoginManager:
             self._session = session
             return session
 
-    def warm(self) -> WarmFirefox:
+    def warm(self) -> firefox.WarmFirefox:
         """Start Firefox on the blank page for the next login (once; again returns the same);
         LoginBusy once a login has started, as its Firefox is the login's own."""
         with self._lock:
@@ -726,11 +482,11 @@ class LoginManager:
                 raise LoginBusy("a login has started: no Firefox is kept warm for another")
             if self._warm is None:
                 self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._warm = WarmFirefox(self.run_dir, self.home, self._log)
+                self._warm = firefox.WarmFirefox(self.run_dir, self.home, self._log)
             return self._warm
 
     @property
-    def warm_firefox(self) -> WarmFirefox | None:
+    def warm_firefox(self) -> firefox.WarmFirefox | None:
         with self._lock:
             return self._warm
 
@@ -742,6 +498,6 @@ class LoginManager:
             else:
                 if self._browser is None:
                     self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    self._browser = firefox.Firefox(_profile(self.run_dir), self.home)
+                    self._browser = firefox.Firefox(firefox.fresh_profile(self.run_dir), self.home)
                 browser = self._browser
         browser.open(url)

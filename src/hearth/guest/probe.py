@@ -16,60 +16,21 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+if __package__:
+    from . import protocol
+else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
+    import protocol
 
 TIMEOUT = 20.0  # seconds for the provider's answer
 EXCERPT = 300  # characters of a refusal's body returned
 
 
 class ProbeError(ValueError):
-    """The probe request is malformed, or the credential file lacks what it names."""
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """GET `url` with `Authorization: Bearer <token>`, the token and the `file_headers`
-    values read from `token_file` (a JSON file) by key paths; `headers` sent as they are."""
-
-    url: str
-    token_file: str
-    token_path: tuple[str, ...]
-    file_headers: dict[str, tuple[str, ...]]
-    headers: dict[str, str]
-
-    @classmethod
-    def from_json(cls, data: Any) -> ProbeSpec:
-        if not isinstance(data, dict):
-            raise ProbeError("the probe must be a JSON object")
-        url, token_file = data.get("url"), data.get("token_file")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme != "https" or not parts.hostname:
-            raise ProbeError('"url" must be an https URL')
-        if not isinstance(token_file, str) or not token_file:
-            raise ProbeError('"token_file" must be a path under HOME')
-        headers = data.get("headers", {})
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ProbeError('"headers" must map strings to strings')
-        file_headers = data.get("file_headers", {})
-        if not isinstance(file_headers, dict):
-            raise ProbeError('"file_headers" must map header names to key paths')
-        return cls(
-            url,
-            token_file,
-            _key_path(data.get("token_path"), "token_path"),
-            {name: _key_path(path, f"file_headers.{name}") for name, path in file_headers.items()},
-            dict(headers),
-        )
-
-
-def _key_path(value: Any, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(k, str) for k in value):
-        raise ProbeError(f'"{name}" must be a non-empty list of keys')
-    return tuple(value)
+    """The credential file lacks what the probe names (the request itself is checked by
+    hearth.guest.protocol.ProbeSpec)."""
 
 
 def _lookup(document: Any, path: tuple[str, ...], file: str) -> str:
@@ -81,7 +42,9 @@ def _lookup(document: Any, path: tuple[str, ...], file: str) -> str:
     return value
 
 
-def probe(spec: ProbeSpec, files: dict[str, bytes], cafile: str | None = None) -> dict[str, Any]:
+def probe(
+    spec: protocol.ProbeSpec, files: dict[str, bytes], cafile: str | None = None
+) -> dict[str, Any]:
     """Send the probe with the values from `files` (the provider's credential files, by
     path), trusting the system's CAs or `cafile`; {"status": the HTTP status or None if the
     provider was not reached, "detail": what went wrong, None on a 2xx}."""

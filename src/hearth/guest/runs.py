@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import math
 import os
 import queue
 import secrets
@@ -26,9 +25,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 if __package__:
     from . import custody, login, processes, protocol
@@ -38,8 +36,6 @@ else:  # run as a script in the guest, where /usr/lib/hearth is sys.path[0]
     import processes
     import protocol
 
-DEFAULT_TIMEOUT = 3600.0
-MAX_TIMEOUT = 86400.0
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a run's process group
 DRAIN_WAIT = 5.0  # seconds to wait for the pipes' end once the CLI has exited
 IDLE_CHECK = 1.0  # seconds of silence after which the stream checks its client is there
@@ -47,61 +43,10 @@ KEEP_FINISHED = 100  # finished runs whose status stays available
 READ_SIZE = 65536
 
 
-class RunError(ValueError):
-    """The run request is malformed; the message says which field and why."""
-
-
-def _is_argv(argv: Any) -> bool:
-    return (
-        isinstance(argv, list)
-        and bool(argv)
-        and all(isinstance(arg, str) and "\0" not in arg for arg in argv)
-        and bool(argv[0])
-    )
-
-
-def _is_env(env: Any) -> bool:
-    return isinstance(env, dict) and all(
-        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
-        for k, v in env.items()
-    )
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    provider: str | None
-    timeout: float
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunRequest:
-        argv = data.get("argv")
-        if not _is_argv(argv):
-            raise RunError('"argv" must be a non-empty list of strings (without NUL)')
-        env = {} if data.get("env") is None else data["env"]
-        if not _is_env(env):
-            raise RunError('"env" must map variable names to strings (without NUL)')
-        provider = data.get("provider")
-        if provider is not None and not (
-            isinstance(provider, str) and login.NAME.fullmatch(provider)
-        ):
-            raise RunError('"provider" must be a provider name or null')
-        timeout = DEFAULT_TIMEOUT if data.get("timeout") is None else data["timeout"]
-        if (
-            not isinstance(timeout, int | float)
-            or isinstance(timeout, bool)
-            or not math.isfinite(timeout)
-            or not 0 < timeout <= MAX_TIMEOUT
-        ):
-            raise RunError(f'"timeout" must be a number of seconds in (0, {MAX_TIMEOUT:g}]')
-        return cls(tuple(argv), dict(env), provider, float(timeout))
-
-
 class Run:
     """One CLI process from start to exit, its events queued for the stream."""
 
-    def __init__(self, request: RunRequest, log: Callable[[str], None]) -> None:
+    def __init__(self, request: protocol.RunRequest, log: Callable[[str], None]) -> None:
         self.id = secrets.token_hex(16)
         self.request = request
         self.events: queue.Queue[protocol.RunEvent] = queue.Queue()
@@ -282,7 +227,7 @@ class RunManager:
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, Run] = OrderedDict()
 
-    def start(self, request: RunRequest) -> Run:
+    def start(self, request: protocol.RunRequest) -> Run:
         """Start a run; OSError when the program cannot be started."""
         run = Run(request, self._log)
         run.start(login.cli_home())

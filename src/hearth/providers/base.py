@@ -1,10 +1,10 @@
 """What Hearth knows about one CLI: how to sign it in, and how to run it in a user's CLI VM.
 
-A ProviderSpec is checked against one released version of its CLI (`cli_version`); each
-module says in a comment what was verified there. The agent gets plain JSON and argv lists,
-with no code in them; the hooks run on the host, on the stored credential files:
-`account_info` returns only the account e-mail and the expiry, never a token, and
-`setup_files` the files a CLI VM needs besides the tokens.
+A ProviderSpec is checked against one released version of its CLI (`cli_version`); what
+was verified there is in docs/providers/<name>.md. The agent gets a protocol LoginSpec
+(plain JSON and argv lists on the wire, no code in them); the hooks run on the host, on the
+stored credential files: `account_info` returns only the account e-mail and the expiry,
+never a token, and `setup_files` the files a CLI VM needs besides the tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hearth.errors import HearthError
+from hearth.guest.protocol import LoginSpec, ProbeSpec
 
 if TYPE_CHECKING:
     from hearth.config import Settings
@@ -111,14 +112,14 @@ class Probe:
     headers: Mapping[str, str] = field(default_factory=dict)
     file_headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def to_agent(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "token_file": self.token_file,
-            "token_path": list(self.token_path),
-            "headers": dict(self.headers),
-            "file_headers": {name: list(path) for name, path in self.file_headers.items()},
-        }
+    def to_agent(self) -> ProbeSpec:
+        return ProbeSpec(
+            self.url,
+            self.token_file,
+            tuple(self.token_path),
+            {name: tuple(path) for name, path in self.file_headers.items()},
+            dict(self.headers),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,9 +224,10 @@ class ProviderSpec:
 
     def to_agent(
         self, params: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        """The JSON the agent's POST /login takes, placeholders filled from `params`, with
-        `env` (the VM's, for every CLI) under the spec's own environment."""
+    ) -> LoginSpec:
+        """What the agent's POST /login takes, placeholders filled from `params`, with `env`
+        (the VM's, for every CLI) under the spec's own environment; checked as the agent
+        checks it (ProtocolError)."""
         params = dict(params or {})
         missing = self.placeholders() - params.keys()
         if missing:
@@ -236,26 +238,27 @@ class ProviderSpec:
         def fill(value: str) -> str:
             return PLACEHOLDER.sub(lambda m: params[m.group(1)], value)
 
-        return {
-            "name": self.name,
-            "cli_version": self.cli_version,
-            "login_argv": [fill(arg) for arg in self.login_argv],
-            "login_env": {
-                **(env or {}),
-                **self.quiet_env,
-                **{key: fill(value) for key, value in self.login_env.items()},
-            },
-            "clean_env": self.clean_env,
-            "url_pattern": self.url_pattern,
-            "browser_url_preferred": self.browser_url_preferred,
-            "prompts": [[pattern, keys] for pattern, keys in self.prompts],
-            "pre_login_files": dict(self.pre_login_files),
-            "credential_files": list(self.credential_files),
-            "success_markers": list(self.success_markers),
-            "stop_on_success": self.stop_on_success,
-            "login_timeout": self.login_timeout,
-            "url_timeout": self.url_timeout,
-        }
+        return LoginSpec.from_json(
+            {
+                "name": self.name,
+                "login_argv": [fill(arg) for arg in self.login_argv],
+                "login_env": {
+                    **(env or {}),
+                    **self.quiet_env,
+                    **{key: fill(value) for key, value in self.login_env.items()},
+                },
+                "clean_env": self.clean_env,
+                "url_pattern": self.url_pattern,
+                "browser_url_preferred": self.browser_url_preferred,
+                "prompts": [[pattern, keys] for pattern, keys in self.prompts],
+                "pre_login_files": dict(self.pre_login_files),
+                "credential_files": list(self.credential_files),
+                "success_markers": list(self.success_markers),
+                "stop_on_success": self.stop_on_success,
+                "login_timeout": self.login_timeout,
+                "url_timeout": self.url_timeout,
+            }
+        )
 
 
 # --- helpers for account_info hooks: they never raise on odd files, and never quote them ---

@@ -1,51 +1,9 @@
 """Codex: `codex login`, the ChatGPT sign-in.
 
-Checked against @openai/codex 0.171.0 (codex.js starting the musl Rust binary from
-@openai/codex-linux-x64), by reading its strings and running it with no network in a
-namespace of its own:
-- `codex login` needs no answers. It prints "Starting local login server on
-  http://localhost:1455." and "If your browser did not open, navigate to this URL to
-  authenticate:" followed by https://auth.openai.com/oauth/authorize?response_type=code&
-  client_id=app_EMoamEEZ73f0CkXaXp7hrann&redirect_uri=http%3A%2F%2F127.0.0.1%3A1455%2Fauth
-  %2Fcallback&code_challenge=...&code_challenge_method=S256&state=...&scope=openid+profile+
-  email+offline_access+api.connectors.read+api.connectors.invoke&id_token_add_organizations=
-  true&codex_cli_simplified_flow=true&originator=codex_cli_rs, then suggests
-  `codex login --device-auth` for headless machines.
-- BROWSER (the webbrowser crate: the value split on spaces) gets the same URL.
-- `-c cli_auth_credentials_store="file"` keeps the tokens in ~/.codex/auth.json (the
-  "auto" store would prefer a keyring where one exists). The file holds "tokens" with
-  "id_token" (a JWT with the "email" claim), "access_token" (a JWT with "exp"),
-  "refresh_token", "account_id", and "last_refresh".
-- Success prints "Successfully logged in" and exits 0.
-
-Prompt runs, checked the same way with a fake auth.json, offline and against a local
-stand-in for chatgpt.com and api.openai.com:
-- `exec --json` prints JSON lines on stdout (thread.started, turn.started, items,
-  turn.completed or turn.failed), logs on stderr. Outside a git repository it needs
-  --skip-git-repo-check ("Not inside a trusted directory and --skip-git-repo-check was not
-  specified."). It asks nothing: exec runs with approval policy "never" and the read-only
-  sandbox (its session log says so). After "--" a prompt like "-x {prompt}" arrives
-  verbatim; only "-" alone cannot be a prompt (it means stdin: "No prompt provided via
-  stdin.").
-- With the ChatGPT tokens it calls https://chatgpt.com/backend-api/... with Bearer
-  <access_token>; offline it ends with "turn.failed": "workspace routing discovery failed".
-- auth.json without "auth_mode" but with "OPENAI_API_KEY" means the API key (api.openai.com,
-  billed apart from the subscription); `codex login` writes "auth_mode": "chatgpt".
-  forced_login_method = "chatgpt" turns the API key case into a failure: "ChatGPT login is
-  required, but an API key is currently being used. Logging out." (auth.json is deleted in
-  the VM; the stored copy stays) and "Not logged in" from the status check.
-- `codex login status` reads auth.json only, no network or expiry check, on stderr: "Logged
-  in using ChatGPT" (exit 0), "Not logged in" (exit 1), "Error checking login status: ..."
-  (exit 1). A refresh rewrites auth.json. config.toml passes --strict-config.
-
-Egress, from the binary's strings: the code exchange, refresh and API-key token exchange at
-https://auth.openai.com/oauth/token; prompts at https://chatgpt.com/backend-api/codex
-(responses over a WebSocket first, then HTTPS; models, usage, workspace routing). The
-sign-in page on auth.openai.com loads its assets from auth-cdn.oaistatic.com and may show a
-Cloudflare challenge (challenges.cloudflare.com): known from the page, not checkable here.
-
-The requests the CLI makes and the answers it reads (login, prompt, refresh, errors),
-recorded by running it against stand-ins: docs/contracts/codex.md.
+Every value of SPEC was checked against the pinned release (`cli_version`) by reading the
+CLI and running it offline: what was found (codex login's output and URLs, the token file,
+prompt runs, the status command and the egress hosts) is in docs/providers/codex.md, and the
+HTTP requests and answers in docs/contracts/codex.md. Read them before changing a value.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ class CredentialInfo:
     created_at: datetime
     updated_at: datetime
     invalid_reason: str | None = None  # why the provider refused this version, if it did
+    invalid_at: datetime | None = None  # and when it did
 
     @property
     def status(self) -> str:
@@ -134,6 +135,7 @@ def _info(row: Credential) -> CredentialInfo:
         row.created_at,
         row.updated_at,
         row.invalid_reason,
+        row.invalid_at,
     )
 
 

@@ -165,7 +165,7 @@ class ApiKey(Base):
 
 class AuthSessionStatus(enum.StrEnum):
     """A sign-in's course: started -> vm_booting -> awaiting_user -> completed, or it ends
-    failed, cancelled or expired (hearth.core.auth_sessions.TERMINAL). One beyond capacity
+    failed, cancelled or expired (hearth.core.sign_in_vm.TERMINAL). One beyond capacity
     is queued first, and starts when a browser VM can be had."""
 
     queued = "queued"  # waiting for room for its browser VM (hearth.core.capacity)

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.orm import Session
 
 from hearth.store.db import Database
@@ -145,6 +145,23 @@ def publish(db: Database, event_type: str, data: dict) -> str | None:
         event_id = add(s, event_type, data)
         s.commit()
     return event_id
+
+
+def prune(db: Database, before: datetime) -> int:
+    """Delete the events created before `before` none of whose deliveries is pending, with
+    their deliveries and attempts (the foreign keys cascade); how many. An event that still
+    has a delivery to make stays, however old (its retry window ends it first)."""
+    pending = select(WebhookDelivery.event_id).where(
+        WebhookDelivery.status == DeliveryStatus.pending
+    )
+    with db.session() as s:
+        gone = s.execute(
+            delete(WebhookEvent).where(
+                WebhookEvent.created_at < before, WebhookEvent.id.not_in(pending)
+            )
+        )
+        s.commit()
+        return gone.rowcount
 
 
 def _due(now: datetime):

@@ -64,6 +64,12 @@ class Driver(Protocol):
     name: str
     programs: tuple[str, ...]  # the executables its VMM processes run as
 
+    @property
+    def own_memory_mib(self) -> int:
+        """What a VMM process holds beside its guest's memory, MiB: what admission counts
+        (hearth.core.capacity). Known without starting anything, as admission cannot wait."""
+        ...
+
     def start(self, spec: MachineSpec) -> int:
         """Create the VM's disk overlay, spawn the VMM, boot the guest; return the VMM pid.
 

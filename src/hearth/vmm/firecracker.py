@@ -186,6 +186,9 @@ class FirecrackerDriver:
 
     name = "firecracker"
     programs = ("firecracker", "jailer")
+    # Firecracker's own memory is a few MiB (its documented <5 MiB, plus the kernel it
+    # loads); it needs KVM, which this host lacks, so this is a safe margin, not a measurement.
+    own_memory_mib = 64
 
     def __init__(
         self, binary: str = "firecracker", jailer: str = "", free_page_reporting: bool = True

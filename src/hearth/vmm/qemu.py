@@ -18,6 +18,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from hearth.guest import fileio
 from hearth.net.namespace import nsenter
 from hearth.vmm.base import MachineSpec, VmmError, kill_pid, running_pid
 from hearth.waiting import Timeout, wait_for
@@ -28,6 +29,13 @@ DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")  # util-linux, on eve
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+rdrand"
 SNAPSHOT = "snapshot.migration"
 QMP_TIMEOUT = 30.0
+# What QEMU holds beside its guest's memory, MiB, measured from /proc/PID/smaps under TCG on
+# this project's images (bench/vm_memory.py; the README's capacity section): a browser VM at
+# its sign-in page held 558 MiB of guest memory, 138 MiB of executable mappings (the
+# translation cache, capped at 128 MiB there, and QEMU's own code) and 113 MiB besides (the
+# loaded kernel, device and block buffers, QEMU's heap).
+QEMU_OWN_MIB = 128
+QEMU_DEFAULT_TB_MIB = 1024  # the translation cache TCG keeps without a tb-size
 MIGRATION_TIMEOUT = 120.0  # writing or reading guest memory scales with its size
 # Bytes per second: QEMU's default cap (128 MiB/s) would set the pace of a hibernation.
 UNCAPPED = 1 << 40
@@ -108,6 +116,14 @@ class QemuDriver:
             self._probe_cache.write_text(json.dumps(cached))
         self._accel = cached["accel"]
         return self._accel
+
+    @property
+    def own_memory_mib(self) -> int:
+        """QEMU's own and, under TCG, its translation cache. The accelerator is not probed
+        here (it takes seconds): until it is known, it is counted as TCG."""
+        if self.known_accel == "kvm":
+            return QEMU_OWN_MIB
+        return QEMU_OWN_MIB + (self.tb_size_mib or QEMU_DEFAULT_TB_MIB)
 
     @property
     def known_accel(self) -> str | None:
@@ -320,7 +336,7 @@ class QemuDriver:
                 start_new_session=True,
                 pass_fds=pass_fds,
             )
-        spec.pid_file.write_text(f"{proc.pid}\n")
+        fileio.write_atomic(spec.pid_file, f"{proc.pid}\n".encode(), 0o644)
 
         def alive() -> bool:
             if proc.poll() is not None:

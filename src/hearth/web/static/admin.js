@@ -97,6 +97,11 @@ function render(s) {
         dd.textContent = value;
         host.append(dt, dd);
     }
+    table('leases', ['address', 'leased to VM', 'since'], s.host.leases, (row, l) => {
+        for (const v of [l.ip, l.vm_id, l.leased_at]) {
+            cell(row, v);
+        }
+    });
     table('vms', ['VM', 'image', 'state', 'address', 'user', 'boot s', 'error', ''], s.vms, (row, vm) => {
         row.dataset.vm = vm.vm_id;
         for (const v of [vm.vm_id, vm.image, vm.state, vm.ip, vm.user_id, seconds(vm.boot_seconds), vm.error]) {
