@@ -121,7 +121,7 @@ def test_a_prompt_for_an_unknown_user_is_404(client: TestClient, key):
         "/api/prompts", headers=key, json={"user_id": "nobody", "provider": "demo", "prompt": "hi"}
     )
     assert response.status_code == 404
-    assert response.json() == {"error": "unknown user 'nobody'"}
+    assert response.json() == {"error": "unknown user 'nobody'", "code": "unknown_user"}
     assert client.get("/api/auth/validate/nobody/demo", headers=key).status_code == 404
     assert client.get("/api/users/nobody/credentials", headers=key).status_code == 404
 

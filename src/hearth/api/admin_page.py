@@ -12,7 +12,7 @@ import asyncio
 import json
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
@@ -79,9 +79,8 @@ async def sign_in(request: Request) -> Response:
     return response
 
 
-@router.post("/admin/sign-out")
+@router.post("/admin/sign-out", dependencies=[Depends(require_admin)])  # cookie and CSRF
 async def sign_out(request: Request) -> Response:
-    await require_admin(request)  # the cookie and its CSRF token
     request.app.state.admin_sessions.close(request.cookies.get(COOKIE))
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/")
@@ -103,10 +102,9 @@ def snapshot(request: Request) -> dict:
     }
 
 
-@router.get("/admin/events")
+@router.get("/admin/events", dependencies=[Depends(require_admin)])
 async def events(request: Request) -> StreamingResponse:
     """`snapshot` events (JSON) whenever what the page shows changes."""
-    await require_admin(request)
 
     async def stream():
         last, quiet = None, 0.0
