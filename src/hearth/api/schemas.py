@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hearth.core.webhooks import EventType
 from hearth.store.models import AuthSessionStatus, DeliveryStatus, PromptStatus, VmState
@@ -35,7 +35,16 @@ class SessionStarted(BaseModel):
     connect_url: str = Field(description="the live view, with its one-time token (shown once)")
 
 
-class TimelineEntry(BaseModel):
+class StreamEvent(BaseModel):
+    """The data of a stream's event (hearth.api.sse): a field it does not name is a bug
+    where the event is made, not something to drop or send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TimelineEntry(StreamEvent):
+    """One step of a sign-in, as its timeline and its `status` events give it."""
+
     status: AuthSessionStatus
     at: IsoTime
     detail: str | None
@@ -115,21 +124,21 @@ class PromptHistory(BaseModel):
 # -- the prompt's events (POST /api/prompts) --------------------------------------------------
 
 
-class PromptConnected(BaseModel):
+class PromptConnected(StreamEvent):
     """The first event: the prompt is admitted and its CLI VM is being readied."""
 
     prompt_id: str
     provider: str
 
 
-class PromptOutput(BaseModel):
+class PromptOutput(StreamEvent):
     """What the CLI printed, as it printed it (UTF-8, never a split character)."""
 
     stream: Literal["stdout", "stderr"]
     data: str
 
 
-class PromptDone(BaseModel):
+class PromptDone(StreamEvent):
     """The last event of a run that ended: its outcome, as the prompt's record says."""
 
     prompt_id: str
@@ -144,7 +153,7 @@ class PromptDone(BaseModel):
     )
 
 
-class PromptFailed(BaseModel):
+class PromptFailed(StreamEvent):
     """The last event of a run that could not go on (the prompt's record ends failed)."""
 
     reason: str
@@ -153,7 +162,7 @@ class PromptFailed(BaseModel):
 # -- a sign-in's events (GET /api/auth/session/{id}/events) ------------------------------------
 
 
-class QueuePosition(BaseModel):
+class QueuePosition(StreamEvent):
     position: int = Field(description="1 for the next sign-in to start, and so on")
 
 
