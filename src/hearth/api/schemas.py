@@ -1,5 +1,6 @@
-"""What the API's JSON routes return, as Pydantic models: `/docs` shows them, and FastAPI
-checks every response against its route's model.
+"""What the API's JSON routes return and its streams' events carry (hearth.api.sse), as
+Pydantic models: `/docs` shows them, and FastAPI checks every response against its route's
+model, as the streams check each event's data against its own.
 
 Times are ISO 8601 strings as `datetime.isoformat()` writes them (UTC, `+00:00`), kept as
 strings so the bodies stay byte for byte what they were. A field typed `X | None` without a
