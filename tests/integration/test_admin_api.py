@@ -85,7 +85,7 @@ def test_admin_routes_refuse_an_app_key_with_403_and_no_key_with_401(
     assert getattr(client, method)(path).status_code == 401
     refused = getattr(client, method)(path, headers=bearer(client, "app"))
     assert refused.status_code == 403, refused.text
-    assert refused.json() == {"error": "this route needs an admin key"}
+    assert refused.json() == {"error": "this route needs an admin key", "code": "forbidden"}
 
 
 def test_an_admin_key_can_do_what_an_app_key_can(client: TestClient, admin):

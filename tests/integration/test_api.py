@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from hearth.api.app import MAX_BODY_BYTES
 from hearth.api.keys import create_key
@@ -77,7 +78,71 @@ def test_malformed_and_unknown_session_ids(client: TestClient, key, path):
 def test_oversize_bodies_are_413(client: TestClient, key):
     big = {"user_id": "u", "provider": "demo", "pad": "x" * (MAX_BODY_BYTES + 1)}
     response = client.post("/api/auth/start", json=big, headers=key)
-    assert response.status_code == 413 and "error" in response.json()
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": f"request body over {MAX_BODY_BYTES} bytes",
+        "code": "too_large",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/api/auth/session/not-an-id", None),
+        ("post", "/api/auth/start", b"{not json"),
+        ("post", "/api/prompts", b"x" * (MAX_BODY_BYTES + 1)),
+        ("get", "/api/no-such-route", None),
+        ("put", "/api/prompts", b"{}"),
+        ("get", "/metrics", None),
+        ("post", "/admin/sign-out", None),
+    ],
+)
+def test_without_a_key_nothing_but_401_is_told(client: TestClient, method, path, body):
+    """Neither what is wrong with the request nor whether the route exists."""
+    response = client.request(method, path, content=body)
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "missing API key (Authorization: Bearer <key>)",
+        "code": "unauthorized",
+    }
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_the_one_error_shape(client: TestClient, key):
+    for path in ("/api/no-such-route", "/no-such-page"):
+        missing = client.get(path, headers=key)
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "Not Found", "code": "not_found"}
+    for method, path, allowed in (("put", "/api/prompts", "POST"), ("delete", "/healthz", "GET")):
+        wrong = client.request(method, path, headers=key)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == allowed
+        assert wrong.json() == {"error": "Method Not Allowed", "code": "method_not_allowed"}
+    invalid = client.get("/api/prompts/nothex", headers=key)
+    assert invalid.json()["code"] == "invalid_request" and invalid.json()["problems"]
+
+
+def test_an_unexpected_failure_is_a_500_in_the_one_shape_that_tells_no_detail(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+):
+    """The database fails for real (its table is gone): the answer and the log name an
+    incident, the log the exception's type and where, neither the exception's text (the
+    statement and its parameters, here the user id asked for)."""
+    db = client.app.state.controller.db
+    admin = {"Authorization": f"Bearer {create_key(db, 'admin')}"}
+    with db.session() as s:
+        s.execute(text("DROP TABLE egress_connections"))
+        s.commit()
+    with caplog.at_level(logging.ERROR, logger="hearth.api.errors"):
+        response = client.get("/api/admin/egress?user_id=needle-in-the-query", headers=admin)
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == {"error", "code"} and body["code"] == "internal_error"
+    incident = body["error"].removeprefix("Hearth could not answer this request (incident ")[:8]
+    assert body["error"] == f"Hearth could not answer this request (incident {incident} in its log)"
+    [logged] = [r.getMessage() for r in caplog.records if incident in r.getMessage()]
+    assert logged.startswith("GET /api/admin/egress failed with OperationalError (incident ")
+    assert "egress.py" in logged  # where: the frames, without the message
+    for told in (response.text, caplog.text):
+        assert "needle" not in told and "no such table" not in told and "SELECT" not in told
 
 
 def test_the_live_view_refuses_unknown_sessions_and_tokens(client: TestClient):
@@ -121,7 +186,7 @@ def test_a_prompt_for_an_unknown_user_is_404(client: TestClient, key):
         "/api/prompts", headers=key, json={"user_id": "nobody", "provider": "demo", "prompt": "hi"}
     )
     assert response.status_code == 404
-    assert response.json() == {"error": "unknown user 'nobody'"}
+    assert response.json() == {"error": "unknown user 'nobody'", "code": "unknown_user"}
     assert client.get("/api/auth/validate/nobody/demo", headers=key).status_code == 404
     assert client.get("/api/users/nobody/credentials", headers=key).status_code == 404
 

@@ -265,7 +265,7 @@ def test_the_admin_api_and_hearth_egress_log_show_the_audit(setup):
     app_key = create_key(r.db, "app", "not an admin")
     assert r.api.get(
         "/api/admin/egress", headers={"Authorization": f"Bearer {app_key}"}
-    ).json() == {"error": "this route needs an admin key"}
+    ).json() == {"error": "this route needs an admin key", "code": "forbidden"}
     lines = r.hearth("egress", "log", "--vm", vm.vm_id, "--json").splitlines()
     assert [json.loads(line)["name"] for line in lines] == ["example.net"]
     lines = r.hearth("egress", "log", "--user", "alice", "--verdict", "refused", "--json")

@@ -1,13 +1,19 @@
 """The OpenAPI document at /openapi.json (shown by /docs): every JSON route names the model of
-its response, and real responses, from the real app and database (no VM is booted here),
-validate against the schemas the document gives and carry exactly their fields."""
+its response, every stream the model of each of its events, and real responses, from the
+real app and database, validate against the schemas the document gives and carry exactly
+their fields. No VM is booted here: the streams run on the root-free core rig (a sign-in
+through the demo IdP, a prompt of the demo CLI)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 from fastapi.routing import APIRoute
@@ -27,9 +33,12 @@ from hearth.store.models import (
     PromptStatus,
 )
 from hearth.waiting import wait_for
-from tests.unit.test_auth_sessions import closed_port_url
+from tests.unit.test_auth_sessions import closed_port_url, wait_status
+from tests.unit.test_capacity import api_of, capacity_rig
 
-STREAMS = {("POST", "/api/prompts"), ("GET", "/api/auth/session/{session_id}/events")}
+PROMPT_EVENTS = ("POST", "/api/prompts")
+SIGN_IN_EVENTS = ("GET", "/api/auth/session/{session_id}/events")
+STREAMS = {PROMPT_EVENTS, SIGN_IN_EVENTS}
 PAGES = {("GET", "/connect/{session_id}")}
 TEXTS = {("GET", "/metrics")}  # Prometheus's text format
 
@@ -63,6 +72,9 @@ def test_every_json_route_names_its_response_schema(tmp_path: Path):
         content = success(doc["paths"][path][method.lower()])["content"]
         if (method, path) in STREAMS:
             assert list(content) == ["text/event-stream"], (method, path)
+            for schema in event_schemas(doc, method, path).values():
+                name = schema["$ref"].removeprefix("#/components/schemas/")
+                assert schemas[name]["properties"], (method, path, name)
         elif (method, path) in PAGES:
             assert "text/html" in content, (method, path)
         elif (method, path) in TEXTS:
@@ -243,3 +255,93 @@ def test_webhook_responses_match_their_schemas(api: Api):
     [attempt] = delivery["attempts"][:1]
     assert attempt["status_code"] is None and attempt["error"].startswith("could not post: ")
     assert delivery["status"] == "pending" and delivery["next_attempt_at"]
+
+
+# -- the streams -----------------------------------------------------------------------------
+
+
+def event_schemas(doc: dict, method: str, path: str) -> dict[str, dict]:
+    """The documented schema of each event's data of a stream, by the event's name."""
+    content = success(doc["paths"][path][method.lower()])["content"]["text/event-stream"]
+    branches = content["itemSchema"]["oneOf"]
+    return {
+        b["properties"]["event"]["const"]: b["properties"]["data"]["contentSchema"]
+        for b in branches
+    }
+
+
+def read_events(response: httpx.Response, until: str | None = None) -> Iterator[tuple[str, str]]:
+    """Each event of a stream on the wire, its name and its data as sent, up to `until`."""
+    kind = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield kind, line.removeprefix("data: ")
+            if kind == until:
+                return
+
+
+def assert_documented(doc: dict, stream: tuple[str, str], events: list[tuple[str, str]]) -> None:
+    """Each event is one the stream documents, its data valid by that event's model and
+    with no field the model does not have."""
+    documented = event_schemas(doc, *stream)
+    for kind, data in events:
+        assert kind in documented, (stream, kind, sorted(documented))
+        body = json.loads(data)
+        jsonschema.validate(body, {**documented[kind], "components": doc["components"]})
+        name = documented[kind]["$ref"].removeprefix("#/components/schemas/")
+        assert set(body) <= set(doc["components"]["schemas"][name]["properties"]), (kind, body)
+
+
+def test_each_streams_events_are_as_documented_in_real_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Real streams over HTTP: three sign-ins on room for two VMs (the third queued), one
+    followed to its end; a prompt run to `done`; and one whose CLI VM cannot be made (its
+    image is gone) ending in `error`."""
+    with capacity_rig(tmp_path, monkeypatch, 2, auth_queue_max=1) as rig, api_of(rig) as api:
+        doc = api.client.get("/openapi.json").json()
+        assert set(event_schemas(doc, *SIGN_IN_EVENTS)) == {"status", "queue"}
+        assert set(event_schemas(doc, *PROMPT_EVENTS)) == {"connected", "output", "done", "error"}
+
+        def start(user_id: str) -> str:
+            started = api.client.post(
+                "/api/auth/start", json={"user_id": user_id, "provider": "demo"}
+            )
+            assert started.status_code == 202, started.text
+            return started.json()["session_id"]
+
+        signing_in, other, queued = start("ua"), start("ub"), start("uc")
+        with api.client.stream("GET", f"/api/auth/session/{queued}/events") as response:
+            sign_in_events = list(read_events(response, until="queue"))
+        for session_id in (other, queued):
+            api.client.post(f"/api/auth/session/{session_id}/cancel")
+        wait_status(rig, signing_in, AuthSessionStatus.awaiting_user)
+        oauth = api.client.get(f"/api/auth/session/{signing_in}/oauth").json()["url"]
+        assert rig.approve(oauth).status_code == 200
+        wait_status(rig, signing_in, AuthSessionStatus.completed)
+        with api.client.stream("GET", f"/api/auth/session/{signing_in}/events") as response:
+            sign_in_events += list(read_events(response))  # the whole timeline, then its end
+        assert_documented(doc, SIGN_IN_EVENTS, sign_in_events)
+        assert {kind for kind, _ in sign_in_events} == {"status", "queue"}
+        assert json.loads(sign_in_events[-1][1])["status"] == "completed"
+
+        def prompt(user_id: str) -> list[tuple[str, str]]:
+            body = {"user_id": user_id, "provider": "demo", "prompt": "hello"}
+            with api.client.stream("POST", "/api/prompts", json=body) as response:
+                assert response.status_code == 200, response.read()
+                return list(read_events(response))
+
+        ran = prompt("ua")
+        assert [kind for kind, _ in ran][:: len(ran) - 1] == ["connected", "done"], ran
+        assert {kind for kind, _ in ran[1:-1]} == {"output"}
+        rig.controller.credentials.put("ud", "demo", {"f.json": b"{}"})
+        image = rig.settings.images_dir / rig.settings.cli_image
+        shutil.move(image, tmp_path / "image-away")
+        try:
+            failed = prompt("ud")
+        finally:
+            shutil.move(tmp_path / "image-away", image)
+        assert [kind for kind, _ in failed] == ["connected", "error"], failed
+        assert_documented(doc, PROMPT_EVENTS, ran + failed)

@@ -93,7 +93,10 @@ def test_endpoints_are_created_with_the_secret_shown_once_listed_disabled_and_de
         client.get(f"{path}/deliveries", headers=admin),
     ):
         assert gone.status_code == 404
-        assert gone.json() == {"error": f"no webhook endpoint {endpoint['endpoint_id']}"}
+        assert gone.json() == {
+            "error": f"no webhook endpoint {endpoint['endpoint_id']}",
+            "code": "not_found",
+        }
 
 
 def test_a_failed_sign_in_is_delivered_after_a_500_and_the_api_lists_both_attempts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def test_each_error_has_one_package_base_a_status_and_a_row(error: type[HearthEr
     bases = [base for base in BASES if issubclass(error, base)]
     assert len(bases) == 1, f"{error.__name__} is under {bases}"
     assert 400 <= error.http_status < 600
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", error.code), error.code
     if error not in BASES and error.__name__.lstrip("_")[0].isupper():
         parent = error.__mro__[1].__name__  # a family's members may share their parent's row
         assert error.__name__ in TABLE or parent in TABLE, f"{error.__name__}: docs/errors.md"
@@ -89,3 +91,24 @@ def test_the_statuses_say_what_the_caller_did() -> None:
         "Timeout": 504,
         "ControllerStopping": 503,
     }
+
+
+def test_each_error_is_named_for_programs_by_its_class_unless_it_names_itself() -> None:
+    from hearth.core.capacity import NoCapacity
+    from hearth.core.prompts import NoCredentials
+    from hearth.providers import UnknownProviderError
+
+    assert [e.code for e in (NoCredentials, NoCapacity, UnknownProviderError, Timeout)] == [
+        "no_credentials",
+        "no_capacity",
+        "unknown_provider_error",
+        "timeout",
+    ]
+
+    class OwnName(HearthError):
+        code = "own"
+
+    class Inherits(OwnName):
+        pass
+
+    assert (HearthError.code, OwnName.code, Inherits.code) == ("hearth_error", "own", "inherits")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Annotated, get_args
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,9 +107,8 @@ async def sign_in(request: Request) -> Response:
     return response
 
 
-@router.post("/admin/sign-out")
+@router.post("/admin/sign-out", dependencies=[Depends(require_admin)])  # cookie and CSRF
 async def sign_out(request: Request) -> Response:
-    await require_admin(request)  # the cookie and its CSRF token
     request.app.state.admin_sessions.close(request.cookies.get(COOKIE))
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/")
@@ -182,10 +181,9 @@ def snapshot(request: Request, view: PageView) -> dict:
     }
 
 
-@router.get("/admin/events")
+@router.get("/admin/events", dependencies=[Depends(require_admin)])
 async def events(request: Request, view: Annotated[PageView, Query()]) -> StreamingResponse:
     """`snapshot` events (JSON) whenever what the page shows changes."""
-    await require_admin(request)
 
     async def stream():
         last, quiet = None, 0.0

@@ -1,4 +1,5 @@
-"""The controller's HTTP API: FastAPI app, its start-up and shut-down, and error shapes."""
+"""The controller's HTTP API: FastAPI app, its start-up and shut-down, and the steps every
+request goes through (the last resort for errors, authentication, the body limit)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth import metrics
@@ -19,19 +18,20 @@ from hearth.api import (
     admin_page,
     admin_routes,
     auth_routes,
+    errors,
     metrics_routes,
     prompt_routes,
+    sse,
     user_routes,
 )
 from hearth.api.admin_sessions import AdminSessions
+from hearth.api.authentication import Authentication
 from hearth.api.live import live_router
 from hearth.api.schemas import ERROR_RESPONSES, Health
 from hearth.config import Settings
 from hearth.core import runtime
-from hearth.core.failures import reason as failure_reason
 from hearth.core.reconciler import reconcile
 from hearth.core.scheduler import every
-from hearth.errors import HearthError
 
 MAX_BODY_BYTES = 64 * 1024
 SESSION_SWEEP_SECONDS = 5.0
@@ -73,10 +73,12 @@ def create_app(
 
     app = FastAPI(title="Hearth", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.admin_sessions = AdminSessions()
+    # The last added is the outermost: a request is authenticated before its body is
+    # measured or read, and any error on the way is answered in the one shape.
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HearthError, _hearth_error)
+    app.add_middleware(Authentication)
+    app.add_middleware(errors.LastResort)
+    errors.install(app)
 
     @app.get("/healthz", tags=["liveness"])
     def healthz() -> Health:
@@ -92,6 +94,7 @@ def create_app(
     app.include_router(admin_page.router)
     app.include_router(metrics_routes.router)
     app.include_router(live_router(resolve))
+    app.openapi = sse.documented(app, (auth_routes.EVENTS, prompt_routes.EVENTS))
     return app
 
 
@@ -106,25 +109,6 @@ def no_query_strings(record: logging.LogRecord) -> bool:
 
 
 _QUERY = re.compile(r"\?[^\s\"]*")
-
-
-async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse(
-        {"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
-
-
-async def _hearth_error(_request: Request, exc: HearthError) -> JSONResponse:
-    """Hearth's own errors that no route answered otherwise (see hearth.errors)."""
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(
-        {"error": failure_reason(exc)}, status_code=exc.http_status, headers=headers
-    )
-
-
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
 
 
 class BodyLimit:
@@ -156,7 +140,7 @@ class BodyLimit:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        response = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, 413)
+        response = errors.error_response(413, f"request body over {self.max_bytes} bytes")
         await response({"type": "http"}, None, send)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -15,16 +14,23 @@ from hearth.api.deps import PROVIDERS, USER_ID_PATTERN, controller, require_key
 from hearth.api.schemas import (
     CredentialsStatus,
     OAuthUrl,
+    QueuePosition,
     SessionCancelled,
     SessionStarted,
     SessionView,
     TimelineEntry,
 )
+from hearth.api.sse import EventStream
 from hearth.core.auth_sessions import TERMINAL, AuthSessions
 from hearth.store.models import AuthSession, AuthSessionStatus
 
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
 KEEPALIVE_SECONDS = 15.0
+EVENTS = EventStream(
+    "`status` events, one per entry of the session's timeline, until the session ends; "
+    "`queue` events while it is queued, whenever its position changes",
+    {"status": TimelineEntry, "queue": QueuePosition},
+)
 
 router = APIRouter(prefix="/api/auth", tags=["auth sessions"])
 
@@ -129,30 +135,23 @@ def cancel(session_id: SessionId, request: Request) -> SessionCancelled:
 @router.get(
     "/session/{session_id}/events",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "`status` events ({status, at, detail}, as in "
-            "the session's timeline) until the session ends; `queue` events ({position}) "
-            "while it is queued",
-        }
-    },
+    responses=EVENTS.responses(),
 )
 async def events(
     session_id: SessionId,
     request: Request,
-    token: Annotated[str | None, Query(max_length=128)] = None,
+    # Read by hearth.api.authentication; declared for the schema.
+    token: Annotated[str | None, Query(max_length=128, description="the live view's")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: one `status` event per timeline entry, until the session ends,
     and while it is queued a `queue` event ({position}) whenever its position changes.
 
-    Authenticated by an API key, or by the live view's token (EventSource sends no headers),
-    which still reads the timeline once the session ended: a connect page whose stream was
-    cut (a controller restart) and comes back after the end learns how it ended.
+    Authenticated by an API key, or by the live view's token (EventSource sends no
+    headers): hearth.api.authentication checks either before this runs. The token still
+    reads the timeline once the session ended: a connect page whose stream was cut (a
+    controller restart) and comes back after the end learns how it ended.
     """
     svc = sessions(request)
-    if not (token and await asyncio.to_thread(svc.token_session, session_id, token)):
-        await require_key(request)
     _found(svc, session_id)
 
     async def stream():
@@ -163,11 +162,11 @@ async def events(
             timeline = await asyncio.to_thread(svc.timeline, session_id)
             for event in timeline[sent:]:
                 data = {"status": event.status, "at": event.at.isoformat(), "detail": event.detail}
-                yield f"event: status\ndata: {json.dumps(data)}\n\n"
+                yield EVENTS.encode("status", data)
             sent = len(timeline)
             now = await asyncio.to_thread(svc.queue_position, session_id)
             if now != position and now is not None:
-                yield f"event: queue\ndata: {json.dumps({'position': now})}\n\n"
+                yield EVENTS.encode("queue", {"position": now})
             position = now
             if timeline and timeline[-1].status in TERMINAL:
                 return

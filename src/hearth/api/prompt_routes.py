@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -13,13 +12,33 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hearth.api.deps import PROVIDERS, USER_ID_PATTERN, UserId, controller, require_key
-from hearth.api.schemas import PromptCancelling, PromptHistory, PromptSummary, PromptView
+from hearth.api.schemas import (
+    PromptCancelling,
+    PromptConnected,
+    PromptDone,
+    PromptFailed,
+    PromptHistory,
+    PromptOutput,
+    PromptSummary,
+    PromptView,
+)
+from hearth.api.sse import EventStream
 from hearth.core.prompts import Prompts
 from hearth.store.models import Prompt
 
 MAX_PROMPT_CHARS = 32_000
 KEEPALIVE_SECONDS = 15.0
 PromptId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
+
+EVENTS = EventStream(
+    "the run as it happens: `connected`, `output` as the CLI prints, then `done` or `error`",
+    {
+        "connected": PromptConnected,
+        "output": PromptOutput,
+        "done": PromptDone,
+        "error": PromptFailed,
+    },
+)
 
 router = APIRouter(prefix="/api", tags=["prompts"], dependencies=[Depends(require_key)])
 
@@ -54,7 +73,7 @@ def prompt_summary(record: Prompt) -> dict:
 @router.post(
     "/prompts",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=EVENTS.responses(),
 )
 async def run(body: PromptRequest, request: Request) -> StreamingResponse:
     """Run the prompt; events `connected`, `output` ({stream, data}) as the CLI prints, then
@@ -104,8 +123,7 @@ async def _events(
             if item is None:
                 finished = True
                 return
-            kind, data = item
-            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+            yield EVENTS.encode(*item)
     finally:
         if not finished:  # no await here: the stream's task may be cancelled already
             threading.Thread(

@@ -1,5 +1,6 @@
-"""What the API's JSON routes return, as Pydantic models: `/docs` shows them, and FastAPI
-checks every response against its route's model.
+"""What the API's JSON routes return and its streams' events carry (hearth.api.sse), as
+Pydantic models: `/docs` shows them, and FastAPI checks every response against its route's
+model, as the streams check each event's data against its own.
 
 Times are ISO 8601 strings as `datetime.isoformat()` writes them (UTC, `+00:00`), kept as
 strings so the bodies stay byte for byte what they were. A field typed `X | None` without a
@@ -13,7 +14,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hearth.core.webhooks import EventType
 from hearth.store.models import AuthSessionStatus, DeliveryStatus, PromptStatus, VmState
@@ -35,7 +36,16 @@ class SessionStarted(BaseModel):
     connect_url: str = Field(description="the live view, with its one-time token (shown once)")
 
 
-class TimelineEntry(BaseModel):
+class StreamEvent(BaseModel):
+    """The data of a stream's event (hearth.api.sse): a field it does not name is a bug
+    where the event is made, not something to drop or send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TimelineEntry(StreamEvent):
+    """One step of a sign-in, as its timeline and its `status` events give it."""
+
     status: AuthSessionStatus
     at: IsoTime
     detail: str | None
@@ -110,6 +120,51 @@ class PromptCancelling(BaseModel):
 class PromptHistory(BaseModel):
     user_id: str
     prompts: list[PromptSummary] = Field(description="newest first")
+
+
+# -- the prompt's events (POST /api/prompts) --------------------------------------------------
+
+
+class PromptConnected(StreamEvent):
+    """The first event: the prompt is admitted and its CLI VM is being readied."""
+
+    prompt_id: str
+    provider: str
+
+
+class PromptOutput(StreamEvent):
+    """What the CLI printed, as it printed it (UTF-8, never a split character)."""
+
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class PromptDone(StreamEvent):
+    """The last event of a run that ended: its outcome, as the prompt's record says."""
+
+    prompt_id: str
+    status: PromptStatus
+    exit_code: int | None = Field(description="null when the CLI was stopped")
+    duration: float = Field(description="seconds from the start of the run to its end")
+    credentials: Literal["updated", "unchanged"] = Field(
+        description="whether the CLI refreshed its tokens (written back to the store)"
+    )
+    reason: str | None = Field(
+        None, description="why it was cancelled or failed; absent when it completed"
+    )
+
+
+class PromptFailed(StreamEvent):
+    """The last event of a run that could not go on (the prompt's record ends failed)."""
+
+    reason: str
+
+
+# -- a sign-in's events (GET /api/auth/session/{id}/events) ------------------------------------
+
+
+class QueuePosition(StreamEvent):
+    position: int = Field(description="1 for the next sign-in to start, and so on")
 
 
 # -- users -----------------------------------------------------------------------------------
@@ -378,39 +433,49 @@ class WebhookDeliveryList(BaseModel):
 
 # -- errors --------------------------------------------------------------------------------
 
+# Each status the API answers with an error: the `code` of an error that is not one of
+# Hearth's own (whose `code` names it: hearth.errors.HearthError.code), and what it means.
+STATUSES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "bad input"),
+    401: ("unauthorized", "no valid API key"),
+    403: ("forbidden", "the key's role may not do this"),
+    404: ("not_found", "no such thing"),
+    405: ("method_not_allowed", "the path has no such method"),
+    409: ("conflict", "not now: the state forbids it"),
+    413: ("too_large", "the body is too large"),
+    422: ("invalid_request", "the request does not fit the route"),
+    429: ("too_many_requests", "too many at once for this user"),
+    500: ("internal_error", "Hearth could not do it"),
+    501: ("not_implemented", "the provider has no such check"),
+    502: ("bad_gateway", "the provider could not be asked"),
+    503: ("unavailable", "no capacity now, or the controller is stopping"),
+    504: ("timeout", "timed out"),
+}
+
 
 class ErrorBody(BaseModel):
     """Every 4xx and 5xx the API answers (see docs/errors.md)."""
 
     error: str = Field(description="what is wrong, for the person reading it")
+    code: str = Field(
+        description="what is wrong, for programs: the error's name in snake_case for "
+        "Hearth's own (no_credentials, no_capacity, ...), else the status's "
+        f"({', '.join(code for code, _ in STATUSES.values())})",
+        pattern=r"^[a-z][a-z0-9_]*$",
+    )
 
 
 class InvalidRequest(ErrorBody):
     """A request whose parameters or body do not fit the route (422)."""
 
     error: Literal["invalid request"]
+    code: Literal["invalid_request"]
     problems: list[str] = Field(description="`where: what`, one per problem")
 
 
 ERROR_RESPONSES: dict[int | str, dict] = {
-    **{
-        code: {"model": ErrorBody, "description": why}
-        for code, why in (
-            (400, "bad input"),
-            (401, "no valid API key"),
-            (403, "the key's role may not do this"),
-            (404, "no such thing"),
-            (409, "not now: the state forbids it"),
-            (413, "the body is too large"),
-            (429, "too many at once for this user"),
-            (500, "Hearth could not do it"),
-            (501, "the provider has no such check"),
-            (502, "the provider could not be asked"),
-            (503, "no capacity now, or the controller is stopping"),
-            (504, "timed out"),
-        )
-    },
-    422: {"model": InvalidRequest, "description": "the request does not fit the route"},
+    code: {"model": InvalidRequest if code == 422 else ErrorBody, "description": why}
+    for code, (_, why) in STATUSES.items()
 }
 ERROR_RESPONSES[503]["headers"] = {
     "Retry-After": {
