@@ -15,8 +15,11 @@ a browser), READY=1 and STOPPING=1 to $NOTIFY_SOCKET, and the graceful stop on S
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from hearth import providers
 from hearth.api.app import create_app
@@ -28,6 +31,16 @@ from hearth.waiting import wait_for
 from tests.core_rig import local_controller, local_demo_spec
 
 WAIT = 60.0
+REPO = Path(__file__).parents[1]
+
+
+def spawn(mode: str, settings: Settings, *args: str, env=None, **popen) -> subprocess.Popen:
+    """This module as a process of its own in `mode` for `settings`, this checkout importable;
+    `env` adds to the environment (NOTIFY_SOCKET only if given there)."""
+    environ = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    argv = [sys.executable, "-m", "tests.core_controller", mode, settings.model_dump_json()]
+    return subprocess.Popen([*argv, *args], cwd=REPO, env={**environ, **(env or {})}, **popen)
 
 
 def sign_in(settings: Settings, user_id: str, provider: str) -> None:

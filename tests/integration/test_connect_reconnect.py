@@ -15,10 +15,8 @@ authenticates to as it does to a real browser VM.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +34,13 @@ from hearth.guest.ports import VNC_PORT
 from hearth.store.models import AuthSessionStatus
 from hearth.waiting import wait_for
 from tests.artifacts import artifacts_dir
+from tests.core_controller import spawn
 from tests.core_rig import Rig, build_rig, serve_rig
 from tests.e2e.browser_user import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.test_vnc_proxy import free_port, running_xvnc
 from tests.served import serve_app
 from tests.unit.test_auth_sessions import wait_ended, wait_status
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0
 STEP_MS = 15_000
 # The viewer tries again every 2 s, 30 times (connect.js): the next controller must be up
@@ -58,20 +56,7 @@ DOWN_SECONDS = 5.0
 def controller_process(rig: Rig, port: int) -> Iterator[subprocess.Popen]:
     """The rig's controller serving its API on 127.0.0.1:`port` from a process of its own,
     once it answers; killed on leaving if it still runs."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env.pop("NOTIFY_SOCKET", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.core_controller",
-            "serve",
-            rig.settings.model_dump_json(),
-            f"127.0.0.1:{port}",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    process = spawn("serve", rig.settings, f"127.0.0.1:{port}")
     try:
         wait_for(
             lambda: process.poll() is not None or answers(f"http://127.0.0.1:{port}"),

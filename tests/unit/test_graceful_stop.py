@@ -12,11 +12,9 @@ recovery has ended the prompt that controller left running.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +30,10 @@ from hearth.core.reconciler import reconcile
 from hearth.core.stopping import RESTART_SECONDS
 from hearth.store.models import AuthSessionStatus, PromptStatus, VmState
 from hearth.waiting import wait_for
+from tests.core_controller import spawn
 from tests.core_rig import Rig
 from tests.unit.test_cli_vms import PROVIDER, sign_in
 
-REPO = Path(__file__).parents[2]
 WAIT = 60.0
 SHORT_PROMPT = " ".join(f"word{n}" for n in range(10))  # 10 lines a PACE (0.3 s) apart
 LONG_PROMPT = " ".join(f"word{n}" for n in range(60))  # about 18 s
@@ -64,23 +62,12 @@ def served(rig: Rig, tmp_path: Path, **settings: object) -> Iterator[Served]:
     notices = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notices.bind(str(notify))
     notices.settimeout(WAIT)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
-        "NOTIFY_SOCKET": str(notify),
-    }
     with open(tmp_path / "controller.log", "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.core_controller",
-                "serve",
-                rig.settings.model_copy(update=settings).model_dump_json(),
-                str(uds),
-            ],
-            cwd=REPO,
-            env=env,
+        process = spawn(
+            "serve",
+            rig.settings.model_copy(update=settings),
+            str(uds),
+            env={"NOTIFY_SOCKET": str(notify)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -13,39 +13,22 @@ import os
 import select
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 from hearth.core.auth_sessions import ADOPTED, RESTARTED, Recovery
 from hearth.core.reconciler import reconcile
 from hearth.store.models import AuthSessionStatus, VmState
 from hearth.vmm.base import kill_pid
 from hearth.waiting import wait_for
+from tests.core_controller import spawn
 from tests.core_rig import Rig
 
-REPO = Path(__file__).parents[2]
 WAIT = 60.0
 
 
 def killed_at_the_sign_in_page(rig: Rig, user_id: str) -> tuple[str, str]:
     """Start a sign-in in a controller of its own, SIGKILL it once the session awaits the
     user; the session's id and live-view token."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    controller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.core_controller",
-            "sign-in",
-            rig.settings.model_dump_json(),
-            user_id,
-            "demo",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    controller = spawn("sign-in", rig.settings, user_id, "demo", stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([controller.stdout], [], [], WAIT)
         assert ready, "the first controller never reached the sign-in page"
