@@ -6,14 +6,13 @@ the screenshots kept as test artefacts."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from hearth.demo.sandbox import inside
 from hearth.store.models import AuthSession
 from hearth.waiting import wait_for
+from tests import artifacts
 from tests.e2e.browser_user import live_view
 from tests.e2e.conftest import IMAGES, needs_image
 from tests.egress_rig import rig
@@ -21,10 +20,7 @@ from tests.fake_internet import CONTROLLER_SIDE
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
-ARTIFACTS = (
-    Path(os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
-    / "egress"
-)
+ARTIFACTS = artifacts.ROOT / "egress"
 REFUSED_TITLES = ("Server Not Found", "Problem loading page")
 
 

@@ -6,7 +6,6 @@ the connect_url and signs in through the live view into Firefox in the browser V
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,13 +18,12 @@ from hearth.core import runtime
 from hearth.core.reconciler import vmm_processes
 from hearth.demo.stack import Stack, stack
 from hearth.waiting import wait_for
+from tests import artifacts
 from tests.e2e.conftest import IMAGES, needs_image
 
 pytestmark = pytest.mark.vm
 
-ARTIFACTS = Path(
-    os.environ.get("HEARTH_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts")
-)
+ARTIFACTS = artifacts.ROOT
 
 
 def wait_status(running: Stack, session_id: str, statuses: tuple[str, ...], timeout: float) -> dict:
