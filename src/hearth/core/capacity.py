@@ -29,6 +29,7 @@ from hearth.config import Settings
 from hearth.core import CoreError
 from hearth.core.vms import VmManager
 from hearth.store.models import Vm, VmState
+from hearth.vmm.qemu import QEMU_DEFAULT_TB_MIB, QEMU_OWN_MIB
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ RUNNING_STATES = (
 )
 # A VM whose VMM has no driver here (recorded under another one) is taken to cost what the
 # costliest VMM does: QEMU under TCG with its uncapped translation cache (hearth.vmm.qemu).
-UNMEASURED_VMM_MIB = 1152
+UNMEASURED_VMM_MIB = QEMU_OWN_MIB + QEMU_DEFAULT_TB_MIB
 # The host keeps this much for itself, the controller and the page cache of the images
 # every VM reads: 2 GiB or a fifth of its RAM, whichever is more.
 HOST_RESERVE_MIN_MIB = 2048
